@@ -1,0 +1,82 @@
+"""The one command-line layer every step shares.
+
+Defaults come from ``MLproject`` so that ``mlflow run . -e <step>`` and ``python -m steps.<step>`` agree;
+flags are the MLproject parameter names in ``--kebab-case``. A step's ``InputError`` ends the process
+with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmflow.errors import InputError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+logger = logging.getLogger(__name__)
+
+
+@cache
+def mlproject_parameters(entry_point: str) -> dict[str, dict[str, Any]]:
+    """Return ``{name: {"type": ..., "default": ...}}`` for an entry point of ``MLproject``."""
+    spec = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())
+    params = spec["entry_points"][entry_point].get("parameters", {})
+    return {name: (value if isinstance(value, dict) else {"type": value}) for name, value in params.items()}
+
+
+def whole_number(text: str) -> int:
+    """argparse type for integers that MLflow passes as ``float`` parameters (``"32"`` or ``"32.0"``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number; expected a whole number") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number")
+    return int(value)
+
+
+class StepParser:
+    """An ``argparse`` parser whose flags and defaults are those of one MLproject entry point."""
+
+    def __init__(self, entry_point: str, description: str) -> None:
+        self.entry_point = entry_point
+        self.params = mlproject_parameters(entry_point)
+        self.parser = argparse.ArgumentParser(prog=f"steps.{entry_point}", description=description)
+
+    def add(self, name: str, type: Callable[[str], Any], help: str, **kwargs: Any) -> None:  # noqa: A002
+        """Add ``--name-in-kebab-case``; its default (or required-ness) comes from MLproject."""
+        if name not in self.params:
+            raise KeyError(f"'{name}' is not a parameter of entry point '{self.entry_point}' in MLproject")
+        spec = self.params[name]
+        if "default" in spec:
+            kwargs.setdefault("default", type(str(spec["default"])))
+        else:
+            kwargs.setdefault("required", True)
+        self.parser.add_argument("--" + name.replace("_", "-"), dest=name, type=type, help=help, **kwargs)
+
+    def parse(self, argv: list[str] | None = None) -> dict[str, Any]:
+        return vars(self.parser.parse_args(argv))
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "alembic", "onnxruntime.quantization"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_step(step: Callable[..., Any], parser: StepParser, argv: list[str] | None = None) -> None:
+    """Parse arguments, call ``step(**args)``, and turn an ``InputError`` into one line and exit 2."""
+    args = parser.parse(argv)
+    configure_logging()
+    try:
+        step(**args)
+    except InputError as exc:
+        print(f"error: {parser.entry_point}: {exc}", file=sys.stderr)
+        sys.exit(2)

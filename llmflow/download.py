@@ -1,0 +1,229 @@
+"""Step ``download``: pin a Hugging Face model to a commit and record what was fetched.
+
+Reads a hub repo id (and revision) or a local folder holding a saved HF model.
+Writes, in its MLflow run:
+- tags ``llmflow.source`` (hub or local), ``llmflow.hf_repo_id`` and ``llmflow.hf_commit_sha``
+  (the resolved commit, or ``sha256:<content hash>`` for a local folder);
+- ``manifest.json``: every file with its size and sha256;
+- for a local folder, the files themselves under ``model/``, so that later steps (on any machine)
+  get them from the run; a hub model is fetched again by commit sha, from the local HF cache when
+  it is there;
+- metrics ``download_bytes``, ``download_seconds`` and ``download_files``.
+
+The token comes from ``HF_TOKEN`` and is handed to huggingface_hub only; it is never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from llmflow.errors import InputError
+from llmflow.runs import TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE, get_step_run, step_run
+
+logger = logging.getLogger(__name__)
+
+# What a chat model needs: configs, safetensors weights, tokenizer. Not the duplicate *.bin weights,
+# nor subfolders such as onnx/ or the gguf and original checkpoints that some repos carry.
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt", "*.tiktoken"]
+IGNORE_PATTERNS = ["*/*"]
+REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+MODEL_ARTIFACT_DIR = "model"
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    run_id: str
+    source: str
+    repo_id: str
+    commit_sha: str
+    model_dir: Path
+
+
+@cache
+def supported_architectures() -> frozenset[str]:
+    """Architectures the installed onnxruntime-genai model builder can export.
+
+    Read from the builder's own dispatch, so the list follows the pinned builder version.
+    """
+    from onnxruntime_genai.models import builder
+
+    return frozenset(re.findall(r'architectures\[0\] == "(\w+)"', inspect.getsource(builder.create_model)))
+
+
+def check_architecture(config: dict[str, Any], where: str) -> str:
+    """Return the model's architecture, or raise ``InputError`` when the ONNX builder cannot export it."""
+    architectures = config.get("architectures") or []
+    if not architectures:
+        raise InputError(
+            f"{where} names no 'architectures'; expected one of: {', '.join(sorted(supported_architectures()))}"
+        )
+    arch = architectures[0]
+    if arch not in supported_architectures():
+        raise InputError(
+            f"architecture '{arch}' of {where} is not supported by the onnxruntime-genai model builder; "
+            f"supported: {', '.join(sorted(supported_architectures()))}"
+        )
+    return arch
+
+
+def is_local_reference(model: str) -> bool:
+    """A value that is an existing path, or looks like one, names a local folder; anything else a hub id."""
+    return Path(model).expanduser().exists() or model.startswith(("/", ".", "~")) or not REPO_ID_PATTERN.match(model)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_manifest(model_dir: Path) -> list[dict[str, Any]]:
+    """Every file under ``model_dir`` (sorted, symlinks followed) with its size and sha256."""
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
+    return [
+        {"file": p.relative_to(model_dir).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)} for p in files
+    ]
+
+
+def manifest_digest(manifest: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def _hub_errors() -> list[tuple[type[Exception], str]]:
+    """Hub failures and their one-line messages, most specific first (GatedRepoError is a RepositoryNotFoundError)."""
+    from huggingface_hub import errors
+
+    return [
+        (
+            errors.GatedRepoError,
+            "model '{model}' is gated on the Hugging Face Hub; accept its licence and set HF_TOKEN",
+        ),
+        (
+            errors.RevisionNotFoundError,
+            "revision '{revision}' not found in model '{model}'; expected a branch, tag or commit sha of that repo",
+        ),
+        (
+            errors.RepositoryNotFoundError,
+            "model '{model}' not found on the Hugging Face Hub (a private repo needs HF_TOKEN); expected a hub "
+            "repo id such as microsoft/Phi-3-mini-4k-instruct or a local folder",
+        ),
+        (
+            errors.OfflineModeIsEnabled,
+            "cannot resolve '{model}' on the Hugging Face Hub: HF_HUB_OFFLINE is set; pass a local folder instead",
+        ),
+        (
+            errors.HTTPError,
+            "cannot reach the Hugging Face Hub to resolve '{model}' ({error}); check the network or pass a local folder",
+        ),
+    ]
+
+
+def resolve_hub(model: str, revision: str, token: str | None) -> tuple[str, dict[str, Any]]:
+    """Resolve ``revision`` of hub repo ``model`` to a commit sha and return it with the repo's config."""
+    from huggingface_hub import HfApi
+
+    known = _hub_errors()
+    try:
+        info = HfApi(token=token).model_info(model, revision=revision)
+    except tuple(cls for cls, _ in known) as exc:
+        template = next(msg for cls, msg in known if isinstance(exc, cls))
+        error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(template.format(model=model, revision=revision, error=error)) from None
+    return info.sha, dict(info.config or {})
+
+
+def fetch_hub_snapshot(model: str, commit_sha: str, token: str | None) -> Path:
+    """Download (or find in the HF cache) the files of ``model`` at ``commit_sha``, with a progress bar."""
+    from huggingface_hub import snapshot_download
+
+    path = snapshot_download(
+        model, revision=commit_sha, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS, token=token
+    )
+    return Path(path)
+
+
+def download(model: str, revision: str) -> DownloadResult:
+    """Pin ``model`` (hub id at ``revision``, or local folder) and record it in this step's MLflow run."""
+    token = os.environ.get("HF_TOKEN") or None
+    with step_run("download", {"model": model, "revision": revision}) as run:
+        started = time.perf_counter()
+        if is_local_reference(model):
+            model_dir = Path(model).expanduser().resolve()
+            if not model_dir.is_dir():
+                raise InputError(
+                    f"local model folder '{model}' not found; expected a folder saved with save_pretrained "
+                    "(config.json, *.safetensors, tokenizer files) or a hub repo id"
+                )
+            if not (model_dir / "config.json").is_file():
+                raise InputError(
+                    f"local model folder '{model}' has no config.json; expected a folder saved with save_pretrained"
+                )
+            check_architecture(json.loads((model_dir / "config.json").read_text()), f"local model folder '{model}'")
+            source, repo_id = "local", f"local/{model_dir.name}"
+            manifest = build_manifest(model_dir)
+            commit_sha = "sha256:" + manifest_digest(manifest)
+            mlflow.log_artifacts(str(model_dir), MODEL_ARTIFACT_DIR)
+        else:
+            source, repo_id = "hub", model
+            commit_sha, config = resolve_hub(model, revision, token)
+            check_architecture(config, f"model '{model}'")
+            logger.info("resolved %s@%s to commit %s", model, revision, commit_sha)
+            model_dir = fetch_hub_snapshot(model, commit_sha, token)
+            manifest = build_manifest(model_dir)
+        mlflow.set_tags({TAG_SOURCE: source, TAG_HF_REPO: repo_id, TAG_HF_SHA: commit_sha})
+        mlflow.log_dict({"repo_id": repo_id, "commit_sha": commit_sha, "files": manifest}, "manifest.json")
+        mlflow.log_metrics(
+            {
+                "download_bytes": sum(f["size"] for f in manifest),
+                "download_files": len(manifest),
+                "download_seconds": time.perf_counter() - started,
+            }
+        )
+        logger.info("download: %s files, %s bytes from %s", len(manifest), sum(f["size"] for f in manifest), repo_id)
+        return DownloadResult(run.info.run_id, source, repo_id, commit_sha, model_dir)
+
+
+def model_dir_from_run(download_run_id: str, dst: Path | None = None) -> Path:
+    """Materialise the model folder of a finished download run, and check it against its manifest.
+
+    A local source comes from the run's ``model/`` artifacts; a hub source from the HF cache (or the Hub)
+    at the recorded commit sha.
+    """
+    run = get_step_run(download_run_id, "download")
+    manifest = json.loads(
+        Path(mlflow.artifacts.download_artifacts(run_id=download_run_id, artifact_path="manifest.json")).read_text()
+    )
+    if run.data.tags[TAG_SOURCE] == "local":
+        dst = dst or Path(tempfile.mkdtemp(prefix="llmflow-model-"))
+        model_dir = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=download_run_id, artifact_path=MODEL_ARTIFACT_DIR, dst_path=str(dst)
+            )
+        )
+    else:
+        model_dir = fetch_hub_snapshot(
+            run.data.tags[TAG_HF_REPO], run.data.tags[TAG_HF_SHA], os.environ.get("HF_TOKEN") or None
+        )
+    actual = {f["file"]: f for f in build_manifest(model_dir)}
+    for expected in manifest["files"]:
+        if actual.get(expected["file"]) != expected:
+            raise InputError(
+                f"file '{expected['file']}' of download run '{download_run_id}' does not match its manifest "
+                "(size or sha256 differs); re-run the download step"
+            )
+    return model_dir
