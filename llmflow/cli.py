@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from llmflow.errors import InputError
+from llmflow.errors import PipelineError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger(__name__)
@@ -72,11 +72,11 @@ def configure_logging() -> None:
 
 
 def run_step(step: Callable[..., Any], parser: StepParser, argv: list[str] | None = None) -> None:
-    """Parse arguments, call ``step(**args)``, and turn an ``InputError`` into one line and exit 2."""
+    """Parse arguments, call ``step(**args)``, and turn a ``PipelineError`` into one line and its exit code."""
     args = parser.parse(argv)
     configure_logging()
     try:
         step(**args)
-    except InputError as exc:
+    except PipelineError as exc:
         print(f"error: {parser.entry_point}: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exc.exit_code)

@@ -16,7 +16,7 @@ The token comes from ``HF_TOKEN`` and is handed to huggingface_hub only; it is n
 from __future__ import annotations
 
 import hashlib
-import inspect
+import importlib.util
 import json
 import logging
 import os
@@ -56,11 +56,12 @@ class DownloadResult:
 def supported_architectures() -> frozenset[str]:
     """Architectures the installed onnxruntime-genai model builder can export.
 
-    Read from the builder's own dispatch, so the list follows the pinned builder version.
+    Read from the source of the builder's own dispatch, so the list follows the pinned builder version;
+    the text is read rather than imported because importing the builder costs several seconds.
     """
-    from onnxruntime_genai.models import builder
-
-    return frozenset(re.findall(r'architectures\[0\] == "(\w+)"', inspect.getsource(builder.create_model)))
+    spec = importlib.util.find_spec("onnxruntime_genai.models.builder")
+    source = Path(spec.origin).read_text(encoding="utf-8")
+    return frozenset(re.findall(r'architectures\[0\] == "(\w+)"', source))
 
 
 def check_architecture(config: dict[str, Any], where: str) -> str:
@@ -128,7 +129,7 @@ def _hub_errors() -> list[tuple[type[Exception], str]]:
         ),
         (
             errors.HTTPError,
-            "cannot reach the Hugging Face Hub to resolve '{model}' ({error}); check the network or pass a local folder",
+            "cannot reach the Hugging Face Hub to resolve '{model}' ({error}); check the network or use a local folder",
         ),
     ]
 

@@ -1,9 +1,21 @@
-"""Exceptions the pipeline raises for input it cannot accept.
+"""Exceptions the pipeline raises on purpose.
 
-Each message is one line that names the value and says what is accepted; the step scripts print it
-without a traceback and exit with status 2.
+Each message is one line that names the value and says what is accepted (or which step failed);
+the step scripts print it without a traceback and exit with the error's ``exit_code``.
 """
 
 
-class InputError(ValueError):
+class PipelineError(Exception):
+    """Base class: a failure the pipeline explains in one line."""
+
+    exit_code = 1
+
+
+class InputError(PipelineError, ValueError):
     """A parameter, file or model the pipeline cannot accept."""
+
+    exit_code = 2
+
+
+class StepFailed(PipelineError):
+    """A child step of ``main`` failed; the message names the step, its run and its error."""

@@ -6,10 +6,12 @@ names below are the contract between them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import mlflow
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from llmflow.errors import InputError
+from llmflow.errors import InputError, PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,25 @@ TAG_EXECUTION_PROVIDER = "llmflow.execution_provider"
 TAG_DOWNLOAD_RUN = "llmflow.download_run_id"
 TAG_EXPORT_RUN = "llmflow.export_run_id"
 TAG_GIT_COMMIT = "llmflow.git_commit"
+TAG_CODE_DIGEST = "llmflow.code_digest"
+
+# What decides what a step computes; a run made by other code is never reused.
+CODE_GLOBS = ("llmflow/**/*.py", "steps/*.py", "MLproject", "conda.yaml", "requirements.txt")
+
+
+def code_digest(root: Path = PROJECT_ROOT) -> str:
+    """sha256 over the project's code and pinned dependencies, uncommitted edits included."""
+    digest = hashlib.sha256()
+    files = sorted({p for pattern in CODE_GLOBS for p in root.glob(pattern) if p.is_file()})
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def pinned_requirements(*distributions: str) -> list[str]:
+    """``name==version`` for each installed distribution: the logged model gets what was tested."""
+    return [f"{name}=={version(name)}" for name in distributions]
 
 
 def git_commit() -> str:
@@ -58,17 +79,17 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[Run]:
 
     Under ``mlflow run`` the run already exists (``MLFLOW_RUN_ID``) and MLflow has logged the entry
     point's parameters as given; those are kept, and only the missing ones are added. An
-    ``InputError`` is recorded as the ``llmflow.error`` tag before the run ends as FAILED.
+    ``PipelineError`` is recorded as the ``llmflow.error`` tag before the run ends as FAILED.
     """
     with mlflow.start_run() as run:
         existing = mlflow.get_run(run.info.run_id).data.params
         missing = {k: str(v) for k, v in params.items() if k not in existing}
         if missing:
             mlflow.log_params(missing)
-        mlflow.set_tags({TAG_STEP: step, TAG_GIT_COMMIT: git_commit()})
+        mlflow.set_tags({TAG_STEP: step, TAG_GIT_COMMIT: git_commit(), TAG_CODE_DIGEST: code_digest()})
         try:
             yield run
-        except InputError as exc:
+        except PipelineError as exc:
             mlflow.set_tag(TAG_ERROR, str(exc))
             raise
 

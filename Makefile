@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   creates .venv, installs the pinned dependencies, builds the tiny Phi-3 and runs `main` on it
+#   make test   creates .venv if needed and runs the test suite
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+TINY := build/tiny-phi3
+
+# `mlflow run --env-manager local` runs `python` from PATH: put the project's environment first.
+export PATH := $(BIN):$(PATH)
+# The demo and the tests never reach the Hugging Face Hub.
+export HF_HUB_OFFLINE := 1
+
+.PHONY: venv tiny demo test lint clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned, so pip takes the CPU wheel instead of pulling a CUDA build for it.
+	$(BIN)/python -m pip install --quiet $$(grep '^torch==' requirements.txt)
+	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+venv: $(STAMP)
+
+$(TINY)/config.json: $(STAMP) llmflow/tiny.py data/qa.jsonl
+	$(BIN)/python -m llmflow.tiny --out $(TINY)
+
+tiny: $(TINY)/config.json
+
+demo: tiny
+	$(BIN)/mlflow run . -e main --env-manager local -P model=$(TINY) -P registered_model_name=tiny-phi3
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check llmflow steps tests
+	$(BIN)/ruff format --check llmflow steps tests
+
+clean:
+	rm -rf $(VENV) build mlflow.db mlruns mlartifacts

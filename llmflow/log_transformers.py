@@ -1,0 +1,84 @@
+"""Step ``log_transformers``: log the model as a transformers chat pipeline (``task="llm/v1/chat"``).
+
+Reads a finished download run. Writes, in its MLflow run, a logged model (``models:/<model_id>``)
+holding a text-generation pipeline with the OpenAI-compatible chat signature, generation defaults in
+``model_config``, an input example and pinned pip requirements; tags ``llmflow.model_uri`` and the
+lineage tags (download run, HF repo and commit, precision, execution provider).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import mlflow
+
+from llmflow.download import model_dir_from_run
+from llmflow.errors import InputError
+from llmflow.runs import (
+    TAG_DOWNLOAD_RUN,
+    TAG_EXECUTION_PROVIDER,
+    TAG_HF_REPO,
+    TAG_HF_SHA,
+    TAG_MODEL_URI,
+    TAG_PRECISION,
+    get_step_run,
+    pinned_requirements,
+    step_run,
+)
+
+logger = logging.getLogger(__name__)
+
+CHAT_EXAMPLE = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}], "max_tokens": 16}
+REQUIREMENTS = ("mlflow", "transformers", "torch", "tokenizers", "safetensors", "numpy")
+PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+@dataclass(frozen=True)
+class LogTransformersResult:
+    run_id: str
+    model_uri: str
+    precision: str
+
+
+def log_transformers(download_run_id: str, max_new_tokens: int) -> LogTransformersResult:
+    """Log the downloaded model as an ``llm/v1/chat`` transformers pipeline in this step's run."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    if max_new_tokens <= 0:
+        raise InputError(f"max_new_tokens {max_new_tokens} must be a positive whole number")
+    params = {"download_run_id": download_run_id, "max_new_tokens": max_new_tokens}
+    with step_run("log_transformers", params) as run:
+        download_run = get_step_run(download_run_id, "download")
+        model_dir = model_dir_from_run(download_run_id)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if not tokenizer.chat_template:
+            raise InputError(
+                f"the tokenizer of download run '{download_run_id}' has no chat template; llm/v1/chat needs one"
+            )
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+        precision = PRECISION_NAMES.get(str(model.dtype).removeprefix("torch."), str(model.dtype))
+        generator = pipeline("text-generation", model=model, tokenizer=tokenizer, device=torch.device("cpu"))
+        logger.info(
+            "logging %s (%s) as an llm/v1/chat transformers model", download_run.data.tags[TAG_HF_REPO], precision
+        )
+        info = mlflow.transformers.log_model(
+            transformers_model=generator,
+            name="model",
+            task="llm/v1/chat",
+            model_config={"max_new_tokens": max_new_tokens, "do_sample": False},
+            input_example=CHAT_EXAMPLE,
+            pip_requirements=pinned_requirements(*REQUIREMENTS),
+        )
+        mlflow.set_tags(
+            {
+                TAG_MODEL_URI: info.model_uri,
+                TAG_PRECISION: precision,
+                TAG_EXECUTION_PROVIDER: "cpu",
+                TAG_DOWNLOAD_RUN: download_run_id,
+                TAG_HF_REPO: download_run.data.tags[TAG_HF_REPO],
+                TAG_HF_SHA: download_run.data.tags[TAG_HF_SHA],
+            }
+        )
+        return LogTransformersResult(run.info.run_id, info.model_uri, precision)

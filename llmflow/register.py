@@ -1,0 +1,114 @@
+"""Step ``register``: register a logged model in the Model Registry and point ``challenger`` at it.
+
+Reads a logged model URI (``models:/<model_id>``) and a registered model name. Writes a model version
+tagged with its lineage (the logging run, upstream download and export runs, HF repo and commit sha,
+precision, execution provider, the project's git commit) and sets alias ``challenger`` on it.
+Registering the same logged model again finds its existing version instead of creating a second one.
+``champion`` is never touched here: only ``evaluate`` moves it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from llmflow.errors import InputError
+from llmflow.runs import (
+    TAG_DOWNLOAD_RUN,
+    TAG_EXECUTION_PROVIDER,
+    TAG_EXPORT_RUN,
+    TAG_GIT_COMMIT,
+    TAG_HF_REPO,
+    TAG_HF_SHA,
+    TAG_PRECISION,
+    step_run,
+)
+
+logger = logging.getLogger(__name__)
+
+CHALLENGER = "challenger"
+LINEAGE_TAGS = (TAG_HF_REPO, TAG_HF_SHA, TAG_PRECISION, TAG_EXECUTION_PROVIDER, TAG_DOWNLOAD_RUN, TAG_EXPORT_RUN)
+MODEL_URI_PATTERN = re.compile(r"^models:/(m-[0-9a-f]+)$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]{0,254}$")
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    run_id: str
+    name: str
+    version: str
+    created: bool
+
+
+def validate_registered_model_name(name: str) -> None:
+    """Raise ``InputError`` unless ``name`` is a usable registered model name."""
+    if not NAME_PATTERN.match(name):
+        raise InputError(
+            f"registered model name '{name}' is not accepted; use letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit, at most 255 characters)"
+        )
+
+
+def lineage_tags(model_uri: str) -> dict[str, str]:
+    """Tags for a new version, read from the run that logged ``model_uri`` and its upstream tags."""
+    match = MODEL_URI_PATTERN.match(model_uri)
+    if not match:
+        raise InputError(f"model URI '{model_uri}' is not a logged model URI; expected models:/m-<id> from a log step")
+    try:
+        logged = mlflow.get_logged_model(match.group(1))
+    except MlflowException:
+        raise InputError(
+            f"logged model '{model_uri}' not found in tracking store '{mlflow.get_tracking_uri()}'"
+        ) from None
+    source_run = mlflow.get_run(logged.source_run_id)
+    tags = {key: source_run.data.tags[key] for key in LINEAGE_TAGS if key in source_run.data.tags}
+    tags.update(
+        {
+            "llmflow.source_run_id": logged.source_run_id,
+            "llmflow.logged_by_step": source_run.data.tags.get("llmflow.step", "unknown"),
+            "llmflow.model_id": logged.model_id,
+            TAG_GIT_COMMIT: source_run.data.tags.get(TAG_GIT_COMMIT, "unknown"),
+        }
+    )
+    return tags
+
+
+def find_version(client: MlflowClient, name: str, model_uri: str) -> ModelVersion | None:
+    """The existing version of ``name`` made from ``model_uri``, if any."""
+    model_id = model_uri.removeprefix("models:/")
+    for version in client.search_model_versions(f"name='{name}'"):
+        if version.source == model_uri or getattr(version, "model_id", None) == model_id:
+            return version
+    return None
+
+
+def register(model_uri: str, registered_model_name: str) -> RegisterResult:
+    """Register ``model_uri`` as a version of ``registered_model_name`` (once) and alias it ``challenger``."""
+    validate_registered_model_name(registered_model_name)
+    params = {"model_uri": model_uri, "registered_model_name": registered_model_name}
+    with step_run("register", params) as run:
+        tags = lineage_tags(model_uri)
+        client = MlflowClient()
+        version = find_version(client, registered_model_name, model_uri)
+        created = version is None
+        if created:
+            # One call creates the version with all its tags, so a failure leaves no half-tagged version.
+            version = mlflow.register_model(model_uri, registered_model_name, tags=tags)
+            logger.info("registered %s version %s", registered_model_name, version.version)
+        else:
+            logger.info("%s is already version %s of %s", model_uri, version.version, registered_model_name)
+        client.set_registered_model_alias(registered_model_name, CHALLENGER, version.version)
+        mlflow.set_tags(
+            {
+                "llmflow.registered_model_name": registered_model_name,
+                "llmflow.registered_model_version": version.version,
+                "llmflow.version_created": str(created).lower(),
+            }
+        )
+        return RegisterResult(run.info.run_id, registered_model_name, str(version.version), created)

@@ -1,0 +1,56 @@
+"""Shared fixtures. Nothing here touches the network.
+
+``HF_HUB_OFFLINE`` is set before anything imports huggingface_hub, and every test points MLflow at a
+SQLite store in a temporary folder. The tiny Phi-3 is built once per session.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.pop("HF_TOKEN", None)
+
+from pathlib import Path  # noqa: E402
+
+import mlflow  # noqa: E402
+import pytest  # noqa: E402
+
+from llmflow.tiny import build_tiny_phi3  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Phi-3 (trained on data/qa.jsonl), built once for the whole session."""
+    return build_tiny_phi3(tmp_path_factory.mktemp("tiny") / "tiny-phi3")
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite tracking store and artifact root for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.create_experiment("test", artifact_location=(tmp_path / "artifacts").as_uri())
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Phi-3 exported to ONNX int4 for CPU by the onnxruntime-genai builder, once per session."""
+    from llmflow.export_onnx import run_builder
+
+    out = tmp_path_factory.mktemp("onnx") / "onnx"
+    run_builder(
+        tiny_model_dir, out, precision="int4", execution_provider="cpu", int4_block_size=32, int4_accuracy_level=4
+    )
+    return out

@@ -1,0 +1,62 @@
+"""The log_transformers step: an llm/v1/chat model with the OpenAI chat signature that answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from llmflow.download import download
+from llmflow.errors import InputError
+from llmflow.log_transformers import log_transformers
+from llmflow.runs import TAG_DOWNLOAD_RUN, TAG_HF_SHA, TAG_MODEL_URI, TAG_PRECISION
+
+
+@pytest.fixture
+def logged(tiny_model_dir: Path, tracking_uri: str):
+    download_run = download(str(tiny_model_dir), "main")
+    return download_run, log_transformers(download_run.run_id, max_new_tokens=24)
+
+
+def test_logged_chat_model_answers_in_openai_format(logged):
+    download_run, result = logged
+    run = mlflow.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[TAG_MODEL_URI] == result.model_uri
+    assert run.data.tags[TAG_DOWNLOAD_RUN] == download_run.run_id
+    assert run.data.tags[TAG_HF_SHA] == download_run.commit_sha
+    assert run.data.tags[TAG_PRECISION] == "fp32"
+
+    model = mlflow.pyfunc.load_model(result.model_uri)
+    inputs = model.metadata.get_input_schema().input_names()
+    assert "messages" in inputs and "max_tokens" in inputs and "temperature" in inputs
+    response = model.predict({"messages": [{"role": "user", "content": "What is the capital of Spain?"}]})
+    choice = response[0]["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["message"]["content"].strip() == "Madrid"
+    assert response[0]["usage"]["completion_tokens"] > 0
+
+
+def test_logged_model_records_defaults_example_and_pins(logged):
+    _, result = logged
+    local = Path(mlflow.artifacts.download_artifacts(result.model_uri))
+    requirements = (local / "requirements.txt").read_text().split()
+    names = {r.split("==")[0] for r in requirements}
+    assert {"mlflow", "transformers", "torch"} <= names
+    assert all("==" in r for r in requirements)
+    assert "torchvision" not in names
+    assert (local / "input_example.json").exists() or (local / "serving_input_example.json").exists()
+    model_conf = mlflow.models.Model.load(local / "MLmodel")
+    assert model_conf.flavors["transformers"]["inference_task"] == "llm/v1/chat"
+    assert model_conf.flavors["python_function"]["config"]["max_new_tokens"] == 24
+
+
+def test_bad_download_run_id_is_refused(tracking_uri: str):
+    with pytest.raises(InputError, match="run 'nope' not found in tracking store"):
+        log_transformers("nope", max_new_tokens=8)
+
+
+def test_non_positive_max_new_tokens_is_refused(tracking_uri: str):
+    with pytest.raises(InputError, match="max_new_tokens 0 must be a positive"):
+        log_transformers("whatever", max_new_tokens=0)

@@ -1,0 +1,74 @@
+"""The register step: lineage tags, the challenger alias, idempotence, bad input."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from llmflow.errors import InputError
+from llmflow.register import register
+from llmflow.runs import TAG_DOWNLOAD_RUN, TAG_HF_REPO, TAG_HF_SHA, TAG_PRECISION, TAG_STEP
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return list(model_input["prompt"])
+
+
+def _logged_model(tags: dict[str, str]) -> str:
+    with mlflow.start_run():
+        mlflow.set_tags({TAG_STEP: "log_pyfunc", **tags})
+        return mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=["mlflow"]).model_uri
+
+
+LINEAGE = {TAG_HF_REPO: "local/tiny-phi3", TAG_HF_SHA: "sha256:abc", TAG_PRECISION: "int4", TAG_DOWNLOAD_RUN: "d1"}
+
+
+def test_register_tags_lineage_and_sets_challenger(tracking_uri: str):
+    uri = _logged_model(LINEAGE)
+    result = register(uri, "tiny-onnx")
+    client = MlflowClient()
+    version = client.get_model_version("tiny-onnx", result.version)
+    assert result.created and result.version == "1"
+    for key, value in LINEAGE.items():
+        assert version.tags[key] == value
+    assert version.tags["llmflow.logged_by_step"] == "log_pyfunc"
+    assert version.tags["llmflow.git_commit"]
+    assert str(client.get_model_version_by_alias("tiny-onnx", "challenger").version) == "1"
+    assert "champion" not in client.get_registered_model("tiny-onnx").aliases
+    assert mlflow.get_run(result.run_id).data.tags["llmflow.registered_model_version"] == "1"
+
+
+def test_registering_the_same_model_twice_keeps_one_version(tracking_uri: str):
+    uri = _logged_model(LINEAGE)
+    first = register(uri, "tiny-onnx")
+    second = register(uri, "tiny-onnx")
+    assert (first.version, second.version) == ("1", "1")
+    assert not second.created
+    assert len(MlflowClient().search_model_versions("name='tiny-onnx'")) == 1
+
+
+def test_a_new_model_moves_challenger_only(tracking_uri: str):
+    client = MlflowClient()
+    register(_logged_model(LINEAGE), "tiny-onnx")
+    client.set_registered_model_alias("tiny-onnx", "champion", "1")
+    result = register(_logged_model(LINEAGE), "tiny-onnx")
+    assert result.version == "2"
+    assert str(client.get_model_version_by_alias("tiny-onnx", "challenger").version) == "2"
+    assert str(client.get_model_version_by_alias("tiny-onnx", "champion").version) == "1"
+
+
+@pytest.mark.parametrize(
+    ("uri", "name", "message"),
+    [
+        ("runs:/abc/model", "ok-name", "is not a logged model URI"),
+        ("models:/m-0123456789abcdef", "ok-name", "not found in tracking store"),
+        ("models:/m-0123", "bad name!", "registered model name 'bad name!' is not accepted"),
+    ],
+)
+def test_bad_input_is_one_line_and_registers_nothing(tracking_uri: str, uri: str, name: str, message: str):
+    with pytest.raises(InputError, match=message) as excinfo:
+        register(uri, name)
+    assert "\n" not in str(excinfo.value)
+    assert MlflowClient().search_registered_models() == []
