@@ -1,0 +1,131 @@
+"""Step ``log_pyfunc``: log the ONNX export as an MLflow pyfunc model served by onnxruntime-genai.
+
+Reads the ``onnx/`` artifacts of a finished ``export_onnx`` run (``export_run_id``).
+Writes, in its MLflow run, a logged model (``models:/<model_id>``) built from the code in
+``llmflow/onnx_chat_model.py`` (models from code), with:
+- the ONNX folder as its artifact ``onnx``;
+- the generation defaults as its model config (``max_new_tokens`` from this step, greedy decoding);
+- an explicit signature: a string column ``prompt`` in, one string per row out, and the per-request
+  params ``max_new_tokens``, ``temperature``, ``top_p`` and ``top_k``;
+- an input example rendered with the ONNX folder's own chat template;
+- pip requirements pinned to the versions installed here.
+It tags the run with the model URI and with the lineage copied from the export run.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+from llmflow.errors import InputError
+from llmflow.export_onnx import ONNX_ARTIFACT_DIR
+from llmflow.runs import (
+    TAG_DOWNLOAD_RUN,
+    TAG_EXECUTION_PROVIDER,
+    TAG_EXPORT_RUN,
+    TAG_HF_REPO,
+    TAG_HF_SHA,
+    TAG_MODEL_URI,
+    TAG_PRECISION,
+    get_step_run,
+    pinned_requirements,
+    step_run,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_CODE = Path(__file__).resolve().with_name("onnx_chat_model.py")
+MODEL_NAME = "model"
+EXAMPLE_QUESTION = "What is the capital of Spain?"
+# Greedy by default, as in the smoke test and the evaluation; a request can switch sampling on.
+SAMPLING_DEFAULTS: dict[str, Any] = {"temperature": 0.0, "top_p": 1.0, "top_k": 50}
+PARAM_DTYPES = {"max_new_tokens": "long", "temperature": "double", "top_p": "double", "top_k": "long"}
+# The serving runtime per execution provider. The CUDA build of onnxruntime-genai brings its own
+# onnxruntime-gpu, whose versions do not follow the CPU onnxruntime's, so only the CPU runtime is pinned.
+RUNTIME_PACKAGES = {"cpu": ("onnxruntime-genai", "onnxruntime"), "cuda": ("onnxruntime-genai-cuda",)}
+COMMON_PACKAGES = ("mlflow", "numpy", "pandas")
+LINEAGE_TAGS = (TAG_PRECISION, TAG_EXECUTION_PROVIDER, TAG_DOWNLOAD_RUN, TAG_HF_REPO, TAG_HF_SHA)
+
+
+@dataclass(frozen=True)
+class LogPyfuncResult:
+    run_id: str
+    export_run_id: str
+    model_id: str
+    model_uri: str
+
+
+def generation_defaults(max_new_tokens: int) -> dict[str, Any]:
+    """The model config: the defaults a request gets for every param it does not set."""
+    return {"max_new_tokens": max_new_tokens, **SAMPLING_DEFAULTS}
+
+
+def build_signature(defaults: dict[str, Any]) -> ModelSignature:
+    """A string column ``prompt`` in, a string per row out; params default to ``defaults``.
+
+    Chosen by hand: a signature inferred from ``{"prompt": [...]}`` hands ``predict`` lists, not strings.
+    """
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "prompt")]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec(name, dtype, defaults[name]) for name, dtype in PARAM_DTYPES.items()]),
+    )
+
+
+def serving_requirements(execution_provider: str) -> list[str]:
+    """``name==version`` for what the served model imports, at the versions installed here."""
+    import onnxruntime_genai
+
+    genai, *runtime = RUNTIME_PACKAGES[execution_provider]
+    # The CPU and CUDA builds of onnxruntime-genai are released together: the installed one's version pins either.
+    return sorted([f"{genai}=={onnxruntime_genai.__version__}", *pinned_requirements(*runtime, *COMMON_PACKAGES)])
+
+
+def example_prompt(onnx_dir: Path, question: str = EXAMPLE_QUESTION) -> str:
+    """``question`` as a user turn in the chat format of the tokenizer saved in ``onnx_dir``."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(onnx_dir))
+    if not tokenizer.chat_template:
+        raise InputError(f"the ONNX folder '{onnx_dir}' has no chat template; expected the export of a chat model")
+    messages = [{"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def log_pyfunc(export_run_id: str, max_new_tokens: int) -> LogPyfuncResult:
+    """Log the ONNX folder of export run ``export_run_id`` as a pyfunc model in this step's MLflow run."""
+    params = {"export_run_id": export_run_id, "max_new_tokens": max_new_tokens}
+    with step_run("log_pyfunc", params) as run, tempfile.TemporaryDirectory(prefix="llmflow-pyfunc-") as tmp:
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens {max_new_tokens} is not accepted; expected a whole number of 1 or more")
+        export_run = get_step_run(export_run_id, "export_onnx")
+        onnx_dir = Path(
+            mlflow.artifacts.download_artifacts(run_id=export_run_id, artifact_path=ONNX_ARTIFACT_DIR, dst_path=tmp)
+        )
+        if not (onnx_dir / "genai_config.json").is_file():
+            raise InputError(
+                f"export run '{export_run_id}' has no {ONNX_ARTIFACT_DIR}/genai_config.json; "
+                "expected the id of a finished 'export_onnx' run"
+            )
+        execution_provider = export_run.data.tags[TAG_EXECUTION_PROVIDER]
+        defaults = generation_defaults(max_new_tokens)
+        model_info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(MODEL_CODE),
+            artifacts={"onnx": str(onnx_dir)},
+            model_config=defaults,
+            signature=build_signature(defaults),
+            input_example={"prompt": example_prompt(onnx_dir)},
+            pip_requirements=serving_requirements(execution_provider),
+        )
+        lineage = {tag: export_run.data.tags.get(tag, "") for tag in LINEAGE_TAGS}
+        mlflow.set_tags({TAG_MODEL_URI: model_info.model_uri, TAG_EXPORT_RUN: export_run_id, **lineage})
+        logger.info("log_pyfunc: logged %s from export run %s", model_info.model_uri, export_run_id)
+        return LogPyfuncResult(run.info.run_id, export_run_id, model_info.model_id, model_info.model_uri)
