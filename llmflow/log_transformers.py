@@ -9,7 +9,9 @@ lineage tags (download run, HF repo and commit, precision, execution provider).
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 
@@ -51,26 +53,25 @@ def log_transformers(download_run_id: str, max_new_tokens: int) -> LogTransforme
     params = {"download_run_id": download_run_id, "max_new_tokens": max_new_tokens}
     with step_run("log_transformers", params) as run:
         download_run = get_step_run(download_run_id, "download")
-        model_dir = model_dir_from_run(download_run_id)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        if not tokenizer.chat_template:
-            raise InputError(
-                f"the tokenizer of download run '{download_run_id}' has no chat template; llm/v1/chat needs one"
+        with tempfile.TemporaryDirectory(prefix="llmflow-hf-") as tmp:
+            model_dir = model_dir_from_run(download_run_id, dst=Path(tmp))
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            if not tokenizer.chat_template:
+                raise InputError(
+                    f"tokenizer of download run '{download_run_id}' has no chat template; llm/v1/chat needs one"
+                )
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+            precision = PRECISION_NAMES.get(str(model.dtype).removeprefix("torch."), str(model.dtype))
+            generator = pipeline("text-generation", model=model, tokenizer=tokenizer, device=torch.device("cpu"))
+            logger.info("logging %s (%s) as llm/v1/chat", download_run.data.tags[TAG_HF_REPO], precision)
+            info = mlflow.transformers.log_model(
+                transformers_model=generator,
+                name="model",
+                task="llm/v1/chat",
+                model_config={"max_new_tokens": max_new_tokens, "do_sample": False},
+                input_example=CHAT_EXAMPLE,
+                pip_requirements=pinned_requirements(*REQUIREMENTS),
             )
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
-        precision = PRECISION_NAMES.get(str(model.dtype).removeprefix("torch."), str(model.dtype))
-        generator = pipeline("text-generation", model=model, tokenizer=tokenizer, device=torch.device("cpu"))
-        logger.info(
-            "logging %s (%s) as an llm/v1/chat transformers model", download_run.data.tags[TAG_HF_REPO], precision
-        )
-        info = mlflow.transformers.log_model(
-            transformers_model=generator,
-            name="model",
-            task="llm/v1/chat",
-            model_config={"max_new_tokens": max_new_tokens, "do_sample": False},
-            input_example=CHAT_EXAMPLE,
-            pip_requirements=pinned_requirements(*REQUIREMENTS),
-        )
         mlflow.set_tags(
             {
                 TAG_MODEL_URI: info.model_uri,

@@ -1,0 +1,25 @@
+"""Entry point ``main``: see :mod:`llmflow.pipeline`."""
+
+from llmflow.cli import StepParser, run_step, whole_number
+from llmflow.pipeline import run_chain
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = StepParser("main", "Run the whole pipeline: download, export, log, register, evaluate, promote.")
+    parser.add("model", str, "Hub repo id (e.g. microsoft/Phi-3-mini-4k-instruct) or a local save_pretrained folder.")
+    parser.add("revision", str, "Branch, tag or commit sha on the Hub; ignored for a local folder.")
+    parser.add("precision", str, "ONNX precision: int4, int8, fp16 (cuda only) or fp32.")
+    parser.add("execution_provider", str, "ONNX execution provider: cpu or cuda.")
+    parser.add("int4_block_size", whole_number, "Block size of int4 weight quantization: 16, 32, 64, 128 or 256.")
+    parser.add("int4_accuracy_level", whole_number, "int4 MatMul accuracy level: 0 (default) to 4 (int8 activations).")
+    parser.add("registered_model_name", str, "Base registered model name; '-onnx' and '-transformers' are appended.")
+    parser.add("max_new_tokens", whole_number, "Default number of new tokens per answer for both logged models.")
+    parser.add("qa_path", str, "QA set to evaluate on: JSONL rows of {question, answer}.")
+    parser.add("min_exact_match", float, "With no champion yet: lowest normalised exact match that promotes (0-1).")
+    parser.add("min_contains_answer", float, "With no champion yet: lowest contains-answer rate that promotes (0-1).")
+    parser.add("eval_max_new_tokens", whole_number, "New tokens per answer during evaluation.")
+    run_step(run_chain, parser, argv)
+
+
+if __name__ == "__main__":
+    main()

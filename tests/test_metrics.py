@@ -1,0 +1,89 @@
+"""Unit tests for answer scoring and the summary figures of the evaluate step."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmflow.metrics import Example, contains_answer, exact_match, example_table, normalize_answer, summarize
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Madrid", "madrid"),
+        ("  The   Madrid.  ", "madrid"),
+        ("Washington, D.C.", "washington dc"),
+        ("An apple a day", "apple day"),
+        ("Theatre", "theatre"),  # "the" only as a whole word
+        ("the", ""),
+        ("Line\nbreak\ttab", "line break tab"),
+        ("", ""),
+    ],
+)
+def test_normalize_answer(text, expected):
+    assert normalize_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answer", "exact", "contains"),
+    [
+        ("Madrid", "Madrid", True, True),
+        ("madrid.", "Madrid", True, True),
+        ("The Pacific Ocean", "Pacific Ocean", True, True),
+        ("Washington DC", "Washington, D.C.", True, True),
+        ("It is Madrid, of course", "Madrid", False, True),
+        ("Romeo", "Rome", False, False),  # a substring inside a word is not the answer
+        ("42", "4", False, False),
+        ("Paris", "Madrid", False, False),
+        ("", "Madrid", False, False),
+        ("I don't know", "Madrid", False, False),
+        ("Mount Everest is the highest", "Mount Everest", False, True),
+        ("the", "The", True, True),  # an answer that normalises to nothing matches only nothing
+        ("anything", "the", False, False),
+    ],
+)
+def test_exact_match_and_contains_answer(prediction, answer, exact, contains):
+    assert exact_match(prediction, answer) is exact
+    assert contains_answer(prediction, answer) is contains
+
+
+def _example(prediction: str, answer: str = "Madrid", latency: float = 1.0, tokens: int = 2) -> Example:
+    return Example("What is the capital of Spain?", answer, prediction, latency, tokens)
+
+
+def test_summarize_means_percentiles_and_throughput():
+    examples = [
+        _example("Madrid", latency=1.0, tokens=4),
+        _example("It is Madrid", latency=2.0, tokens=6),
+        _example("Paris", latency=3.0, tokens=2),
+        _example("madrid", latency=4.0, tokens=8),
+    ]
+    metrics = summarize(examples)
+    assert metrics["exact_match"] == pytest.approx(0.5)
+    assert metrics["contains_answer"] == pytest.approx(0.75)
+    assert metrics["latency_p50_s"] == pytest.approx(2.5)
+    assert metrics["latency_p95_s"] == pytest.approx(3.85)
+    assert metrics["tokens_per_second"] == pytest.approx(20 / 10)
+    assert metrics["n_examples"] == 4
+
+
+def test_summarize_refuses_no_examples():
+    with pytest.raises(ValueError, match="no examples"):
+        summarize([])
+
+
+def test_example_table_has_one_row_per_example():
+    table = example_table([_example("Madrid", latency=0.5, tokens=3), _example("Paris")])
+    assert list(table) == [
+        "question",
+        "answer",
+        "prediction",
+        "exact_match",
+        "contains_answer",
+        "latency_s",
+        "completion_tokens",
+    ]
+    assert table["prediction"] == ["Madrid", "Paris"]
+    assert table["exact_match"] == [True, False]
+    assert table["latency_s"] == [0.5, 1.0]
+    assert table["completion_tokens"] == [3, 2]
