@@ -39,7 +39,8 @@ from llmflow.summary import print_summary
 
 logger = logging.getLogger(__name__)
 
-REUSABLE_STEPS = frozenset({"download", "export_onnx", "log_pyfunc", "log_transformers"})
+# download always runs: it is cheap, and only it can tell whether a folder or a branch changed.
+REUSABLE_STEPS = frozenset({"export_onnx", "log_pyfunc", "log_transformers"})
 FLAVOURS = {"onnx": "log_pyfunc", "transformers": "log_transformers"}
 
 

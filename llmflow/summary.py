@@ -27,6 +27,16 @@ def ask_champion(client: MlflowClient, name: str, question: str = SAMPLE_QUESTIO
     return generate(model, load_tokenizer(version), question, max_new_tokens).strip()
 
 
+def step_timings(client: MlflowClient, result: ChainResult) -> str:
+    """Each step's wall time from its run's start and end, marking the reused ones."""
+    parts = []
+    for key, run_id in result.step_runs.items():
+        info = client.get_run(run_id).info
+        seconds = (info.end_time - info.start_time) / 1000 if info.end_time else float("nan")
+        parts.append(f"{key} {seconds:.1f}" + (" (reused)" if key in result.reused else ""))
+    return ", ".join(parts)
+
+
 def format_summary(client: MlflowClient, result: ChainResult) -> list[str]:
     """The summary's lines: one block per registered flavour, then a sample answer from a champion."""
     lines = [f"llmflow main run {result.run_id}"]
@@ -44,6 +54,7 @@ def format_summary(client: MlflowClient, result: ChainResult) -> list[str]:
         lines.append(f"    decision: {evaluate_run.data.tags.get('llmflow.decision_reason', 'none recorded')}")
         if "champion" in client.get_registered_model(name).aliases:
             champions.append(name)
+    lines.append("  step timings (wall, s): " + step_timings(client, result))
     if champions:
         name = champions[0]
         lines.append(f"  models:/{name}@champion  Q: {SAMPLE_QUESTION}  A: {ask_champion(client, name)!r}")
