@@ -167,62 +167,80 @@ def run_chain(
 ) -> ChainResult:
     """Run the whole pipeline under this ``main`` run and print its summary."""
     options = dict(locals())
-    validate_main_options(**{k: v for k, v in options.items() if k != "revision"})
+    with step_run("main", options) as parent:
+        validate_main_options(**{k: v for k, v in options.items() if k != "revision"})
+        return _chain(parent, **options)
+
+
+def _chain(
+    parent: Run,
+    model: str,
+    revision: str,
+    precision: str,
+    execution_provider: str,
+    int4_block_size: int,
+    int4_accuracy_level: int,
+    registered_model_name: str,
+    max_new_tokens: int,
+    qa_path: str,
+    min_exact_match: float,
+    min_contains_answer: float,
+    eval_max_new_tokens: int,
+) -> ChainResult:
     if is_local_reference(model):
         # Children run with the project root as working directory: hand them an absolute path.
         model = str(Path(model).expanduser().resolve())
     if not Path(qa_path).is_absolute() and Path(qa_path).exists():
         qa_path = str(Path(qa_path).resolve())
-    with step_run("main", options) as parent:
-        experiment_id = parent.info.experiment_id
-        result = ChainResult(parent.info.run_id)
-        download_run = run_step(experiment_id, "download", {"model": model, "revision": revision}, result)
-        download_id = canonical_download_run(experiment_id, download_run).info.run_id
-        export_params = {
-            "download_run_id": download_id,
-            "precision": precision,
-            "execution_provider": execution_provider,
-            "int4_block_size": str(int4_block_size),
-            "int4_accuracy_level": str(int4_accuracy_level),
-        }
-        export_run = run_step(experiment_id, "export_onnx", export_params, result)
-        logged = {
-            "onnx": run_step(
-                experiment_id,
-                "log_pyfunc",
-                {"export_run_id": export_run.info.run_id, "max_new_tokens": str(max_new_tokens)},
-                result,
-            ),
-            "transformers": run_step(
-                experiment_id,
-                "log_transformers",
-                {"download_run_id": download_id, "max_new_tokens": str(max_new_tokens)},
-                result,
-            ),
-        }
-        for flavour, log_run in logged.items():
-            name = f"{registered_model_name}-{flavour}"
-            register_run = run_step(
-                experiment_id,
-                "register",
-                {"model_uri": log_run.data.tags[TAG_MODEL_URI], "registered_model_name": name},
-                result,
-                key=f"register:{flavour}",
-            )
-            run_step(
-                experiment_id,
-                "evaluate",
-                {
-                    "registered_model_name": name,
-                    "qa_path": qa_path,
-                    "min_exact_match": str(min_exact_match),
-                    "min_contains_answer": str(min_contains_answer),
-                    "eval_max_new_tokens": str(eval_max_new_tokens),
-                },
-                result,
-                key=f"evaluate:{flavour}",
-            )
-            result.registered[flavour] = (name, register_run.data.tags["llmflow.registered_model_version"])
-        mlflow.set_tags({f"llmflow.run.{step}": run_id for step, run_id in result.step_runs.items()})
-        print_summary(MlflowClient(), result)
-        return result
+    experiment_id = parent.info.experiment_id
+    result = ChainResult(parent.info.run_id)
+    download_run = run_step(experiment_id, "download", {"model": model, "revision": revision}, result)
+    download_id = canonical_download_run(experiment_id, download_run).info.run_id
+    export_params = {
+        "download_run_id": download_id,
+        "precision": precision,
+        "execution_provider": execution_provider,
+        "int4_block_size": str(int4_block_size),
+        "int4_accuracy_level": str(int4_accuracy_level),
+    }
+    export_run = run_step(experiment_id, "export_onnx", export_params, result)
+    logged = {
+        "onnx": run_step(
+            experiment_id,
+            "log_pyfunc",
+            {"export_run_id": export_run.info.run_id, "max_new_tokens": str(max_new_tokens)},
+            result,
+        ),
+        "transformers": run_step(
+            experiment_id,
+            "log_transformers",
+            {"download_run_id": download_id, "max_new_tokens": str(max_new_tokens)},
+            result,
+        ),
+    }
+    for flavour, log_run in logged.items():
+        name = f"{registered_model_name}-{flavour}"
+        register_run = run_step(
+            experiment_id,
+            "register",
+            {"model_uri": log_run.data.tags[TAG_MODEL_URI], "registered_model_name": name},
+            result,
+            key=f"register:{flavour}",
+        )
+        run_step(
+            experiment_id,
+            "evaluate",
+            {
+                "registered_model_name": name,
+                "qa_path": qa_path,
+                "min_exact_match": str(min_exact_match),
+                "min_contains_answer": str(min_contains_answer),
+                "eval_max_new_tokens": str(eval_max_new_tokens),
+            },
+            result,
+            key=f"evaluate:{flavour}",
+        )
+        result.registered[flavour] = (name, register_run.data.tags["llmflow.registered_model_version"])
+    mlflow.set_tags({f"llmflow.run.{step}": run_id for step, run_id in result.step_runs.items()})
+    print_summary(MlflowClient(), result)
+    return result
