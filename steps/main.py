@@ -15,8 +15,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add("registered_model_name", str, "Base registered model name; '-onnx' and '-transformers' are appended.")
     parser.add("max_new_tokens", whole_number, "Default number of new tokens per answer for both logged models.")
     parser.add("qa_path", str, "QA set to evaluate on: JSONL rows of {question, answer}.")
-    parser.add("min_exact_match", float, "With no champion yet: lowest normalised exact match that promotes (0-1).")
-    parser.add("min_contains_answer", float, "With no champion yet: lowest contains-answer rate that promotes (0-1).")
+    parser.add("min_exact_match", float, "Lowest normalised exact match (0-1) a challenger needs to become champion.")
+    parser.add("min_contains_answer", float, "Lowest contains-answer rate (0-1) a challenger needs to become champion.")
     parser.add("eval_max_new_tokens", whole_number, "New tokens per answer during evaluation.")
     run_step(run_chain, parser, argv)
 
