@@ -61,6 +61,8 @@ def log_transformers(download_run_id: str, max_new_tokens: int) -> LogTransforme
                     f"tokenizer of download run '{download_run_id}' has no chat template; llm/v1/chat needs one"
                 )
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+            # Chat responses name the model by this; not the temporary folder it was loaded from.
+            model.name_or_path = model.config._name_or_path = download_run.data.tags[TAG_HF_REPO]
             precision = PRECISION_NAMES.get(str(model.dtype).removeprefix("torch."), str(model.dtype))
             generator = pipeline("text-generation", model=model, tokenizer=tokenizer, device=torch.device("cpu"))
             logger.info("logging %s (%s) as llm/v1/chat", download_run.data.tags[TAG_HF_REPO], precision)

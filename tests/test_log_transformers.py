@@ -36,6 +36,7 @@ def test_logged_chat_model_answers_in_openai_format(logged):
     assert choice["message"]["role"] == "assistant"
     assert choice["message"]["content"].strip() == "Madrid"
     assert response[0]["usage"]["completion_tokens"] > 0
+    assert response[0]["model"] == "local/tiny-phi3"
 
 
 def test_logged_model_records_defaults_example_and_pins(logged):
