@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -169,24 +170,12 @@ def run_chain(
     options = dict(locals())
     with step_run("main", options) as parent:
         validate_main_options(**{k: v for k, v in options.items() if k != "revision"})
-        return _chain(parent, **options)
+        return _chain(parent, options)
 
 
-def _chain(
-    parent: Run,
-    model: str,
-    revision: str,
-    precision: str,
-    execution_provider: str,
-    int4_block_size: int,
-    int4_accuracy_level: int,
-    registered_model_name: str,
-    max_new_tokens: int,
-    qa_path: str,
-    min_exact_match: float,
-    min_contains_answer: float,
-    eval_max_new_tokens: int,
-) -> ChainResult:
+def _chain(parent: Run, options: dict[str, Any]) -> ChainResult:
+    """The chain itself, with ``options`` as validated by ``run_chain``."""
+    model, qa_path = options["model"], options["qa_path"]
     if is_local_reference(model):
         # Children run with the project root as working directory: hand them an absolute path.
         model = str(Path(model).expanduser().resolve())
@@ -194,32 +183,32 @@ def _chain(
         qa_path = str(Path(qa_path).resolve())
     experiment_id = parent.info.experiment_id
     result = ChainResult(parent.info.run_id)
-    download_run = run_step(experiment_id, "download", {"model": model, "revision": revision}, result)
+    download_run = run_step(experiment_id, "download", {"model": model, "revision": options["revision"]}, result)
     download_id = canonical_download_run(experiment_id, download_run).info.run_id
     export_params = {
         "download_run_id": download_id,
-        "precision": precision,
-        "execution_provider": execution_provider,
-        "int4_block_size": str(int4_block_size),
-        "int4_accuracy_level": str(int4_accuracy_level),
+        "precision": options["precision"],
+        "execution_provider": options["execution_provider"],
+        "int4_block_size": str(options["int4_block_size"]),
+        "int4_accuracy_level": str(options["int4_accuracy_level"]),
     }
     export_run = run_step(experiment_id, "export_onnx", export_params, result)
     logged = {
         "onnx": run_step(
             experiment_id,
             "log_pyfunc",
-            {"export_run_id": export_run.info.run_id, "max_new_tokens": str(max_new_tokens)},
+            {"export_run_id": export_run.info.run_id, "max_new_tokens": str(options["max_new_tokens"])},
             result,
         ),
         "transformers": run_step(
             experiment_id,
             "log_transformers",
-            {"download_run_id": download_id, "max_new_tokens": str(max_new_tokens)},
+            {"download_run_id": download_id, "max_new_tokens": str(options["max_new_tokens"])},
             result,
         ),
     }
     for flavour, log_run in logged.items():
-        name = f"{registered_model_name}-{flavour}"
+        name = f"{options['registered_model_name']}-{flavour}"
         register_run = run_step(
             experiment_id,
             "register",
@@ -233,9 +222,9 @@ def _chain(
             {
                 "registered_model_name": name,
                 "qa_path": qa_path,
-                "min_exact_match": str(min_exact_match),
-                "min_contains_answer": str(min_contains_answer),
-                "eval_max_new_tokens": str(eval_max_new_tokens),
+                "min_exact_match": str(options["min_exact_match"]),
+                "min_contains_answer": str(options["min_contains_answer"]),
+                "eval_max_new_tokens": str(options["eval_max_new_tokens"]),
             },
             result,
             key=f"evaluate:{flavour}",
