@@ -2,12 +2,15 @@
 
 Reads the ``onnx/`` artifacts of a finished ``export_onnx`` run (``export_run_id``).
 Writes, in its MLflow run, a logged model (``models:/<model_id>``) built from the code in
-``llmflow/onnx_chat_model.py`` (models from code), with:
+``llmflow/onnx_chat_model.py`` (models from code) and ``llmflow/chat_protocol.py`` (its code path), with:
 - the ONNX folder as its artifact ``onnx``;
-- the generation defaults as its model config (``max_new_tokens`` from this step, greedy decoding);
-- an explicit signature: a string column ``prompt`` in, one string per row out, and the per-request
-  params ``max_new_tokens``, ``temperature``, ``top_p`` and ``top_k``;
-- an input example rendered with the ONNX folder's own chat template;
+- a model config: the generation defaults (``max_new_tokens`` from this step, greedy decoding) and
+  ``model_name``, the HF repo id that chat responses name;
+- an explicit signature that takes an OpenAI chat request (``messages``, ``temperature``, ``max_tokens``,
+  ``top_p``, ``top_k``, ``stop``) or a raw ``prompt``, with the per-request params ``max_new_tokens``,
+  ``temperature``, ``top_p`` and ``top_k``; no output schema, since a chat request gets a chat completion
+  and a prompt a string;
+- a chat request as its input example;
 - pip requirements pinned to the versions installed here.
 It tags the run with the model URI and with the lineage copied from the export run.
 """
@@ -22,8 +25,10 @@ from typing import Any
 
 import mlflow
 from mlflow.models import ModelSignature
-from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA
+from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
+from llmflow.chat_protocol import find_chat_template
 from llmflow.errors import InputError
 from llmflow.export_onnx import ONNX_ARTIFACT_DIR
 from llmflow.runs import (
@@ -42,8 +47,12 @@ from llmflow.runs import (
 logger = logging.getLogger(__name__)
 
 MODEL_CODE = Path(__file__).resolve().with_name("onnx_chat_model.py")
+# Logged as the model's code path: onnx_chat_model.py imports it as a top-level module where it is served.
+PROTOCOL_CODE = Path(__file__).resolve().with_name("chat_protocol.py")
 MODEL_NAME = "model"
-EXAMPLE_QUESTION = "What is the capital of Spain?"
+CHAT_EXAMPLE = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}], "max_tokens": 16}
+# The generation options of a chat request, typed as in MLflow's llm/v1/chat signature.
+CHAT_OPTIONS = ("temperature", "max_tokens", "top_p", "top_k", "stop")
 # Greedy by default, as in the smoke test and the evaluation; a request can switch sampling on.
 SAMPLING_DEFAULTS: dict[str, Any] = {"temperature": 0.0, "top_p": 1.0, "top_k": 50}
 PARAM_DTYPES = {"max_new_tokens": "long", "temperature": "double", "top_p": "double", "top_k": "long"}
@@ -63,18 +72,26 @@ class LogPyfuncResult:
 
 
 def generation_defaults(max_new_tokens: int) -> dict[str, Any]:
-    """The model config: the defaults a request gets for every param it does not set."""
+    """The generation defaults in the model config: what a request gets for every setting it does not give."""
     return {"max_new_tokens": max_new_tokens, **SAMPLING_DEFAULTS}
 
 
 def build_signature(defaults: dict[str, Any]) -> ModelSignature:
-    """A string column ``prompt`` in, a string per row out; params default to ``defaults``.
+    """Optional columns for both request forms in; no output schema; params default to ``defaults``.
 
-    Chosen by hand: a signature inferred from ``{"prompt": [...]}`` hands ``predict`` lists, not strings.
+    Every column is optional so that schema enforcement lets a chat request (``messages`` and its options)
+    and a raw ``prompt`` through; the model itself refuses a row with neither or both.
     """
+    chat_options = {spec.name: spec for spec in CHAT_MODEL_INPUT_SCHEMA.inputs if spec.name in CHAT_OPTIONS}
+    messages = Array(Object([Property("role", "string"), Property("content", "string")]))
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "prompt")]),
-        outputs=Schema([ColSpec("string")]),
+        inputs=Schema(
+            [
+                ColSpec(messages, "messages", required=False),
+                ColSpec("string", "prompt", required=False),
+                *(ColSpec(chat_options[name].type, name, required=False) for name in CHAT_OPTIONS),
+            ]
+        ),
         params=ParamSchema([ParamSpec(name, dtype, defaults[name]) for name, dtype in PARAM_DTYPES.items()]),
     )
 
@@ -86,17 +103,6 @@ def serving_requirements(execution_provider: str) -> list[str]:
     genai, *runtime = RUNTIME_PACKAGES[execution_provider]
     # The CPU and CUDA builds of onnxruntime-genai are released together: the installed one's version pins either.
     return sorted([f"{genai}=={onnxruntime_genai.__version__}", *pinned_requirements(*runtime, *COMMON_PACKAGES)])
-
-
-def example_prompt(onnx_dir: Path, question: str = EXAMPLE_QUESTION) -> str:
-    """``question`` as a user turn in the chat format of the tokenizer saved in ``onnx_dir``."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(onnx_dir))
-    if not tokenizer.chat_template:
-        raise InputError(f"the ONNX folder '{onnx_dir}' has no chat template; expected the export of a chat model")
-    messages = [{"role": "user", "content": question}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 def log_pyfunc(export_run_id: str, max_new_tokens: int) -> LogPyfuncResult:
@@ -114,15 +120,21 @@ def log_pyfunc(export_run_id: str, max_new_tokens: int) -> LogPyfuncResult:
                 f"export run '{export_run_id}' has no {ONNX_ARTIFACT_DIR}/genai_config.json; "
                 "expected the id of a finished 'export_onnx' run"
             )
+        if find_chat_template(onnx_dir) is None:
+            raise InputError(
+                f"the ONNX folder of export run '{export_run_id}' has no chat template "
+                "(tokenizer_config.json or chat_template.jinja); expected the export of a chat model"
+            )
         execution_provider = export_run.data.tags[TAG_EXECUTION_PROVIDER]
         defaults = generation_defaults(max_new_tokens)
         model_info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(MODEL_CODE),
+            code_paths=[str(PROTOCOL_CODE)],
             artifacts={"onnx": str(onnx_dir)},
-            model_config=defaults,
+            model_config={**defaults, "model_name": export_run.data.tags.get(TAG_HF_REPO, "")},
             signature=build_signature(defaults),
-            input_example={"prompt": example_prompt(onnx_dir)},
+            input_example=CHAT_EXAMPLE,
             pip_requirements=serving_requirements(execution_provider),
         )
         lineage = {tag: export_run.data.tags.get(tag, "") for tag in LINEAGE_TAGS}

@@ -2,102 +2,231 @@
 
 This file is the model: MLflow copies it next to the ONNX folder and runs it where the model is served,
 where the ``llmflow`` package may be absent. It therefore imports only the standard library, mlflow,
-pandas and onnxruntime_genai.
+numpy, pandas, onnxruntime_genai and ``chat_protocol`` (the request and response formats), which is
+logged with it through ``code_paths``.
 
-- Artifacts: ``onnx``, the folder written by the onnxruntime-genai model builder.
-- Model config: generation defaults ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``;
-  ``temperature`` 0 means greedy decoding.
-- Input: a DataFrame with a string column ``prompt`` holding text already in the model's chat format,
-  e.g. ``"<|user|>\\nWhat is the capital of Spain?<|end|>\\n<|assistant|>\\n"``.
-- Output: one generated string per row.
-- Params: the same four names as the model config, per request.
+- Artifacts: ``onnx``, the folder written by the onnxruntime-genai model builder, with its chat template.
+- Model config: generation defaults ``max_new_tokens``, ``temperature`` (0: greedy), ``top_p``, ``top_k``;
+  ``model_name``, the name chat responses give; ``max_batch_size``, the most rows one generator runs.
+- Input: rows that are each an OpenAI chat request (``messages`` ...) or a raw ``prompt`` (see
+  ``chat_protocol``); a DataFrame, a list of dicts or one dict.
+- Output: per row, a ``chat.completion`` dict for a chat request, the generated string for a prompt.
+- Params: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k`` for every row that does not set them.
+- ``predict`` runs rows with the same sampling settings in one batched generator; ``predict_stream``
+  yields ``chat.completion.chunk`` dicts (chat) or strings (prompt) as tokens come.
 """
 
 import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import onnxruntime_genai as og
 import pandas as pd
 
-GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "top_k": 50}
-PARAM_TYPES = {"max_new_tokens": int, "temperature": float, "top_p": float, "top_k": int}
-PARAM_CHECKS = {
-    "max_new_tokens": (lambda v: v >= 1, "at least 1"),
-    "temperature": (lambda v: v >= 0, "0 (greedy) or more"),
-    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "top_k": (lambda v: v >= 1, "at least 1"),
-}
+# The logged model has chat_protocol at the top level of its code path; the project has it in llmflow.
+try:
+    import chat_protocol as protocol
+except ModuleNotFoundError:
+    from llmflow import chat_protocol as protocol
+
+GENERATION_DEFAULTS = protocol.GENERATION_DEFAULTS
+MAX_BATCH_SIZE = 16
+# onnxruntime-genai 0.18 refuses a generator for more rows than this.
+OG_MAX_BATCH_SIZE = 32
 
 
-def generation_options(defaults: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
-    """Merge per-request ``params`` over ``defaults``, cast them, and check their ranges."""
-    unknown = sorted(set(params or {}) - set(GENERATION_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown}; accepted: {', '.join(GENERATION_DEFAULTS)}")
-    given = {k: v for k, v in (params or {}).items() if v is not None}
-    options = {name: PARAM_TYPES[name]({**defaults, **given}[name]) for name in GENERATION_DEFAULTS}
-    for name, (ok, accepted) in PARAM_CHECKS.items():
-        if not ok(options[name]):
-            raise ValueError(f"parameter {name}={options[name]} is out of range; expected {accepted}")
-    return options
+@dataclass
+class Row:
+    """The generation state of one row of one request; it lives only for that request."""
 
+    request: protocol.Request
+    ids: np.ndarray
+    budget: int
+    decoder: og.TokenizerStream
+    scanner: protocol.StopScanner
+    pieces: list[str] = field(default_factory=list)
+    completion_tokens: int = 0
+    finish_reason: str | None = None
 
-def prompts_of(model_input: pd.DataFrame | dict[str, Any]) -> list[str]:
-    """The ``prompt`` of every row, each checked to be a string."""
-    if isinstance(model_input, dict):
-        single = isinstance(model_input.get("prompt"), str)
-        model_input = pd.DataFrame([model_input] if single else model_input)
-    if not isinstance(model_input, pd.DataFrame) or "prompt" not in model_input.columns:
-        raise ValueError("model input must be a DataFrame with a string column 'prompt'")
-    prompts = model_input["prompt"].tolist()
-    for row, prompt in enumerate(prompts):
-        if not isinstance(prompt, str) or not prompt:
-            raise TypeError(f"row {row}: 'prompt' must be a non-empty string, got {type(prompt).__name__} {prompt!r}")
-    return prompts
+    def push(self, token: int, eos: frozenset[int]) -> str:
+        """Take the next generated token; return the text it makes safe to show (may be empty)."""
+        if token in eos:
+            self.finish_reason = "stop"
+            return self._keep(self.scanner.flush())
+        self.completion_tokens += 1
+        text, stopped = self.scanner.feed(self.decoder.decode(token))
+        if stopped:
+            self.finish_reason = "stop"
+        elif self.completion_tokens >= self.budget:
+            self.finish_reason = "length"
+            text += self.scanner.flush()
+        return self._keep(text)
+
+    def close(self) -> str:
+        """End the row if the generator stopped before it did (not expected: see ``generate``)."""
+        if self.finish_reason is not None:
+            return ""
+        self.finish_reason = "length"
+        return self._keep(self.scanner.flush())
+
+    def _keep(self, text: str) -> str:
+        if text:
+            self.pieces.append(text)
+        return text
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
 
 
 class OnnxChatModel(mlflow.pyfunc.PythonModel):
-    """Chat-formatted prompt in, generated text out, with a fresh onnxruntime-genai generator per row."""
+    """Chat requests and raw prompts in, chat completions and text out, generated by onnxruntime-genai.
+
+    The model and tokenizer are shared and read-only; every request builds its own generator params,
+    generator and tokenizer streams, so concurrent calls do not affect each other.
+    """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         onnx_dir = Path(context.artifacts["onnx"])
         self.model = og.Model(str(onnx_dir))
         self.tokenizer = og.Tokenizer(self.model)
+        self.eos = frozenset(int(token) for token in self.tokenizer.eos_token_ids)
+        self.pad = int(self.tokenizer.pad_token_id)
         genai_config = json.loads((onnx_dir / "genai_config.json").read_text(encoding="utf-8"))
         self.context_length = int(genai_config["model"]["context_length"])
+        self.chat_template = protocol.find_chat_template(onnx_dir)
         config = context.model_config or {}
         self.defaults = {name: config.get(name, value) for name, value in GENERATION_DEFAULTS.items()}
+        self.model_name = str(config.get("model_name") or onnx_dir.name)
+        self.max_batch_size = int(config.get("max_batch_size", MAX_BATCH_SIZE))
+        if not 1 <= self.max_batch_size <= OG_MAX_BATCH_SIZE:
+            raise ValueError(f"model_config max_batch_size {self.max_batch_size} must be 1 to {OG_MAX_BATCH_SIZE}")
 
     # The DataFrame hint tells MLflow to validate input against the logged signature, not infer one from hints.
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-    ) -> list[str]:
-        options = generation_options(self.defaults, params)
-        return [self.generate(prompt, options) for prompt in prompts_of(model_input)]
+    ) -> list[Any]:
+        """One answer per row: a ``chat.completion`` dict for a chat request, a string for a prompt."""
+        rows = self.prepare(model_input, params)
+        for batch in self.batches(rows):
+            for _ in self.generate(batch):
+                pass
+        return [RENDER[row.request.form](self, row) for row in rows]
 
-    def generate(self, prompt: str, options: dict[str, Any]) -> str:
-        """Generate for one prompt; the generator and its params live only for this call."""
-        ids = self.tokenizer.encode(prompt)
-        if len(ids) >= self.context_length:
-            raise ValueError(
-                f"prompt has {len(ids)} tokens; the model's context length is {self.context_length} tokens, "
-                f"so a prompt may have at most {self.context_length - 1}"
+    def predict_stream(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: Any, params: dict[str, Any] | None = None
+    ) -> Iterator[Any]:
+        """Stream the answer to one request: ``chat.completion.chunk`` dicts for chat, strings for a prompt.
+
+        Joining the chunks' text gives what ``predict`` returns for the same request.
+        """
+        rows = self.prepare(model_input, params)
+        if len(rows) != 1:
+            raise protocol.invalid(f"predict_stream takes exactly one request; got {len(rows)} rows")
+        yield from STREAM[rows[0].request.form](self, rows[0])
+
+    def prepare(self, model_input: Any, params: dict[str, Any] | None) -> list[Row]:
+        """Parse and check every row, and tokenize it; raises before any generation starts."""
+        requests = protocol.parse_request(model_input, self.defaults, params)
+        rows = []
+        for number, request in enumerate(requests):
+            where = f"row {number}: " if len(requests) > 1 else ""
+            ids = self.tokenizer.encode(PROMPT_TEXT[request.form](self, request))
+            budget = protocol.token_budget(request, len(ids), self.context_length, where)
+            rows.append(
+                Row(request, ids, budget, self.tokenizer.create_stream(), protocol.StopScanner(request.settings.stop))
             )
+        return rows
+
+    def _chat_prompt(self, request: protocol.Request) -> str:
+        if self.chat_template is None:
+            raise protocol.invalid("messages are not accepted: the model's ONNX folder has no chat template")
+        try:
+            return self.tokenizer.apply_chat_template(
+                json.dumps(list(request.messages)), template_str=self.chat_template, add_generation_prompt=True
+            )
+        except RuntimeError as error:  # the template itself refused the conversation (raise_exception)
+            raise protocol.invalid(f"messages do not fit the model's chat template: {error}") from None
+
+    def batches(self, rows: list[Row]) -> Iterator[list[Row]]:
+        """Rows that can share a generator: same sampling settings, padded prompt plus budget within the
+        context, at most ``max_batch_size``; shorter prompts first, so padding stays small."""
+        groups: dict[Any, list[Row]] = {}
+        for row in rows:
+            groups.setdefault(row.request.settings.sampling_key, []).append(row)
+        for group in groups.values():
+            batch: list[Row] = []
+            for row in sorted(group, key=lambda r: len(r.ids)):
+                widest = max([len(row.ids), *(len(r.ids) for r in batch)])
+                budget = max([row.budget, *(r.budget for r in batch)])
+                if batch and (len(batch) == self.max_batch_size or widest + budget > self.context_length):
+                    yield batch
+                    batch = []
+                batch.append(row)
+            yield batch
+
+    def generate(self, batch: list[Row]) -> Iterator[tuple[int, str]]:
+        """Generate every row of ``batch`` in one generator; yield ``(row index, text)`` as text comes.
+
+        Prompts are padded on the right with the pad token: onnxruntime-genai 0.18 masks trailing pad
+        tokens and continues each row from its last real token (left padding changes greedy answers).
+        """
+        width = max(len(row.ids) for row in batch)
+        padded = np.full((len(batch), width), self.pad, dtype=np.int32)
+        for index, row in enumerate(batch):
+            padded[index, : len(row.ids)] = row.ids
+        settings = batch[0].request.settings
         search: dict[str, Any] = {
-            "max_length": min(len(ids) + options["max_new_tokens"], self.context_length),
-            "do_sample": options["temperature"] > 0,
+            "batch_size": len(batch),
+            "max_length": width + max(row.budget for row in batch),
+            "do_sample": settings.temperature > 0,
         }
         if search["do_sample"]:
-            search.update(temperature=options["temperature"], top_p=options["top_p"], top_k=options["top_k"])
+            search.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
         params = og.GeneratorParams(self.model)
         params.set_search_options(**search)
         generator = og.Generator(self.model, params)
-        generator.append_tokens(ids)
-        while not generator.is_done():
+        generator.append_tokens(padded)
+        while not all(row.finish_reason for row in batch) and not generator.is_done():
             generator.generate_next_token()
-        return self.tokenizer.decode(generator.get_sequence(0)[len(ids) :])
+            for index, (row, token) in enumerate(zip(batch, generator.get_next_tokens().tolist(), strict=True)):
+                if row.finish_reason is None and (text := row.push(token, self.eos)):
+                    yield index, text
+        for index, row in enumerate(batch):
+            if text := row.close():
+                yield index, text
 
+    def _chat_response(self, row: Row) -> dict[str, Any]:
+        return protocol.chat_completion(
+            self.model_name, row.text, row.finish_reason, len(row.ids), row.completion_tokens
+        )
+
+    def _chat_stream(self, row: Row) -> Iterator[dict[str, Any]]:
+        chunk_id, created = protocol.completion_id(), int(time.time())
+        for _, text in self.generate([row]):
+            yield protocol.chat_chunk(chunk_id, created, self.model_name, text)
+        yield protocol.chat_chunk(
+            chunk_id,
+            created,
+            self.model_name,
+            "",
+            row.finish_reason,
+            usage=protocol.usage(len(row.ids), row.completion_tokens),
+        )
+
+    def _prompt_stream(self, row: Row) -> Iterator[str]:
+        for _, text in self.generate([row]):
+            yield text
+
+
+# Dispatch on a row's form: how its prompt is built, how its answer is returned and how it is streamed.
+PROMPT_TEXT = {protocol.CHAT: OnnxChatModel._chat_prompt, protocol.PROMPT: lambda _, request: request.prompt}
+RENDER = {protocol.CHAT: OnnxChatModel._chat_response, protocol.PROMPT: lambda _, row: row.text}
+STREAM = {protocol.CHAT: OnnxChatModel._chat_stream, protocol.PROMPT: OnnxChatModel._prompt_stream}
 
 mlflow.models.set_model(OnnxChatModel())

@@ -1,26 +1,37 @@
-"""Step ``log_pyfunc`` and the models-from-code pyfunc around onnxruntime-genai, on the tiny Phi-3."""
+"""Step ``log_pyfunc`` and the logged models-from-code pyfunc around onnxruntime-genai, on the tiny Phi-3.
+
+How the model parses requests and generates is tested in tests/test_onnx_chat_model.py; here, what the step
+logs, and how the logged model answers through MLflow: ``load_model`` and the path a serving request takes.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.models import convert_input_example_to_serving_input, validate_serving_input
-from mlflow.pyfunc import PythonModelContext
+from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA
 
 from llmflow import export_onnx as export_module
 from llmflow.cli import mlproject_parameters
 from llmflow.download import download
 from llmflow.errors import InputError
 from llmflow.export_onnx import export_onnx
-from llmflow.log_pyfunc import build_signature, example_prompt, generation_defaults, log_pyfunc, serving_requirements
-from llmflow.onnx_chat_model import OnnxChatModel
+from llmflow.log_pyfunc import CHAT_EXAMPLE, build_signature, generation_defaults, log_pyfunc, serving_requirements
 from llmflow.runs import (
+    PROJECT_ROOT,
     TAG_DOWNLOAD_RUN,
     TAG_EXECUTION_PROVIDER,
     TAG_EXPORT_RUN,
@@ -32,12 +43,18 @@ from llmflow.runs import (
 from steps import log_pyfunc as log_pyfunc_step
 
 
-def chat(question: str) -> str:
+def phi3(question: str) -> str:
     return f"<|user|>\n{question}<|end|>\n<|assistant|>\n"
 
 
-SPAIN, FRANCE = chat("What is the capital of Spain?"), chat("What is the capital of France?")
-TOO_LONG = chat("What is the capital of Spain? " * 200)
+SPAIN, FRANCE = phi3("What is the capital of Spain?"), phi3("What is the capital of France?")
+TOO_LONG = phi3("What is the capital of Spain? " * 200)
+ASK_SPAIN = [{"role": "user", "content": "What is the capital of Spain?"}]
+ASK_MONA_LISA = [{"role": "user", "content": "Who painted the Mona Lisa?"}]
+
+
+def content(response: dict[str, Any]) -> str:
+    return response["choices"][0]["message"]["content"]
 
 
 @dataclass(frozen=True)
@@ -84,78 +101,50 @@ def store(logged: Logged, monkeypatch: pytest.MonkeyPatch) -> Logged:
 
 
 @pytest.fixture(scope="module")
-def chat_model(onnx_dir: Path) -> OnnxChatModel:
-    """The pyfunc class loaded straight from the ONNX folder, without MLflow logging."""
-    model = OnnxChatModel()
-    model.load_context(PythonModelContext(artifacts={"onnx": str(onnx_dir)}, model_config={"max_new_tokens": 16}))
-    return model
+def loaded(logged: Logged) -> mlflow.pyfunc.PyFuncModel:
+    """The logged model, loaded once through MLflow."""
+    mlflow.set_tracking_uri(logged.tracking_uri)
+    try:
+        return mlflow.pyfunc.load_model(logged.model_uri)
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
-# --- unit tier: the pyfunc class ----------------------------------------------------------------------------
-
-
-def test_predict_answers_every_row(chat_model: OnnxChatModel):
-    assert chat_model.predict(None, pd.DataFrame({"prompt": [SPAIN, FRANCE]})) == ["Madrid", "Paris"]
-
-
-def test_predict_accepts_the_cookbook_dict(chat_model: OnnxChatModel):
-    assert chat_model.predict(None, {"prompt": SPAIN}) == ["Madrid"]
-
-
-def test_max_new_tokens_param_overrides_the_default(chat_model: OnnxChatModel):
-    [short] = chat_model.predict(None, pd.DataFrame({"prompt": [SPAIN]}), params={"max_new_tokens": 1})
-    assert short and short != "Madrid" and "Madrid".startswith(short)
-
-
-def test_defaults_come_from_the_model_config(onnx_dir: Path):
-    model = OnnxChatModel()
-    model.load_context(PythonModelContext(artifacts={"onnx": str(onnx_dir)}, model_config={"max_new_tokens": 2}))
-    assert model.defaults == {"max_new_tokens": 2, "temperature": 0.0, "top_p": 1.0, "top_k": 50}
-    [short] = model.predict(None, pd.DataFrame({"prompt": [SPAIN]}))
-    assert short != "Madrid" and "Madrid".startswith(short)
-
-
-def test_sampling_params_reach_the_generator(chat_model: OnnxChatModel):
-    # top_k=1 samples from a single candidate: the sampling path, with a result that can be checked.
-    frame = pd.DataFrame({"prompt": [SPAIN, FRANCE]})
-    assert chat_model.predict(None, frame, params={"temperature": 0.7, "top_p": 0.9, "top_k": 1}) == ["Madrid", "Paris"]
-
-
-def test_a_prompt_longer_than_the_context_is_refused(chat_model: OnnxChatModel):
-    with pytest.raises(ValueError, match=r"prompt has \d+ tokens; the model's context length is 512 tokens"):
-        chat_model.predict(None, pd.DataFrame({"prompt": [TOO_LONG]}))
-
-
-@pytest.mark.parametrize(
-    ("params", "message"),
-    [
-        ({"max_new_tokens": 0}, "max_new_tokens=0 is out of range; expected at least 1"),
-        ({"top_p": 1.5}, "top_p=1.5 is out of range"),
-        ({"temperature": -1}, "temperature=-1.0 is out of range"),
-        ({"beam_width": 4}, r"unknown parameter\(s\) \['beam_width'\]"),
-    ],
-)
-def test_bad_params_are_refused(chat_model: OnnxChatModel, params: dict, message: str):
-    with pytest.raises(ValueError, match=message):
-        chat_model.predict(None, pd.DataFrame({"prompt": [SPAIN]}), params=params)
-
-
-def test_a_prompt_that_is_not_a_string_is_refused(chat_model: OnnxChatModel):
-    with pytest.raises(TypeError, match="row 1: 'prompt' must be a non-empty string, got list"):
-        chat_model.predict(None, pd.DataFrame({"prompt": [SPAIN, [FRANCE]]}))
+def export_like(store: Logged, tags: dict[str, str], change_onnx: Callable[[Path], None] = lambda folder: None) -> str:
+    """A run that looks like the store's export run, with ``tags`` over its tags and its ONNX folder changed."""
+    export_tags = mlflow.get_run(store.export_run_id).data.tags
+    with mlflow.start_run() as run:
+        mlflow.set_tags({**{k: v for k, v in export_tags.items() if k.startswith("llmflow.")}, **tags})
+        onnx = Path(mlflow.artifacts.download_artifacts(run_id=store.export_run_id, artifact_path="onnx"))
+        change_onnx(onnx)
+        mlflow.log_artifacts(str(onnx), "onnx")
+    return run.info.run_id
 
 
 # --- unit tier: what the step logs -------------------------------------------------------------------------
 
 
-def test_example_prompt_uses_the_onnx_folders_chat_template(onnx_dir: Path):
-    assert example_prompt(onnx_dir) == SPAIN
-
-
-def test_signature_is_a_string_prompt_with_params():
+def test_signature_takes_both_request_forms_with_params():
     signature = build_signature(generation_defaults(64))
-    assert signature.inputs.to_dict() == [{"type": "string", "name": "prompt", "required": True}]
-    assert signature.outputs.to_dict() == [{"type": "string", "required": True}]
+    chat_types = {spec.name: spec.type for spec in CHAT_MODEL_INPUT_SCHEMA.inputs}
+    inputs = {spec.name: spec for spec in signature.inputs.inputs}
+    assert list(inputs) == ["messages", "prompt", "temperature", "max_tokens", "top_p", "top_k", "stop"]
+    assert not any(spec.required for spec in inputs.values())
+    assert inputs["messages"].type.to_dict() == {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "content": {"type": "string", "required": True},
+                "role": {"type": "string", "required": True},
+            },
+        },
+    }
+    assert inputs["prompt"].type.name == "string"
+    for name in ("temperature", "max_tokens", "top_p", "top_k", "stop"):
+        assert inputs[name].type == chat_types[name]
+    # A chat request gets a dict back and a prompt a string: no output schema fits both.
+    assert signature.outputs is None
     assert {p.name: p.default for p in signature.params} == {
         "max_new_tokens": 64,
         "temperature": 0.0,
@@ -196,6 +185,17 @@ def test_max_new_tokens_below_one_is_refused(store: Logged):
         log_pyfunc(store.export_run_id, 0)
 
 
+def test_an_onnx_folder_without_a_chat_template_is_refused(store: Logged):
+    def drop_template(folder: Path) -> None:
+        (folder / "chat_template.jinja").unlink()
+
+    run_id = export_like(store, {}, drop_template)
+    with pytest.raises(
+        InputError, match=f"export run '{run_id}' has no chat template .* expected the export of a chat"
+    ):
+        log_pyfunc(run_id, 8)
+
+
 # --- integration tier: the logged model ---------------------------------------------------------------------
 
 
@@ -211,27 +211,109 @@ def test_step_run_records_the_model_and_its_lineage(store: Logged):
     assert mlflow.get_logged_model(store.model_uri.removeprefix("models:/")).source_run_id == store.run_id
 
 
-def test_logged_model_answers_every_row(store: Logged):
-    model = mlflow.pyfunc.load_model(store.model_uri)
-    assert model.predict(pd.DataFrame({"prompt": [SPAIN, FRANCE]})) == ["Madrid", "Paris"]
-    [short] = model.predict(pd.DataFrame({"prompt": [SPAIN]}), params={"max_new_tokens": 1})
-    assert short != "Madrid" and "Madrid".startswith(short)
-    with pytest.raises(ValueError, match="the model's context length is 512 tokens"):
-        model.predict(pd.DataFrame({"prompt": [TOO_LONG]}))
-
-
 def test_logged_model_config_and_signature(store: Logged):
     info = mlflow.models.get_model_info(store.model_uri)
-    assert info.flavors["python_function"]["config"] == generation_defaults(24)
+    hf_repo = mlflow.get_run(store.export_run_id).data.tags[TAG_HF_REPO]
+    assert info.flavors["python_function"]["config"] == {**generation_defaults(24), "model_name": hf_repo}
     assert info.signature == build_signature(generation_defaults(24))
 
 
-def test_input_example_reaches_predict_as_one_string_per_row(store: Logged, tmp_path: Path):
+def test_logged_model_answers_chat_requests_named_after_the_hf_repo(loaded: mlflow.pyfunc.PyFuncModel, store: Logged):
+    [response] = loaded.predict({"messages": ASK_SPAIN, "max_tokens": 8})
+    assert response["object"] == "chat.completion" and content(response) == "Madrid"
+    assert response["model"] == mlflow.get_run(store.export_run_id).data.tags[TAG_HF_REPO] == "local/tiny-phi3"
+    two = loaded.predict(pd.DataFrame({"messages": [ASK_SPAIN, ASK_MONA_LISA], "max_tokens": [8, 32]}))
+    assert [content(response) for response in two] == ["Madrid", "Leonardo da Vinci"]
+
+
+def test_logged_model_still_answers_raw_prompts(loaded: mlflow.pyfunc.PyFuncModel):
+    assert loaded.predict(pd.DataFrame({"prompt": [SPAIN, FRANCE]})) == ["Madrid", "Paris"]
+    [short] = loaded.predict(pd.DataFrame({"prompt": [SPAIN]}), params={"max_new_tokens": 1})
+    assert short != "Madrid" and "Madrid".startswith(short)
+    with pytest.raises(MlflowException, match="prompt has \\d+ tokens; the model's context length is 512 tokens"):
+        loaded.predict(pd.DataFrame({"prompt": [TOO_LONG]}))
+
+
+def test_logged_model_streams(loaded: mlflow.pyfunc.PyFuncModel):
+    request = {"messages": ASK_MONA_LISA}
+    chunks = list(loaded.predict_stream(request))
+    assert "".join(chunk["choices"][0]["delta"]["content"] for chunk in chunks) == "Leonardo da Vinci"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and len(chunks) > 2
+    assert "".join(loaded.predict_stream({"prompt": SPAIN})) == "Madrid"
+
+
+def test_input_example_is_a_chat_request_that_serves(store: Logged, tmp_path: Path):
     local = Path(mlflow.artifacts.download_artifacts(store.model_uri, dst_path=str(tmp_path)))
     example = mlflow.models.Model.load(local).load_input_example(str(local))
-    assert example == {"prompt": SPAIN}
-    # The path a serving request takes; predict raises TypeError on any prompt that is not a string.
-    assert validate_serving_input(store.model_uri, convert_input_example_to_serving_input(example)) == ["Madrid"]
+    assert example == CHAT_EXAMPLE
+    [response] = validate_serving_input(store.model_uri, convert_input_example_to_serving_input(example))
+    assert content(response) == "Madrid" and response["choices"][0]["finish_reason"] == "stop"
+
+
+# Request bodies as `mlflow models serve` takes them, through the same parsing and schema enforcement, and the
+# answers: {"chat": text} for a chat completion, a plain string for a prompt.
+SERVING_BODIES = [
+    ({"messages": ASK_SPAIN, "max_tokens": 8}, [{"chat": "Madrid"}]),
+    ({"messages": ASK_SPAIN, "temperature": 0.0, "top_k": 5, "stop": ["dr"]}, [{"chat": "Ma"}]),
+    ({"inputs": {"messages": ASK_SPAIN, "max_tokens": 8}}, [{"chat": "Madrid"}]),
+    (
+        {"dataframe_records": [{"messages": ASK_SPAIN, "max_tokens": 8}, {"messages": ASK_MONA_LISA, "max_tokens": 3}]},
+        [{"chat": "Madrid"}, {"chat": "Leon"}],
+    ),
+    (
+        {"dataframe_records": [{"messages": ASK_SPAIN, "prompt": None}, {"messages": None, "prompt": FRANCE}]},
+        [{"chat": "Madrid"}, "Paris"],
+    ),
+    ({"inputs": {"prompt": [SPAIN, FRANCE]}, "params": {"max_new_tokens": 32}}, ["Madrid", "Paris"]),
+    ({"inputs": {"prompt": SPAIN}}, ["Madrid"]),
+    ({"dataframe_split": {"columns": ["prompt"], "data": [[SPAIN], [FRANCE]]}}, ["Madrid", "Paris"]),
+    ({"prompt": SPAIN, "max_new_tokens": 1}, ["M"]),
+]
+
+
+@pytest.mark.parametrize(("body", "answers"), SERVING_BODIES)
+def test_serving_takes_both_forms(store: Logged, body: dict[str, Any], answers: list[Any]):
+    predictions = validate_serving_input(store.model_uri, json.dumps(body))
+    assert [{"chat": content(p)} if isinstance(p, dict) else p for p in predictions] == answers
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"inputs": {"temperature": 0.5}}, "exactly one of 'messages' .* got neither"),
+        ({"inputs": {"messages": ASK_SPAIN, "prompt": SPAIN}}, "got both"),
+        ({"messages": [], "max_tokens": 8}, "messages must hold at least one message"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, r"messages\[0\]\.role 'tool' is not accepted"),
+        ({"messages": [{"role": "user", "content": 5}]}, "Failed to enforce schema"),
+        ({"messages": ASK_SPAIN, "max_tokens": 0}, "max_tokens must be a whole number of 1 or more; got 0"),
+        (
+            {"messages": [{"role": "user", "content": "What is the capital of Spain? " * 40}], "max_tokens": 200},
+            "max_tokens 200 with a prompt of \\d+ tokens exceeds the model's context length of 512 tokens",
+        ),
+        ({"inputs": {"prompt": SPAIN}, "params": {"max_new_tokens": 0}}, "parameter max_new_tokens must be"),
+    ],
+)
+def test_serving_refuses_bad_input_with_a_400(store: Logged, body: dict[str, Any], message: str):
+    with pytest.raises(MlflowException, match=message) as caught:
+        validate_serving_input(store.model_uri, json.dumps(body))
+    assert caught.value.get_http_status_code() == 400
+
+
+def test_logged_model_serves_without_the_llmflow_package(store: Logged, tmp_path: Path):
+    """A fresh interpreter outside the project, as where the model is served: chat_protocol comes with the model."""
+    script = (
+        "import importlib.util, json, sys, mlflow\n"
+        "assert importlib.util.find_spec('llmflow') is None\n"
+        f"model = mlflow.pyfunc.load_model({store.model_uri!r})\n"
+        f"[answer] = model.predict({{'messages': {ASK_SPAIN!r}}})\n"
+        "print(json.dumps([answer['choices'][0]['message']['content'], sys.modules['chat_protocol'].__file__]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"MLFLOW_TRACKING_URI": store.tracking_uri}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answer, protocol_file = json.loads(proc.stdout.splitlines()[-1])
+    assert answer == "Madrid"
+    assert Path(protocol_file).parent.name == "code"
 
 
 def test_logged_requirements_are_pinned(store: Logged):
@@ -240,22 +322,17 @@ def test_logged_requirements_are_pinned(store: Logged):
     assert all("==" in line for line in requirements)
 
 
-def test_logged_model_code_is_the_pyfunc_file(store: Logged, tmp_path: Path):
+def test_logged_model_code_is_the_pyfunc_file_and_its_protocol(store: Logged, tmp_path: Path):
     local = Path(mlflow.artifacts.download_artifacts(store.model_uri, dst_path=str(tmp_path)))
     [code] = local.glob("**/onnx_chat_model.py")
     assert "mlflow.models.set_model(OnnxChatModel())" in code.read_text()
+    [protocol] = local.glob("**/code/chat_protocol.py")
+    assert protocol.read_text() == (PROJECT_ROOT / "llmflow" / "chat_protocol.py").read_text()
     assert {"genai_config.json", "model.onnx", "model.onnx.data"} <= {p.name for p in local.glob("artifacts/**/*")}
 
 
 def test_a_cuda_export_is_logged_with_the_cuda_runtime(store: Logged):
-    export_tags = mlflow.get_run(store.export_run_id).data.tags
-    with mlflow.start_run() as cuda_export:
-        mlflow.set_tags(
-            {**{k: v for k, v in export_tags.items() if k.startswith("llmflow.")}, TAG_EXECUTION_PROVIDER: "cuda"}
-        )
-        onnx = mlflow.artifacts.download_artifacts(run_id=store.export_run_id, artifact_path="onnx")
-        mlflow.log_artifacts(onnx, "onnx")
-    result = log_pyfunc(cuda_export.info.run_id, 8)
+    result = log_pyfunc(export_like(store, {TAG_EXECUTION_PROVIDER: "cuda"}), 8)
     assert mlflow.get_run(result.run_id).data.tags[TAG_EXECUTION_PROVIDER] == "cuda"
     requirements = Path(mlflow.pyfunc.get_model_dependencies(result.model_uri)).read_text().split()
     assert sorted(requirements) == serving_requirements("cuda")

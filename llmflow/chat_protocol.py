@@ -1,0 +1,347 @@
+"""The request and response formats of the ONNX chat pyfunc, as pure functions (no model needed).
+
+Logged with the model (``code_paths``) next to ``onnx_chat_model.py``, so, like it, this file imports only
+the standard library, mlflow, numpy and pandas.
+
+A request is one or more rows. Each row is either
+- a chat request, as for an ``llm/v1/chat`` model: ``messages`` (``system``, ``user`` and ``assistant``
+  turns), with the optional fields ``temperature``, ``max_tokens``, ``top_p``, ``top_k`` and ``stop``;
+  it gets an OpenAI ``chat.completion`` dict back; or
+- a raw prompt, the cookbook's form: ``prompt``, text already in the model's chat format; it gets the
+  generated string back. It takes the same optional fields.
+
+Generation settings come from the row's fields, else the request's params (``max_new_tokens``,
+``temperature``, ``top_p``, ``top_k``), else the model config. Every bad value raises an
+``MlflowException`` with ``INVALID_PARAMETER_VALUE`` (HTTP 400 when served) that names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+ROLES = ("system", "user", "assistant")
+CHAT, PROMPT = "messages", "prompt"
+# Model-config and params names of the generation settings, with the defaults a logged model falls back on.
+GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "top_k": 50}
+# A row's field for each setting; the chat field ``max_tokens`` is the params' ``max_new_tokens``.
+ROW_FIELD_OF_PARAM = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k"}
+ROW_FIELDS = (CHAT, PROMPT, *ROW_FIELD_OF_PARAM.values(), "stop")
+
+
+def invalid(message: str) -> MlflowException:
+    """The error for a bad request: ``INVALID_PARAMETER_VALUE``, which the scoring server answers with 400."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _whole(value: Any) -> int | None:
+    if isinstance(value, bool | np.bool_):
+        return None
+    if isinstance(value, Integral):
+        return int(value)
+    # A number column with a missing cell turns into floats in pandas: 8.0 is 8.
+    if isinstance(value, Real) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    return None
+
+
+def _real(value: Any) -> float | None:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, Real) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _stops(value: Any) -> tuple[str, ...] | None:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list | tuple | np.ndarray) and all(isinstance(s, str) and s for s in value):
+        return tuple(value)
+    return None
+
+
+# setting -> (cast, returning None when the type is wrong; range check; what is accepted)
+SETTING_RULES: dict[str, tuple[Callable[[Any], Any], Callable[[Any], bool], str]] = {
+    "max_tokens": (_whole, lambda v: v >= 1, "a whole number of 1 or more"),
+    "max_new_tokens": (_whole, lambda v: v >= 1, "a whole number of 1 or more"),
+    "temperature": (_real, lambda v: v >= 0, "a number of 0 (greedy) or more"),
+    "top_p": (_real, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "top_k": (_whole, lambda v: v >= 1, "a whole number of 1 or more"),
+    "stop": (_stops, lambda v: len(v) > 0, "a non-empty string or a list of non-empty strings"),
+}
+
+
+def checked(name: str, value: Any, where: str = "") -> Any:
+    """``value`` of setting ``name`` cast to its type; raises ``invalid`` naming it and what is accepted."""
+    cast, in_range, accepted = SETTING_RULES[name]
+    result = cast(value)
+    if result is None or not in_range(result):
+        raise invalid(f"{where}{name} must be {accepted}; got {value!r}")
+    return result
+
+
+def generation_options(defaults: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
+    """The request-wide settings: ``params`` over ``defaults`` (the model config), each checked."""
+    unknown = sorted(set(params or {}) - set(GENERATION_DEFAULTS))
+    if unknown:
+        raise invalid(f"unknown parameter(s) {unknown}; accepted: {', '.join(GENERATION_DEFAULTS)}")
+    given = {name: value for name, value in (params or {}).items() if value is not None}
+    merged = {**GENERATION_DEFAULTS, **defaults, **given}
+    return {name: checked(name, merged[name], "parameter ") for name in GENERATION_DEFAULTS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one row is generated. ``explicit_max_tokens``: the row set ``max_tokens`` itself."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    stop: tuple[str, ...] = ()
+    explicit_max_tokens: bool = False
+
+    @property
+    def sampling_key(self) -> tuple[float, float, int] | None:
+        """Rows with the same key can share one generator; every greedy row shares ``None``."""
+        return (self.temperature, self.top_p, self.top_k) if self.temperature > 0 else None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One parsed row: its form (``CHAT`` or ``PROMPT``), its content and its settings."""
+
+    form: str
+    messages: tuple[dict[str, str], ...] | None
+    prompt: str | None
+    settings: Settings
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays and scalars (what schema enforcement leaves) as plain Python lists and values."""
+    if isinstance(value, np.ndarray):
+        return [_plain(item) for item in value.tolist()]
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _expand_prompts(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cookbook's column form ``{"prompt": [p1, p2]}`` as one row per prompt, sharing the other fields.
+
+    Schema enforcement turns a dict into a single row, so a served ``{"inputs": {"prompt": [...]}}``
+    arrives as one row holding the list.
+    """
+    prompts = row.get(PROMPT)
+    if not isinstance(prompts, list) or not prompts:
+        return [row]
+    return [{**row, PROMPT: prompt} for prompt in prompts]
+
+
+def rows_of(model_input: Any) -> list[dict[str, Any]]:
+    """The rows of a request, each a dict without its missing fields.
+
+    Accepts a DataFrame (one row per request), a list of dicts, one request as a dict, or the cookbook's
+    column form ``{"prompt": [...]}`` (one row per prompt).
+    """
+    if isinstance(model_input, pd.DataFrame):
+        records = model_input.to_dict(orient="records")
+    elif isinstance(model_input, dict):
+        records = [model_input]
+    elif isinstance(model_input, list) and all(isinstance(row, dict) for row in model_input):
+        records = model_input
+    else:
+        raise invalid(
+            f"model input must be a chat request (a dict with 'messages'), a dict with 'prompt', "
+            f"a list of those or a DataFrame of them; got {type(model_input).__name__}"
+        )
+    rows = [{key: _plain(value) for key, value in row.items() if not _missing(value)} for row in records]
+    rows = [expanded for row in rows for expanded in _expand_prompts(row)]
+    if not rows:
+        raise invalid("model input has no rows; expected at least one request")
+    return rows
+
+
+def _messages(value: Any, where: str) -> tuple[dict[str, str], ...]:
+    if not isinstance(value, list):
+        raise invalid(f"{where}messages must be a list of {{role, content}} objects; got {type(value).__name__}")
+    if not value:
+        raise invalid(f"{where}messages must hold at least one message; got an empty list")
+    messages = []
+    for number, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise invalid(
+                f"{where}messages[{number}] must be an object with 'role' and 'content'; got {type(message).__name__}"
+            )
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise invalid(
+                f"{where}messages[{number}].role {role!r} is not accepted; expected one of {', '.join(ROLES)}"
+            )
+        if not isinstance(content, str):
+            raise invalid(
+                f"{where}messages[{number}].content must be a string; got {type(content).__name__} {content!r}"
+            )
+        messages.append({"role": role, "content": content})
+    return tuple(messages)
+
+
+def _prompt(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise invalid(f"{where}prompt must be a non-empty string; got {type(value).__name__} {value!r}")
+    return value
+
+
+def parse_row(row: dict[str, Any], options: dict[str, Any], where: str = "") -> Request:
+    """One row as a ``Request``; ``options`` are the request-wide settings from ``generation_options``."""
+    unknown = sorted(set(row) - set(ROW_FIELDS))
+    if unknown:
+        raise invalid(f"{where}unknown field(s) {unknown}; accepted: {', '.join(ROW_FIELDS)}")
+    forms = [form for form in (CHAT, PROMPT) if form in row]
+    if len(forms) != 1:
+        got = "both" if forms else f"neither (fields: {sorted(row) or 'none'})"
+        raise invalid(f"{where}a request needs exactly one of 'messages' (chat) or 'prompt' (raw prompt); got {got}")
+    [form] = forms
+    settings = {
+        field: checked(field, row[field], where) if field in row else options[param]
+        for param, field in ROW_FIELD_OF_PARAM.items()
+    }
+    stop = checked("stop", row["stop"], where) if "stop" in row else ()
+    return Request(
+        form=form,
+        messages=_messages(row[CHAT], where) if form == CHAT else None,
+        prompt=_prompt(row[PROMPT], where) if form == PROMPT else None,
+        settings=Settings(**settings, stop=stop, explicit_max_tokens="max_tokens" in row),
+    )
+
+
+def parse_request(model_input: Any, defaults: dict[str, Any], params: dict[str, Any] | None) -> list[Request]:
+    """Every row of ``model_input``, checked; errors name the row when there are several."""
+    options = generation_options(defaults, params)
+    rows = rows_of(model_input)
+    return [parse_row(row, options, f"row {number}: " if len(rows) > 1 else "") for number, row in enumerate(rows)]
+
+
+def token_budget(request: Request, prompt_tokens: int, context_length: int, where: str = "") -> int:
+    """How many tokens the row may generate.
+
+    A ``max_tokens`` the row sets itself must fit in the context with the prompt; a default (or the
+    ``max_new_tokens`` param) is cut to what is left of the context.
+    """
+    room = context_length - prompt_tokens
+    if room < 1:
+        raise invalid(
+            f"{where}{request.form} has {prompt_tokens} tokens; the model's context length is {context_length} "
+            f"tokens, so a prompt may have at most {context_length - 1}"
+        )
+    wanted = request.settings.max_tokens
+    if request.settings.explicit_max_tokens and wanted > room:
+        raise invalid(
+            f"{where}max_tokens {wanted} with a prompt of {prompt_tokens} tokens exceeds the model's context "
+            f"length of {context_length} tokens; max_tokens may be at most {room} for this prompt"
+        )
+    return min(wanted, room)
+
+
+class StopScanner:
+    """Cuts generated text at the first stop sequence, holding back text that may start one.
+
+    ``feed`` returns the text that is safe to show and whether a stop sequence was found (the text
+    before it is returned; the sequence is not). ``flush`` returns what is held when generation ends.
+    """
+
+    def __init__(self, stops: Iterable[str]) -> None:
+        self.stops = tuple(stops)
+        self.held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        buffer = self.held + text
+        found = [index for index in (buffer.find(stop) for stop in self.stops) if index >= 0]
+        if found:
+            self.held = ""
+            return buffer[: min(found)], True
+        keep = max(
+            (
+                n
+                for stop in self.stops
+                for n in range(min(len(stop) - 1, len(buffer)), 0, -1)
+                if buffer.endswith(stop[:n])
+            ),
+            default=0,
+        )
+        self.held = buffer[len(buffer) - keep :]
+        return buffer[: len(buffer) - keep], False
+
+    def flush(self) -> str:
+        held, self.held = self.held, ""
+        return held
+
+
+def find_chat_template(onnx_dir: Path) -> str | None:
+    """The chat template shipped in the ONNX folder: ``tokenizer_config.json``'s, else ``chat_template.jinja``."""
+    config = onnx_dir / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, str) and template:
+            return template
+    jinja = onnx_dir / "chat_template.jinja"
+    return jinja.read_text(encoding="utf-8") if jinja.is_file() else None
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def chat_completion(
+    model: str, content: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
+    """An OpenAI ``chat.completion`` with one choice, as the ``llm/v1/chat`` transformers model returns."""
+    return {
+        "id": completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+def chat_chunk(
+    chunk_id: str, created: int, model: str, content: str, finish_reason: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """An OpenAI ``chat.completion.chunk``: ``choices[0].delta.content`` is the next piece of the answer."""
+    return {
+        "id": chunk_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
+        **extra,
+    }
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
