@@ -64,3 +64,31 @@ def onnx_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         tiny_model_dir, out, precision="int4", execution_provider="cpu", int4_block_size=32, int4_accuracy_level=4
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def logged_onnx_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, _empty_store: Path):
+    """(tracking URI, models:/ URI) of the tiny model exported and logged by the project's own steps.
+
+    It lives in a store of its own, for tests that serve it from another process.
+    """
+    from llmflow.download import download
+    from llmflow.export_onnx import export_onnx
+    from llmflow.log_pyfunc import log_pyfunc
+
+    root = tmp_path_factory.mktemp("served")
+    shutil.copyfile(_empty_store, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.create_experiment("served", artifact_location=(root / "artifacts").as_uri())
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+    try:
+        download_run = download(str(tiny_model_dir), "main")
+        export_run = export_onnx(download_run.run_id, "int4", "cpu", 32, 4)
+        model_uri = log_pyfunc(export_run.run_id, max_new_tokens=64).model_uri
+    finally:
+        mp.undo()
+        mlflow.set_tracking_uri(previous)
+    return uri, model_uri
