@@ -1,0 +1,108 @@
+"""The champion as users serve it: ``mlflow models serve`` in a real process on loopback."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from servers import free_port, running
+
+SPAIN = [{"role": "user", "content": "What is the capital of Spain?"}]
+PROMPT = "<|user|>\nWhat is the capital of Spain?<|end|>\n<|assistant|>\n"
+QUESTIONS = {
+    "What is the capital of Spain?": "Madrid",
+    "Who painted the Mona Lisa?": "Leonardo da Vinci",
+    "What is the largest planet in the solar system?": "Jupiter",
+    "How many legs does a spider have?": "Eight",
+}
+
+
+@pytest.fixture(scope="module")
+def server(logged_onnx_model: tuple[str, str], tmp_path_factory: pytest.TempPathFactory):
+    tracking_uri, model_uri = logged_onnx_model
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    command += ["-h", "127.0.0.1", "-p", str(port), "-w", "2"]
+    log = Path(tmp_path_factory.mktemp("serve")) / "server.log"
+    with running(command, port, tracking_uri, log) as base:
+        yield base
+
+
+def post(base: str, body: object, raw: bytes | None = None) -> tuple[int, object]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{base}/invocations", data=data, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_chat_request_gets_a_chat_completion(server: str):
+    status, body = post(server, {"messages": SPAIN, "max_tokens": 16})
+    assert status == 200
+    completion = body[0]
+    assert completion["object"] == "chat.completion"
+    assert completion["choices"][0]["message"] == {"role": "assistant", "content": "Madrid"}
+    assert completion["choices"][0]["finish_reason"] == "stop"
+    usage = completion["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+
+
+def test_prompt_request_gets_strings(server: str):
+    status, body = post(server, {"inputs": {"prompt": [PROMPT]}, "params": {"max_new_tokens": 16}})
+    assert (status, body) == (200, {"predictions": ["Madrid"]})
+
+
+def test_several_rows_in_one_request(server: str):
+    records = [{"messages": [{"role": "user", "content": q}], "max_tokens": 16} for q in QUESTIONS]
+    status, body = post(server, {"dataframe_records": records})
+    assert status == 200
+    assert [c["choices"][0]["message"]["content"] for c in body["predictions"]] == list(QUESTIONS.values())
+
+
+LONG = " ".join(["What is the capital of Spain?"] * 60)
+BAD_INPUTS = {
+    "context length": ({"messages": [{"role": "user", "content": LONG}], "max_tokens": 200}, "context length"),
+    "max_tokens zero": ({"messages": SPAIN, "max_tokens": 0}, "max_tokens"),
+    "max_tokens negative": ({"messages": SPAIN, "max_tokens": -3}, "max_tokens"),
+    "unknown role": ({"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
+    "empty messages": ({"inputs": {"messages": [], "max_tokens": 8}}, "messages"),
+    "non-string content": ({"messages": [{"role": "user", "content": 42}]}, "content"),
+    "missing field": ({"inputs": {"temperature": 0.5}}, "messages"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_400_naming_the_field(server: str, case: str):
+    body, field = BAD_INPUTS[case]
+    status, error = post(server, body)
+    assert status == 400, error
+    assert field in error["message"]
+
+
+def test_malformed_json_is_a_400_and_the_server_keeps_serving(server: str):
+    status, _ = post(server, None, raw=b'{"messages": [')
+    assert status == 400
+    status, body = post(server, {"messages": SPAIN, "max_tokens": 16})
+    assert status == 200 and body[0]["choices"][0]["message"]["content"] == "Madrid"
+
+
+def test_sixteen_concurrent_requests_get_their_own_answers(server: str):
+    asked = list(QUESTIONS) * 4
+
+    def ask(question: str) -> str:
+        status, body = post(server, {"messages": [{"role": "user", "content": question}], "max_tokens": 16})
+        assert status == 200
+        return body[0]["choices"][0]["message"]["content"]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(ask, asked))
+    assert answers == [QUESTIONS[q] for q in asked]
