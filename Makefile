@@ -12,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 # The demo and the tests never reach the Hugging Face Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv tiny demo test lint clean
+.PHONY: venv tiny demo test bench lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,13 @@ demo: tiny
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Speed of the ONNX pyfunc against a bare onnxruntime-genai loop, transformers and HTTP serving (figures, not a test).
+bench: $(STAMP)
+	$(BIN)/python -m bench.benchmark
+
 lint: $(STAMP)
-	$(BIN)/ruff check llmflow steps tests
-	$(BIN)/ruff format --check llmflow steps tests
+	$(BIN)/ruff check llmflow steps tests bench
+	$(BIN)/ruff format --check llmflow steps tests bench
 
 clean:
-	rm -rf $(VENV) build mlflow.db mlruns mlartifacts
+	rm -rf $(VENV) build mlflow.db mlruns mlartifacts bench-results
