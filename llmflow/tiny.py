@@ -35,7 +35,7 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|
 DEFAULT_QA_PATH = Path(__file__).resolve().parent.parent / "data" / "qa.jsonl"
 
 
-def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -79,7 +79,7 @@ def _training_batch(tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[str, s
     return input_ids, attention, label_ids
 
 
-def _check_builder_compatible(config: Phi3Config) -> None:
+def check_builder_compatible(config: Phi3Config) -> None:
     """Refuse a vocabulary size that equals the width of a projection layer.
 
     The onnxruntime-genai builder takes any ``nn.Linear`` whose ``out_features`` equals the vocabulary
@@ -116,7 +116,7 @@ def build_tiny_phi3(
     torch.use_deterministic_algorithms(True)
     pairs = [(row.question, row.answer) for row in load_qa(qa_path)]
     corpus = [f"{q}\n{a}" for q, a in pairs]
-    tokenizer = _train_tokenizer(corpus, vocab_size=448)
+    tokenizer = train_tokenizer(corpus, vocab_size=448)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = Phi3Config(
         vocab_size=len(tokenizer),
@@ -132,7 +132,7 @@ def build_tiny_phi3(
         pad_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=False,
     )
-    _check_builder_compatible(config)
+    check_builder_compatible(config)
     model = Phi3ForCausalLM(config)
     input_ids, attention, labels = _training_batch(tokenizer, pairs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
