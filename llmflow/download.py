@@ -41,6 +41,7 @@ ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.tx
 IGNORE_PATTERNS = ["*/*"]
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 MODEL_ARTIFACT_DIR = "model"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 
 @dataclass(frozen=True)
@@ -148,12 +149,19 @@ def resolve_hub(model: str, revision: str, token: str | None) -> tuple[str, dict
     return info.sha, dict(info.config or {})
 
 
-def fetch_hub_snapshot(model: str, commit_sha: str, token: str | None) -> Path:
-    """Download (or find in the HF cache) the files of ``model`` at ``commit_sha``, with a progress bar."""
+def fetch_hub_snapshot(model: str, commit_sha: str, token: str | None, files: list[str] | None = None) -> Path:
+    """Download (or find in the HF cache) the files of ``model`` at ``commit_sha``, with a progress bar.
+
+    ``files`` narrows the download to those names; by default every file the pipeline needs.
+    """
     from huggingface_hub import snapshot_download
 
     path = snapshot_download(
-        model, revision=commit_sha, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS, token=token
+        model,
+        revision=commit_sha,
+        allow_patterns=files or ALLOW_PATTERNS,
+        ignore_patterns=None if files else IGNORE_PATTERNS,
+        token=token,
     )
     return Path(path)
 
@@ -199,32 +207,47 @@ def download(model: str, revision: str) -> DownloadResult:
         return DownloadResult(run.info.run_id, source, repo_id, commit_sha, model_dir)
 
 
-def model_dir_from_run(download_run_id: str, dst: Path | None = None) -> Path:
+def model_dir_from_run(download_run_id: str, dst: Path | None = None, weights: bool = True) -> Path:
     """Materialise the model folder of a finished download run, and check it against its manifest.
 
     A local source comes from the run's ``model/`` artifacts; a hub source from the HF cache (or the Hub)
-    at the recorded commit sha.
+    at the recorded commit sha. With ``weights=False`` only the configs and tokenizer files are fetched
+    and checked, which is all a step that templates or counts tokens needs.
     """
     run = get_step_run(download_run_id, "download")
     manifest = json.loads(
         Path(mlflow.artifacts.download_artifacts(run_id=download_run_id, artifact_path="manifest.json")).read_text()
     )
+    expected = [f for f in manifest["files"] if weights or not f["file"].endswith(WEIGHT_SUFFIXES)]
     if run.data.tags[TAG_SOURCE] == "local":
         dst = dst or Path(tempfile.mkdtemp(prefix="llmflow-model-"))
-        model_dir = Path(
+        if weights:
             mlflow.artifacts.download_artifacts(
                 run_id=download_run_id, artifact_path=MODEL_ARTIFACT_DIR, dst_path=str(dst)
             )
-        )
+        for entry in [] if weights else expected:
+            # A single artifact lands in dst_path under its base name.
+            folder = (dst / MODEL_ARTIFACT_DIR / entry["file"]).parent
+            folder.mkdir(parents=True, exist_ok=True)
+            mlflow.artifacts.download_artifacts(
+                run_id=download_run_id, artifact_path=f"{MODEL_ARTIFACT_DIR}/{entry['file']}", dst_path=str(folder)
+            )
+        model_dir = dst / MODEL_ARTIFACT_DIR
     else:
+        files = None if weights else [f["file"] for f in expected]
         model_dir = fetch_hub_snapshot(
-            run.data.tags[TAG_HF_REPO], run.data.tags[TAG_HF_SHA], os.environ.get("HF_TOKEN") or None
+            run.data.tags[TAG_HF_REPO], run.data.tags[TAG_HF_SHA], os.environ.get("HF_TOKEN") or None, files
         )
-    actual = {f["file"]: f for f in build_manifest(model_dir)}
-    for expected in manifest["files"]:
-        if actual.get(expected["file"]) != expected:
+    for entry in expected:
+        path = model_dir / entry["file"]
+        actual = (
+            {"file": entry["file"], "size": path.stat().st_size, "sha256": sha256_file(path)}
+            if path.is_file()
+            else None
+        )
+        if actual != entry:
             raise InputError(
-                f"file '{expected['file']}' of download run '{download_run_id}' does not match its manifest "
+                f"file '{entry['file']}' of download run '{download_run_id}' does not match its manifest "
                 "(size or sha256 differs); re-run the download step"
             )
     return model_dir

@@ -162,9 +162,9 @@ def load_tokenizer(version: ModelVersion) -> Any:
             f"version {version.version} of registered model '{version.name}' has no '{TAG_DOWNLOAD_RUN}' tag; "
             "expected a version registered by the register step"
         )
-    # Only the tokenizer is kept (in memory); the copy of the model folder a local source needs can go.
+    # Only the tokenizer files are fetched, and the tokenizer is kept in memory: the copy can go.
     with tempfile.TemporaryDirectory(prefix="llmflow-tokenizer-") as tmp:
-        return AutoTokenizer.from_pretrained(model_dir_from_run(download_run_id, Path(tmp)))
+        return AutoTokenizer.from_pretrained(model_dir_from_run(download_run_id, Path(tmp), weights=False))
 
 
 def run_examples(

@@ -150,3 +150,14 @@ def test_unknown_hub_model_is_one_clear_line(tracking_uri: str, monkeypatch: pyt
 def test_offline_hub_lookup_says_so(tracking_uri: str):
     with pytest.raises(InputError, match="HF_HUB_OFFLINE is set"):
         dl.download("microsoft/Phi-3-mini-4k-instruct", "main")
+
+
+def test_without_weights_only_configs_and_tokenizer_are_fetched(tiny_model_dir: Path, tracking_uri: str, tmp_path):
+    from transformers import AutoTokenizer
+
+    result = dl.download(str(tiny_model_dir), "main")
+    copy = dl.model_dir_from_run(result.run_id, dst=tmp_path / "light", weights=False)
+    names = {p.name for p in copy.iterdir()}
+    assert "model.safetensors" not in names
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert AutoTokenizer.from_pretrained(copy).chat_template
