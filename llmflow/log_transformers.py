@@ -43,13 +43,18 @@ class LogTransformersResult:
     precision: str
 
 
+def validate_max_new_tokens(max_new_tokens: int) -> None:
+    """Raise ``InputError`` unless ``max_new_tokens`` is a positive whole number."""
+    if max_new_tokens <= 0:
+        raise InputError(f"max_new_tokens {max_new_tokens} must be a positive whole number")
+
+
 def log_transformers(download_run_id: str, max_new_tokens: int) -> LogTransformersResult:
     """Log the downloaded model as an ``llm/v1/chat`` transformers pipeline in this step's run."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-    if max_new_tokens <= 0:
-        raise InputError(f"max_new_tokens {max_new_tokens} must be a positive whole number")
+    validate_max_new_tokens(max_new_tokens)
     params = {"download_run_id": download_run_id, "max_new_tokens": max_new_tokens}
     with step_run("log_transformers", params) as run:
         download_run = get_step_run(download_run_id, "download")

@@ -24,6 +24,7 @@ from llmflow.download import is_local_reference
 from llmflow.errors import InputError, StepFailed
 from llmflow.evaluate import validate_evaluate_options
 from llmflow.export_onnx import validate_export_options
+from llmflow.log_transformers import validate_max_new_tokens
 from llmflow.register import validate_registered_model_name
 from llmflow.runs import (
     PROJECT_ROOT,
@@ -147,8 +148,7 @@ def validate_main_options(
         )
     validate_export_options(precision, execution_provider, int4_block_size, int4_accuracy_level)
     validate_registered_model_name(registered_model_name)
-    if max_new_tokens <= 0:
-        raise InputError(f"max_new_tokens {max_new_tokens} must be a positive whole number")
+    validate_max_new_tokens(max_new_tokens)
     validate_evaluate_options(qa_path, min_exact_match, min_contains_answer, eval_max_new_tokens)
 
 

@@ -11,6 +11,7 @@ import logging
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,9 @@ TAG_CODE_DIGEST = "llmflow.code_digest"
 CODE_GLOBS = ("llmflow/**/*.py", "steps/*.py", "MLproject", "conda.yaml", "requirements.txt")
 
 
+@cache
 def code_digest(root: Path = PROJECT_ROOT) -> str:
-    """sha256 over the project's code and pinned dependencies, uncommitted edits included."""
+    """sha256 over the project's code and pinned dependencies, uncommitted edits included; once per process."""
     digest = hashlib.sha256()
     files = sorted({p for pattern in CODE_GLOBS for p in root.glob(pattern) if p.is_file()})
     for path in files:
