@@ -1,7 +1,8 @@
 """Answer scoring and summary figures for the ``evaluate`` step.
 
 Scoring is SQuAD-style: both texts are lowercased and stripped of punctuation, of the articles
-"a", "an" and "the", and of extra whitespace before they are compared.
+"a", "an" and "the", and of extra whitespace before they are compared. Token F1 (SQuAD's) and ROUGE-L
+come from torchmetrics, the well-kept implementations, not from code of ours.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from torchmetrics.functional.text import rouge_score, squad
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -41,6 +43,30 @@ def contains_answer(prediction: str, answer: str) -> bool:
     return f" {gold} " in f" {predicted} "
 
 
+def token_f1(prediction: str, answer: str) -> float:
+    """SQuAD's token-overlap F1 between prediction and answer, in [0, 1] (torchmetrics' ``squad``)."""
+    scores = squad(
+        [{"prediction_text": prediction, "id": "0"}],
+        [{"answers": {"text": [answer], "answer_start": [0]}, "id": "0"}],
+    )
+    return float(scores["f1"]) / 100.0
+
+
+def rouge_l(prediction: str, answer: str) -> float:
+    """ROUGE-L F-measure (longest common subsequence of tokens), in [0, 1] (torchmetrics' ``rouge_score``)."""
+    return float(rouge_score(prediction, answer, rouge_keys="rougeL")["rougeL_fmeasure"])
+
+
+# Per-example quality scores, each in [0, 1], higher is better; the names are the logged metric names.
+SCORERS = {
+    "exact_match": lambda prediction, answer: float(exact_match(prediction, answer)),
+    "contains_answer": lambda prediction, answer: float(contains_answer(prediction, answer)),
+    "token_f1": token_f1,
+    "rouge_l": rouge_l,
+}
+QUALITY_METRICS = tuple(SCORERS)
+
+
 @dataclass(frozen=True)
 class Example:
     """One scored question: what was asked, expected and generated, and how long it took."""
@@ -51,17 +77,13 @@ class Example:
     latency_s: float
     completion_tokens: int
 
-    @property
-    def exact_match(self) -> bool:
-        return exact_match(self.prediction, self.answer)
-
-    @property
-    def contains_answer(self) -> bool:
-        return contains_answer(self.prediction, self.answer)
+    def scores(self) -> dict[str, float]:
+        """Every quality score of this example, by metric name."""
+        return {name: score(self.prediction, self.answer) for name, score in SCORERS.items()}
 
 
 def summarize(examples: Sequence[Example]) -> dict[str, float]:
-    """Metrics over ``examples``: exact_match, contains_answer (means), latency percentiles, tokens/s, count.
+    """Metrics over ``examples``: the mean of each quality score, latency percentiles, tokens/s, count.
 
     ``tokens_per_second`` is total completion tokens over total generation seconds, so long and short
     answers weigh as they cost.
@@ -71,9 +93,9 @@ def summarize(examples: Sequence[Example]) -> dict[str, float]:
     latencies = np.array([e.latency_s for e in examples], dtype=float)
     total_seconds = float(latencies.sum())
     total_tokens = sum(e.completion_tokens for e in examples)
+    scores = [e.scores() for e in examples]
     return {
-        "exact_match": float(np.mean([e.exact_match for e in examples])),
-        "contains_answer": float(np.mean([e.contains_answer for e in examples])),
+        **{name: float(np.mean([s[name] for s in scores])) for name in QUALITY_METRICS},
         "latency_p50_s": float(np.percentile(latencies, 50)),
         "latency_p95_s": float(np.percentile(latencies, 95)),
         "tokens_per_second": total_tokens / total_seconds if total_seconds > 0 else 0.0,
@@ -83,12 +105,12 @@ def summarize(examples: Sequence[Example]) -> dict[str, float]:
 
 def example_table(examples: Sequence[Example]) -> dict[str, list]:
     """The per-example columns logged as ``eval_table.json``."""
+    scores = [e.scores() for e in examples]
     return {
         "question": [e.question for e in examples],
         "answer": [e.answer for e in examples],
         "prediction": [e.prediction for e in examples],
-        "exact_match": [e.exact_match for e in examples],
-        "contains_answer": [e.contains_answer for e in examples],
+        **{name: [s[name] for s in scores] for name in QUALITY_METRICS},
         "latency_s": [e.latency_s for e in examples],
         "completion_tokens": [e.completion_tokens for e in examples],
     }

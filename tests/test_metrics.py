@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from llmflow.metrics import Example, contains_answer, exact_match, example_table, normalize_answer, summarize
+from llmflow.metrics import (
+    Example,
+    contains_answer,
+    exact_match,
+    example_table,
+    normalize_answer,
+    rouge_l,
+    summarize,
+    token_f1,
+)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +70,10 @@ def test_summarize_means_percentiles_and_throughput():
     metrics = summarize(examples)
     assert metrics["exact_match"] == pytest.approx(0.5)
     assert metrics["contains_answer"] == pytest.approx(0.75)
+    # token F1 per example: 1, 2*(1/3*1)/(1/3+1) = 0.5, 0, 1
+    assert metrics["token_f1"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    # ROUGE-L F per example: 1, 2*(1/3*1)/(1/3+1) = 0.5, 0, 1
+    assert metrics["rouge_l"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
     assert metrics["latency_p50_s"] == pytest.approx(2.5)
     assert metrics["latency_p95_s"] == pytest.approx(3.85)
     assert metrics["tokens_per_second"] == pytest.approx(20 / 10)
@@ -80,10 +93,40 @@ def test_example_table_has_one_row_per_example():
         "prediction",
         "exact_match",
         "contains_answer",
+        "token_f1",
+        "rouge_l",
         "latency_s",
         "completion_tokens",
     ]
     assert table["prediction"] == ["Madrid", "Paris"]
-    assert table["exact_match"] == [True, False]
+    assert table["exact_match"] == [1.0, 0.0]
+    assert table["token_f1"] == [1.0, 0.0]
     assert table["latency_s"] == [0.5, 1.0]
     assert table["completion_tokens"] == [3, 2]
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answer", "f1"),
+    [
+        ("Madrid", "Madrid", 1.0),
+        ("The capital is Madrid.", "Madrid", 2 * (1 / 3) / (1 / 3 + 1)),  # 'the' dropped: capital, is, madrid
+        ("Leonardo da Vinci", "da Vinci", 2 * (2 / 3) / (2 / 3 + 1)),
+        ("Paris", "Madrid", 0.0),
+        ("", "Madrid", 0.0),
+    ],
+)
+def test_token_f1_is_squads_token_overlap(prediction, answer, f1):
+    assert token_f1(prediction, answer) == pytest.approx(f1, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answer", "score"),
+    [
+        ("Madrid", "madrid", 1.0),
+        ("the cat sat", "a cat sat down", 2 * (2 / 3) * (2 / 4) / (2 / 3 + 2 / 4)),  # LCS 'cat sat'
+        ("sat cat", "cat sat", 0.5),  # LCS of length 1 out of 2 each way
+        ("Paris", "Madrid", 0.0),
+    ],
+)
+def test_rouge_l_is_the_lcs_f_measure(prediction, answer, score):
+    assert rouge_l(prediction, answer) == pytest.approx(score, abs=1e-6)
