@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from torchmetrics.functional.text import rouge_score, squad
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -45,6 +44,8 @@ def contains_answer(prediction: str, answer: str) -> bool:
 
 def token_f1(prediction: str, answer: str) -> float:
     """SQuAD's token-overlap F1 between prediction and answer, in [0, 1] (torchmetrics' ``squad``)."""
+    from torchmetrics.functional.text import squad  # imports torch: only where a score is computed
+
     scores = squad(
         [{"prediction_text": prediction, "id": "0"}],
         [{"answers": {"text": [answer], "answer_start": [0]}, "id": "0"}],
@@ -54,6 +55,8 @@ def token_f1(prediction: str, answer: str) -> float:
 
 def rouge_l(prediction: str, answer: str) -> float:
     """ROUGE-L F-measure (longest common subsequence of tokens), in [0, 1] (torchmetrics' ``rouge_score``)."""
+    from torchmetrics.functional.text import rouge_score
+
     return float(rouge_score(prediction, answer, rouge_keys="rougeL")["rougeL_fmeasure"])
 
 

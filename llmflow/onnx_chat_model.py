@@ -93,6 +93,7 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         onnx_dir = Path(context.artifacts["onnx"])
+        self.onnx_dir = onnx_dir  # evaluate reads the graph from here for perplexity
         self.model = og.Model(str(onnx_dir))
         self.tokenizer = og.Tokenizer(self.model)
         self.eos = frozenset(int(token) for token in self.tokenizer.eos_token_ids)

@@ -137,9 +137,13 @@ def validate_main_options(
     registered_model_name: str,
     max_new_tokens: int,
     qa_path: str,
-    min_exact_match: float,
-    min_contains_answer: float,
+    heldout_path: str,
     eval_max_new_tokens: int,
+    gate_metrics: str,
+    min_scores: str,
+    champion_tolerance: float,
+    min_quality_retained: float,
+    max_perplexity_ratio: float,
 ) -> None:
     """Fail before any child run starts on every value that can be checked without the network."""
     if is_local_reference(model) and not Path(model).expanduser().is_dir():
@@ -149,7 +153,17 @@ def validate_main_options(
     validate_export_options(precision, execution_provider, int4_block_size, int4_accuracy_level)
     validate_registered_model_name(registered_model_name)
     validate_max_new_tokens(max_new_tokens)
-    validate_evaluate_options(qa_path, min_exact_match, min_contains_answer, eval_max_new_tokens)
+    validate_evaluate_options(
+        qa_path,
+        heldout_path,
+        eval_max_new_tokens,
+        "none",
+        gate_metrics,
+        min_scores,
+        champion_tolerance,
+        min_quality_retained,
+        max_perplexity_ratio,
+    )
 
 
 def run_chain(
@@ -162,9 +176,13 @@ def run_chain(
     registered_model_name: str,
     max_new_tokens: int,
     qa_path: str,
-    min_exact_match: float,
-    min_contains_answer: float,
+    heldout_path: str,
     eval_max_new_tokens: int,
+    gate_metrics: str,
+    min_scores: str,
+    champion_tolerance: float,
+    min_quality_retained: float,
+    max_perplexity_ratio: float,
 ) -> ChainResult:
     """Run the whole pipeline under this ``main`` run and print its summary."""
     options = dict(locals())
@@ -175,12 +193,14 @@ def run_chain(
 
 def _chain(parent: Run, options: dict[str, Any]) -> ChainResult:
     """The chain itself, with ``options`` as validated by ``run_chain``."""
-    model, qa_path = options["model"], options["qa_path"]
+    model = options["model"]
     if is_local_reference(model):
         # Children run with the project root as working directory: hand them an absolute path.
         model = str(Path(model).expanduser().resolve())
-    if not Path(qa_path).is_absolute() and Path(qa_path).exists():
-        qa_path = str(Path(qa_path).resolve())
+    data_paths = {}
+    for key in ("qa_path", "heldout_path"):
+        path = options[key]
+        data_paths[key] = str(Path(path).resolve()) if not Path(path).is_absolute() and Path(path).exists() else path
     experiment_id = parent.info.experiment_id
     result = ChainResult(parent.info.run_id)
     download_run = run_step(experiment_id, "download", {"model": model, "revision": options["revision"]}, result)
@@ -207,6 +227,22 @@ def _chain(parent: Run, options: dict[str, Any]) -> ChainResult:
             result,
         ),
     }
+    # The ONNX model is judged against the transformers model of the same download run, its reference.
+    references = {"onnx": logged["transformers"].data.tags[TAG_MODEL_URI], "transformers": "none"}
+    evaluation_options = {
+        **data_paths,
+        **{
+            key: str(options[key])
+            for key in (
+                "eval_max_new_tokens",
+                "gate_metrics",
+                "min_scores",
+                "champion_tolerance",
+                "min_quality_retained",
+                "max_perplexity_ratio",
+            )
+        },
+    }
     for flavour, log_run in logged.items():
         name = f"{options['registered_model_name']}-{flavour}"
         register_run = run_step(
@@ -219,13 +255,7 @@ def _chain(parent: Run, options: dict[str, Any]) -> ChainResult:
         run_step(
             experiment_id,
             "evaluate",
-            {
-                "registered_model_name": name,
-                "qa_path": qa_path,
-                "min_exact_match": str(options["min_exact_match"]),
-                "min_contains_answer": str(options["min_contains_answer"]),
-                "eval_max_new_tokens": str(options["eval_max_new_tokens"]),
-            },
+            {"registered_model_name": name, "reference_model_uri": references[flavour], **evaluation_options},
             result,
             key=f"evaluate:{flavour}",
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
@@ -14,17 +15,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SAMPLE_QUESTION = "What is the capital of Spain?"
-KEY_METRICS = ("exact_match", "contains_answer", "latency_p50_s", "latency_p95_s", "tokens_per_second")
 
 
-def ask_champion(client: MlflowClient, name: str, question: str = SAMPLE_QUESTION, max_new_tokens: int = 32) -> str:
+def ask_champion(name: str, question: str = SAMPLE_QUESTION, max_new_tokens: int = 32) -> str:
     """Load ``models:/<name>@champion`` and answer one chat question with it, as evaluate asks."""
-    from llmflow.evaluate import ADAPTERS, load_tokenizer, pick_adapter
+    from llmflow.evaluate import chat_answer
 
-    version = client.get_model_version_by_alias(name, "champion")
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-    generate = ADAPTERS[pick_adapter(model.metadata.flavors)]
-    return generate(model, load_tokenizer(version), question, max_new_tokens).strip()
+    return chat_answer(model, question, max_new_tokens)[0].strip()
+
+
+def report_lines(run_id: str) -> list[str]:
+    """The evaluate run's ``report/report.md`` (decision first, then its tables), without the plot links."""
+    from llmflow.evaluate import REPORT_DIR
+
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{REPORT_DIR}/report.md")
+    text = Path(path).read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("![")]
 
 
 def step_timings(client: MlflowClient, result: ChainResult) -> str:
@@ -46,18 +53,14 @@ def format_summary(client: MlflowClient, result: ChainResult) -> list[str]:
     for flavour, (name, version) in result.registered.items():
         model_version = client.get_model_version(name, version)
         aliases = sorted(model_version.aliases)
-        evaluate_run = client.get_run(result.step_runs[f"evaluate:{flavour}"])
-        metrics = evaluate_run.data.metrics
-        figures = ", ".join(f"{m} {metrics[m]:.3g}" for m in KEY_METRICS if m in metrics)
         lines.append(f"  {name} version {version}  aliases: {', '.join(aliases) or 'none'}")
-        lines.append(f"    {figures}")
-        lines.append(f"    decision: {evaluate_run.data.tags.get('llmflow.decision_reason', 'none recorded')}")
+        lines.extend(f"    {line}" for line in report_lines(result.step_runs[f"evaluate:{flavour}"]))
         if "champion" in client.get_registered_model(name).aliases:
             champions.append(name)
     lines.append("  step timings (wall, s): " + step_timings(client, result))
     if champions:
         name = champions[0]
-        lines.append(f"  models:/{name}@champion  Q: {SAMPLE_QUESTION}  A: {ask_champion(client, name)!r}")
+        lines.append(f"  models:/{name}@champion  Q: {SAMPLE_QUESTION}  A: {ask_champion(name)!r}")
     else:
         lines.append("  no champion yet: no version passed the gate")
     return lines

@@ -2,6 +2,7 @@
 
 from llmflow.cli import StepParser, run_step, whole_number
 from llmflow.pipeline import run_chain
+from steps.evaluate import add_evaluation_options
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,10 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add("int4_accuracy_level", whole_number, "int4 MatMul accuracy level: 0 (default) to 4 (int8 activations).")
     parser.add("registered_model_name", str, "Base registered model name; '-onnx' and '-transformers' are appended.")
     parser.add("max_new_tokens", whole_number, "Default number of new tokens per answer for both logged models.")
-    parser.add("qa_path", str, "QA set to evaluate on: JSONL rows of {question, answer}.")
-    parser.add("min_exact_match", float, "Lowest normalised exact match (0-1) a challenger needs to become champion.")
-    parser.add("min_contains_answer", float, "Lowest contains-answer rate (0-1) a challenger needs to become champion.")
-    parser.add("eval_max_new_tokens", whole_number, "New tokens per answer during evaluation.")
+    add_evaluation_options(parser)
     run_step(run_chain, parser, argv)
 
 

@@ -1,31 +1,30 @@
-"""Tests for the evaluate step: option checks, the step script, and evaluations of registered models.
+"""Tests for the evaluate step: option checks, the step script, and the gate on real registered models.
 
-The integration tests register real models in a temporary store: the tiny Phi-3 as a transformers
-``llm/v1/chat`` model, and prompt-in/text-out pyfuncs that stand in for the ONNX model (one that
-generates with the tiny Phi-3, and "answer books" that know a fixed set of answers).
+The integration tests use one tracking store for the module, holding the project's own models of two
+tiny Phi-3s: the trained one and the same architecture after a single training step ("untrained"),
+each exported to int4 ONNX (log_pyfunc) and logged as an ``llm/v1/chat`` transformers model
+(log_transformers). Each test registers versions under a name of its own and evaluates them.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 import steps.evaluate as evaluate_step
-from llmflow.download import download
 from llmflow.errors import InputError
-from llmflow.evaluate import evaluate, pick_adapter, validate_evaluate_options
-from llmflow.runs import PROJECT_ROOT, TAG_DOWNLOAD_RUN, TAG_ERROR
+from llmflow.evaluate import evaluate, validate_evaluate_options
+from llmflow.rollback import rollback
+from llmflow.runs import PROJECT_ROOT, TAG_ERROR
 
 QA_ROWS = [json.loads(line) for line in (PROJECT_ROOT / "data" / "qa.jsonl").read_text().splitlines()]
-# Spain (one word), Paris (a two-token answer), and answers with several words and punctuation.
+ANSWERS = {row["question"]: row["answer"] for row in QA_ROWS}
 PICKED = [
     "What is the capital of Spain?",
     "What is the capital of France?",
@@ -33,339 +32,315 @@ PICKED = [
     "Who wrote Romeo and Juliet?",
     "What is the capital city of the United States?",
 ]
-ANSWERS = {row["question"]: row["answer"] for row in QA_ROWS}
-PROMPT_SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "prompt")]),
-    outputs=Schema([ColSpec("string")]),
-    params=ParamSchema([ParamSpec("max_new_tokens", "long", 32)]),
-)
-PHI3_PROMPT = re.compile(r"<\|user\|>\n(.*)<\|end\|>\n<\|assistant\|>\n", re.DOTALL)
+GATE = {
+    "gate_metrics": "exact_match,contains_answer,token_f1,rouge_l",
+    "min_scores": "contains_answer=0.5",
+    "champion_tolerance": 0.02,
+    "min_quality_retained": 0.9,
+    "max_perplexity_ratio": 1.2,
+}
 
 
-class AnswerBook(mlflow.pyfunc.PythonModel):
-    """A prompt-in, text-out pyfunc that knows some answers, and reads only Phi-3 chat prompts."""
+@dataclass(frozen=True)
+class Models:
+    """models:/ URIs of the module's logged models."""
 
-    def __init__(self, answers: dict[str, str]) -> None:
-        self.answers = answers
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
-        replies = []
-        for prompt in model_input["prompt"]:
-            match = PHI3_PROMPT.fullmatch(prompt)
-            replies.append(self.answers.get(match.group(1), "I don't know") if match else "not a Phi-3 chat prompt")
-        return replies
+    onnx: str
+    transformers: str
+    untrained_onnx: str
+    untrained_transformers: str
 
 
-class TinyPromptModel(mlflow.pyfunc.PythonModel):
-    """Stands in for the ONNX pyfunc: generates greedily from an already-templated prompt with the tiny Phi-3."""
+def _log_both(model_dir: Path) -> tuple[str, str]:
+    from llmflow.download import download
+    from llmflow.export_onnx import export_onnx
+    from llmflow.log_pyfunc import log_pyfunc
+    from llmflow.log_transformers import log_transformers
 
-    def load_context(self, context) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["model"])
-        self.model = AutoModelForCausalLM.from_pretrained(context.artifacts["model"])
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
-        replies = []
-        for prompt in model_input["prompt"]:
-            ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-            out = self.model.generate(**ids, max_new_tokens=params["max_new_tokens"], do_sample=False)
-            replies.append(self.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
-        return replies
+    download_run = download(str(model_dir), "main")
+    export_run = export_onnx(download_run.run_id, "int4", "cpu", 32, 4)
+    onnx = log_pyfunc(export_run.run_id, max_new_tokens=64).model_uri
+    transformers = log_transformers(download_run.run_id, max_new_tokens=64).model_uri
+    return onnx, transformers
 
 
-@pytest.fixture
-def qa_file(tmp_path: Path) -> Path:
-    path = tmp_path / "qa.jsonl"
+@pytest.fixture(scope="module")
+def models(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, _empty_store: Path):
+    from llmflow.tiny import build_tiny_phi3
+
+    root = tmp_path_factory.mktemp("evaluate")
+    shutil.copyfile(_empty_store, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.create_experiment("evaluate", artifact_location=(root / "artifacts").as_uri())
+    mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    untrained = build_tiny_phi3(root / "untrained", train_steps=1)
+    try:
+        yield Models(*_log_both(tiny_model_dir), *_log_both(untrained))
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mp.undo()
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def qa_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("qa") / "qa.jsonl"
     path.write_text("".join(json.dumps({"question": q, "answer": ANSWERS[q]}) + "\n" for q in PICKED))
     return path
 
 
-@pytest.fixture
-def download_run_id(tracking_uri: str, tiny_model_dir: Path) -> str:
-    return download(str(tiny_model_dir), "main").run_id
+def _register(name: str, model_uri: str) -> str:
+    from llmflow.register import register
+
+    return str(register(model_uri, name).version)
 
 
-def _log_pyfunc(python_model: mlflow.pyfunc.PythonModel, **kwargs) -> str:
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=python_model, signature=PROMPT_SIGNATURE, pip_requirements=["mlflow"], **kwargs
-        )
-    return info.model_uri
+def _evaluate(name: str, qa_file: Path, reference: str = "auto", **gate):
+    return evaluate(
+        registered_model_name=name,
+        qa_path=str(qa_file),
+        heldout_path="data/heldout.txt",
+        eval_max_new_tokens=16,
+        reference_model_uri=reference,
+        **{**GATE, **gate},
+    )
 
 
-def _log_chat_model(model_dir: Path) -> str:
-    import transformers
-
-    pipe = transformers.pipeline("text-generation", model=str(model_dir))
-    with mlflow.start_run():
-        info = mlflow.transformers.log_model(
-            pipe,
-            name="model",
-            task="llm/v1/chat",
-            model_config={"do_sample": False},
-            pip_requirements=["transformers", "torch"],
-        )
-    return info.model_uri
+def _aliases(name: str) -> dict[str, str]:
+    return {alias: str(v) for alias, v in MlflowClient().get_registered_model(name).aliases.items()}
 
 
-def _register_challenger(name: str, model_uri: str, download_run_id: str | None) -> str:
-    tags = {TAG_DOWNLOAD_RUN: download_run_id} if download_run_id else {}
-    version = mlflow.register_model(model_uri, name, tags=tags).version
-    MlflowClient().set_registered_model_alias(name, "challenger", version)
-    return str(version)
-
-
-def _champion(name: str) -> str:
-    return str(MlflowClient().get_model_version_by_alias(name, "champion").version)
-
-
-def _answer_count(tokenizer_dir: Path, text: str) -> int:
-    from transformers import AutoTokenizer
-
-    return len(AutoTokenizer.from_pretrained(tokenizer_dir)(text, add_special_tokens=False)["input_ids"])
-
-
-# Unit tier: options, adapters and the step script.
+# Unit tier: options and the step script.
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("changes", "message"),
     [
-        ({"min_exact_match": -0.1}, r"^min_exact_match -0.1 is not accepted; expected a fraction between 0 and 1"),
-        ({"min_contains_answer": 1.5}, r"^min_contains_answer 1.5 is not accepted"),
-        ({"min_contains_answer": float("nan")}, r"^min_contains_answer nan is not accepted"),
         ({"eval_max_new_tokens": 0}, r"^eval_max_new_tokens 0 is not accepted; expected a positive whole number$"),
-        ({"eval_max_new_tokens": 2.5}, r"^eval_max_new_tokens 2.5 is not accepted"),
-        ({"qa_path": "no/such/qa.jsonl"}, r"^QA file 'no/such/qa.jsonl' not found"),
+        ({"gate_metrics": "exact_match,bleu"}, r"^gate_metrics names metric 'bleu', which does not exist"),
+        ({"min_scores": "accuracy=0.9"}, r"^min_scores names metric 'accuracy', which does not exist; expected one"),
+        ({"champion_tolerance": 2.0}, r"^champion_tolerance 2.0 is not accepted"),
+        ({"max_perplexity_ratio": 0.5}, r"^max_perplexity_ratio 0.5 is not accepted"),
+        (
+            {"reference_model_uri": "transformers"},
+            r"^reference_model_uri 'transformers' is not accepted; expected 'auto'",
+        ),
+        ({"qa_path": "no/such.jsonl"}, r"^QA file 'no/such.jsonl' not found"),
+        ({"heldout_path": "no/such.txt"}, r"no/such.txt"),
     ],
 )
-def test_validate_options_names_the_bad_value(kwargs, message):
-    options = {"qa_path": "data/qa.jsonl", "min_exact_match": 0.0, "min_contains_answer": 0.5, "eval_max_new_tokens": 8}
+def test_bad_options_name_the_value(changes, message):
+    options = {
+        "qa_path": "data/qa.jsonl",
+        "heldout_path": "data/heldout.txt",
+        "eval_max_new_tokens": 8,
+        "reference_model_uri": "auto",
+        **GATE,
+    }
     with pytest.raises(InputError, match=message):
-        validate_evaluate_options(**{**options, **kwargs})
-
-
-def test_validate_options_names_an_empty_qa_file(tmp_path: Path):
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("\n")
-    with pytest.raises(InputError, match=r"^QA file '.*empty.jsonl' is empty; expected at least one"):
-        validate_evaluate_options(empty, 0.0, 0.5, 8)
-
-
-def test_validate_options_finds_a_relative_qa_path_from_the_project_root(tmp_path: Path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    pairs = validate_evaluate_options("data/qa.jsonl", 0.0, 0.5, 8)
-    assert len(pairs) == len(QA_ROWS)
-    assert pairs[0].answer == "Madrid"
+        validate_evaluate_options(**{**options, **changes})
+    inputs = validate_evaluate_options(**options)
+    assert len(inputs.pairs) == len(QA_ROWS)
+    assert inputs.config.min_scores == {"contains_answer": 0.5}
 
 
 @pytest.mark.parametrize(
-    ("flavors", "adapter"),
+    ("content", "message"),
     [
-        ({"python_function": {}, "transformers": {}}, "transformers"),
-        ({"transformers": {}, "python_function": {}}, "transformers"),
-        ({"python_function": {}}, "python_function"),
+        ("", r"is empty"),
+        ('{"question": "Where?"}\n', r"line 1 must be an object with non-empty string 'question' and 'answer'"),
+        ('{"question": "Where?", "answer": "Here"}\nnot json\n', r"line 2 is not valid JSON"),
     ],
 )
-def test_pick_adapter(flavors, adapter):
-    assert pick_adapter(flavors) == adapter
-
-
-def test_pick_adapter_refuses_a_model_without_pyfunc():
-    with pytest.raises(InputError, match=r"model flavours \['onnx'\] are not accepted"):
-        pick_adapter({"onnx": {}})
+def test_bad_eval_files_are_refused(tmp_path: Path, content: str, message: str):
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(content)
+    with pytest.raises(InputError, match=message):
+        validate_evaluate_options(qa, "data/heldout.txt", 8, "auto", *GATE.values())
+    heldout = tmp_path / "empty.txt"
+    heldout.write_text(" \n")
+    with pytest.raises(InputError, match=r"empty"):
+        validate_evaluate_options("data/qa.jsonl", heldout, 8, "auto", *GATE.values())
 
 
 def test_step_script_takes_its_defaults_from_mlproject(monkeypatch):
     calls = []
     monkeypatch.setattr(evaluate_step, "evaluate", lambda **kwargs: calls.append(kwargs))
     evaluate_step.main(["--registered-model-name", "tiny"])
-    evaluate_step.main(["--registered-model-name", "tiny", "--eval-max-new-tokens", "16.0", "--min-exact-match", "1"])
-    assert calls == [
-        {
-            "registered_model_name": "tiny",
-            "qa_path": "data/qa.jsonl",
-            "min_exact_match": 0.0,
-            "min_contains_answer": 0.5,
-            "eval_max_new_tokens": 32,
-        },
-        {
-            "registered_model_name": "tiny",
-            "qa_path": "data/qa.jsonl",
-            "min_exact_match": 1.0,
-            "min_contains_answer": 0.5,
-            "eval_max_new_tokens": 16,
-        },
-    ]
-    assert isinstance(calls[1]["eval_max_new_tokens"], int)
+    evaluate_step.main(["--registered-model-name", "tiny", "--eval-max-new-tokens", "16.0", "--min-scores", "none"])
+    assert calls[0] == {
+        "registered_model_name": "tiny",
+        "qa_path": "data/qa.jsonl",
+        "heldout_path": "data/heldout.txt",
+        "eval_max_new_tokens": 32,
+        "reference_model_uri": "auto",
+        **GATE,
+    }
+    assert (calls[1]["eval_max_new_tokens"], calls[1]["min_scores"]) == (16, "none")
 
 
 def test_step_script_reports_a_bad_threshold_in_one_line(tracking_uri, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        evaluate_step.main(["--registered-model-name", "tiny", "--min-contains-answer", "2"])
+        evaluate_step.main(["--registered-model-name", "tiny", "--min-scores", "recall=0.5"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err == (
-        "error: evaluate: min_contains_answer 2.0 is not accepted; expected a fraction between 0 and 1 (e.g. 0.5)"
-    )
+    assert err.startswith("error: evaluate: min_scores names metric 'recall', which does not exist; expected one of")
     (run,) = mlflow.search_runs(output_format="list")
     assert run.info.status == "FAILED"
     assert run.data.tags[TAG_ERROR] == err.removeprefix("error: evaluate: ")
 
 
-# Integration tier: real registered models in a temporary tracking store.
+# Integration tier: the project's own models in one tracking store.
 
 
-def test_bad_input_fails_before_any_model_is_loaded(tracking_uri, qa_file: Path, tmp_path: Path, monkeypatch):
+def test_bad_input_fails_before_any_model_is_loaded(models: Models, qa_file: Path, tmp_path: Path, monkeypatch):
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(mlflow.pyfunc, "load_model", no_loading)
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
     MlflowClient().create_registered_model("no-alias")
+    bad_qa = tmp_path / "bad.jsonl"
+    bad_qa.write_text('{"answer": "no question"}\n')
     cases = [
-        (("tiny", str(empty), 0.0, 0.5, 8), r"^QA file '.*empty.jsonl' is empty"),
-        (("tiny", str(qa_file), 0.0, -1.0, 8), r"^min_contains_answer -1.0 is not accepted"),
-        (("missing", str(qa_file), 0.0, 0.5, 8), r"^registered model 'missing' not found in tracking store"),
-        (("no-alias", str(qa_file), 0.0, 0.5, 8), r"^registered model 'no-alias' has no 'challenger' alias \(aliases"),
+        (("tiny", bad_qa), {}, r"line 1 must be an object"),
+        (("tiny", qa_file), {"min_scores": "bleu=0.1"}, r"^min_scores names metric 'bleu'"),
+        (("missing", qa_file), {}, r"^registered model 'missing' not found in tracking store"),
+        (("no-alias", qa_file), {}, r"^registered model 'no-alias' has no 'challenger' alias"),
     ]
-    for args, message in cases:
+    for (name, qa), gate, message in cases:
         with pytest.raises(InputError, match=message):
-            evaluate(*args)
-    assert {run.info.status for run in mlflow.search_runs(output_format="list")} == {"FAILED"}
+            _evaluate(name, qa, **gate)
 
 
-def test_a_version_without_its_download_run_is_refused(tracking_uri, qa_file: Path):
-    _register_challenger("untagged", _log_pyfunc(AnswerBook(ANSWERS)), download_run_id=None)
-    with pytest.raises(InputError, match=r"^version 1 of registered model 'untagged' has no 'llmflow.download_run_id'"):
-        evaluate("untagged", str(qa_file), 0.0, 0.5, 8)
-    assert set(MlflowClient().get_registered_model("untagged").aliases) == {"challenger"}
-
-
-def test_chat_model_becomes_champion_and_a_worse_challenger_is_rejected(
-    tracking_uri, tiny_model_dir: Path, download_run_id: str, qa_file: Path
-):
+def test_onnx_challenger_is_judged_against_its_reference_and_reported(models: Models, qa_file: Path):
     client = MlflowClient()
-    name = "tiny-transformers"
-    v1 = _register_challenger(name, _log_chat_model(tiny_model_dir), download_run_id)
+    name = "reported-onnx"
+    v1 = _register(name, models.onnx)
 
-    first = evaluate(name, str(qa_file), 0.0, 0.5, 32)
+    result = _evaluate(name, qa_file)  # auto: the transformers model of the same download run
 
-    assert (first.version, first.promoted) == (v1, True)
-    assert first.metrics["exact_match"] == 1.0
-    assert first.metrics["contains_answer"] == 1.0
-    assert first.metrics["n_examples"] == len(PICKED)
-    assert 0 < first.metrics["latency_p50_s"] <= first.metrics["latency_p95_s"]
-    assert first.metrics["tokens_per_second"] > 0
-    assert first.reason == "contains_answer 1.000 >= 0.500 and exact_match 1.000 >= 0.000 (no champion yet)"
-    assert _champion(name) == v1
-    run = mlflow.get_run(first.run_id)
+    assert result.promoted, result.reason
+    assert _aliases(name) == {"challenger": v1, "champion": v1}
+    run = mlflow.get_run(result.run_id)
+    metrics = run.data.metrics
+    assert run.data.tags["llmflow.reference_model_uri"] == models.transformers
+    for metric in ("exact_match", "contains_answer", "token_f1", "rouge_l"):
+        assert metrics[metric] == 1.0  # the tiny model memorised these answers
+        assert metrics[f"{metric}/mean"] == metrics[metric]  # mlflow.genai.evaluate's own aggregate agrees
+        assert metrics[f"quality_retained_{metric}"] == 1.0
+    assert metrics["greedy_agreement"] == 1.0
+    assert metrics["first_token_agreement"] == 1.0
+    assert 0.8 < metrics["perplexity_ratio"] < 1.2
+    assert metrics["speedup"] > 0
+    assert metrics["perplexity"] > 1
+    assert metrics["heldout_tokens"] >= 2000
+    # Per-answer traces with their assessments are in the run, as the MLflow UI shows them.
+    traces = mlflow.search_traces(run_id=result.run_id, return_type="list")
+    assert len(traces) == len(PICKED)
+    assert {a.name for a in traces[0].info.assessments} >= {"exact_match", "token_f1", "rouge_l", "contains_answer"}
+    # The reference was scored in a nested run of its own.
+    (reference_run,) = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'", output_format="list"
+    )
+    assert reference_run.data.tags["llmflow.model_uri"] == models.transformers
+    assert metrics["perplexity_ratio"] == pytest.approx(
+        metrics["perplexity"] / reference_run.data.metrics["perplexity"]
+    )
+    # The decision on the run and on the version; every criterion as a tag.
     assert run.data.tags["llmflow.decision"] == "promoted"
-    assert run.data.tags["llmflow.decision_reason"] == first.reason
-    assert run.data.tags["llmflow.eval_adapter"] == "transformers"
-    assert run.data.metrics["promoted"] == 1.0
-    assert run.data.metrics["exact_match"] == 1.0
+    criteria = [v for k, v in sorted(run.data.tags.items()) if k.startswith("llmflow.criterion.")]
+    assert criteria[0] == "pass: floor: contains_answer: 1 >= floor 0.5"
+    assert any(c.startswith("pass: perplexity ratio: ") for c in criteria)
+    assert len(criteria) == 1 + 4 + 1  # floor, four retention checks, perplexity ratio (no champion yet)
     tags = client.get_model_version(name, v1).tags
-    assert tags["validation_status"] == "passed"
-    assert tags["llmflow.evaluate_run_id"] == first.run_id
-    assert tags["llmflow.decision_reason"] == first.reason
-    table = mlflow.load_table("eval_table.json", run_ids=[first.run_id])
-    assert table["prediction"].tolist() == [ANSWERS[q] for q in PICKED]
-    assert table["exact_match"].all()
-    # Counted with the download run's tokenizer, without the end token that the chat usage figure includes.
-    assert table["completion_tokens"].tolist() == [_answer_count(tiny_model_dir, ANSWERS[q]) for q in PICKED]
+    assert (tags["validation_status"], tags["llmflow.evaluate_run_id"]) == ("passed", result.run_id)
+    # The report: decision first, then the figures that were logged as metrics; and two PNG plots.
+    report_dir = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="report"))
+    assert {p.name for p in report_dir.iterdir()} >= {"report.md", "metrics.png", "latency.png", "decision.json"}
+    report = (report_dir / "report.md").read_text()
+    first_line = next(line for line in report.splitlines() if line.strip())
+    assert "PASSED" in first_line or "passed" in first_line.lower(), first_line
+    for figure in ("perplexity", "perplexity_ratio", "token_f1", "latency_p50_s"):
+        value = metrics[figure]
+        assert f"{value:.4g}" in report or f"{value:.3g}" in report, (figure, value)
+    for plot in ("metrics.png", "latency.png"):
+        assert (report_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    decision = json.loads((report_dir / "decision.json").read_text())
+    assert decision["passed"] is True
+    assert decision["table"][f"challenger v{v1}"]["perplexity"] == metrics["perplexity"]
 
-    v2 = _register_challenger(name, _log_pyfunc(AnswerBook({})), download_run_id)
-    second = evaluate(name, str(qa_file), 0.0, 0.5, 32)
 
-    assert (second.version, second.promoted) == (v2, False)
-    assert second.metrics["contains_answer"] == 0.0
-    assert second.reason == (
-        "contains_answer 0.000 < 0.500 and contains_answer 0.000 < champion's 1.000 and "
-        "exact_match 0.000 < champion's 1.000 (champion is version 1)"
-    )
-    assert _champion(name) == v1
-    run = mlflow.get_run(second.run_id)
-    assert run.data.tags["llmflow.decision"] == "rejected"
-    assert run.data.tags["llmflow.champion_version"] == v1
-    assert run.data.tags["llmflow.eval_adapter"] == "python_function"
+def test_a_collapsed_export_is_refused_even_with_no_champion(models: Models, qa_file: Path):
+    name = "collapsed-onnx"
+    # Stands in for an int4 export that broke: an export of the untrained weights, judged against the
+    # trained model's transformers reference. No floors, so only the reference criteria can refuse it.
+    v1 = _register(name, models.untrained_onnx)
+
+    result = _evaluate(name, qa_file, reference=models.transformers, min_scores="none")
+
+    assert not result.promoted
+    assert _aliases(name) == {"challenger": v1}
+    run = mlflow.get_run(result.run_id)
     assert run.data.metrics["promoted"] == 0.0
-    tags = client.get_model_version(name, v2).tags
-    assert tags["validation_status"] == "failed"
-    assert tags["llmflow.evaluate_run_id"] == second.run_id
-    assert mlflow.load_table("eval_table.json", run_ids=[second.run_id])["prediction"].eq("I don't know").all()
-
-
-def test_prompt_model_gets_the_chat_template_and_max_new_tokens(
-    tracking_uri, tiny_model_dir: Path, download_run_id: str, qa_file: Path
-):
-    name = "tiny-onnx-stand-in"
-    uri = _log_pyfunc(TinyPromptModel(), artifacts={"model": str(tiny_model_dir)})
-    v1 = _register_challenger(name, uri, download_run_id)
-
-    full = evaluate(name, str(qa_file), 0.0, 0.5, 32)
-
-    assert full.promoted
-    assert full.metrics["exact_match"] == 1.0
-    table = mlflow.load_table("eval_table.json", run_ids=[full.run_id])
-    assert table["prediction"].tolist() == [ANSWERS[q] for q in PICKED]
-    assert table["completion_tokens"].tolist() == [_answer_count(tiny_model_dir, ANSWERS[q]) for q in PICKED]
-
-    # Two new tokens cut every answer but "Paris"; evaluating the champion again judges it on thresholds only.
-    short = evaluate(name, str(qa_file), 0.0, 0.5, 2)
-
-    assert short.version == v1
-    assert short.metrics["exact_match"] == pytest.approx(1 / len(PICKED))
-    table = mlflow.load_table("eval_table.json", run_ids=[short.run_id])
-    assert table["completion_tokens"].max() <= 2
-    assert not short.promoted
-    assert short.reason.endswith("(re-evaluation of champion version 1)")
-    assert _champion(name) == v1
+    assert run.data.metrics["quality_retained_exact_match"] == 0.0
+    assert run.data.metrics["greedy_agreement"] == 0.0
+    # The tiny model learnt only its answers, so its perplexity on prose is worse than chance (~7,000 against
+    # a vocabulary of 448) and the untrained weights' ratio to it is low: here only quality catches the collapse.
+    assert "perplexity_ratio" in run.data.metrics
+    assert "quality retained: exact_match" in result.reason and "quality retained: token_f1" in result.reason
+    assert result.reason.endswith("(no champion yet)")
     assert MlflowClient().get_model_version(name, v1).tags["validation_status"] == "failed"
+    report = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="report/report.md"))
+    assert "FAILED" in report.read_text().split("\n\n")[0].upper()
 
 
-def test_gate_follows_successive_challengers(tracking_uri, download_run_id: str, qa_file: Path):
-    name = "answer-books"
-    knows = [{q: ANSWERS[q] for q in questions} for questions in (PICKED[:3], PICKED[:2], PICKED[2:])]
+def test_worse_challenger_keeps_challenger_and_never_touches_champion(models: Models, qa_file: Path):
+    name = "regressing"
+    v1 = _register(name, models.transformers)
+    assert _evaluate(name, qa_file).promoted
+    v2 = _register(name, models.untrained_transformers)
 
-    v1 = _register_challenger(name, _log_pyfunc(AnswerBook(knows[0])), download_run_id)
-    assert evaluate(name, str(qa_file), 0.0, 0.5, 8).promoted
-    assert _champion(name) == v1
+    result = _evaluate(name, qa_file, min_scores="none")
 
-    v2 = _register_challenger(name, _log_pyfunc(AnswerBook(knows[1])), download_run_id)
-    regression = evaluate(name, str(qa_file), 0.0, 0.0, 8)
-    assert not regression.promoted
-    assert regression.reason.startswith("contains_answer 0.400 < champion's 0.600 and exact_match 0.400 < champion's")
-    assert _champion(name) == v1
-
-    v3 = _register_challenger(name, _log_pyfunc(AnswerBook(knows[2])), download_run_id)
-    tie = evaluate(name, str(qa_file), 0.0, 0.5, 8)
-    assert tie.promoted
-    assert "contains_answer 0.600 >= champion's 0.600" in tie.reason
-    assert _champion(name) == v3
-
-    MlflowClient().set_registered_model_alias(name, "challenger", v3)
-    again = evaluate(name, str(qa_file), 0.6, 0.6, 8)
-    assert again.promoted
-    assert again.reason == (
-        "contains_answer 0.600 >= 0.600 and exact_match 0.600 >= 0.600 (re-evaluation of champion version 3)"
-    )
-    aliases = {alias: str(version) for alias, version in MlflowClient().get_registered_model(name).aliases.items()}
-    assert aliases == {"challenger": v3, "champion": v3}
+    assert not result.promoted
+    assert _aliases(name) == {"challenger": v2, "champion": v1}
+    failed = result.reason.rsplit(" (", 1)[0].split("; ")
+    assert all(part.startswith("vs champion: ") for part in failed), result.reason
+    assert "champion v1 1 - tolerance 0.02 = 0.98" in result.reason
     assert MlflowClient().get_model_version(name, v2).tags["validation_status"] == "failed"
 
 
-def test_a_champion_set_by_hand_is_judged_on_thresholds(tracking_uri, download_run_id: str, qa_file: Path):
+def test_better_challenger_is_promoted_and_rollback_restores_the_previous_champion(models: Models, qa_file: Path):
     client = MlflowClient()
-    name = "hand-picked"
-    v1 = _register_challenger(name, _log_pyfunc(AnswerBook(ANSWERS)), download_run_id)
-    client.set_registered_model_alias(name, "champion", v1)
-    v2 = _register_challenger(name, _log_pyfunc(AnswerBook({q: ANSWERS[q] for q in PICKED[:3]})), download_run_id)
+    name = "improving"
+    v1 = _register(name, models.untrained_transformers)
+    first = _evaluate(name, qa_file, min_scores="none")
+    assert first.promoted, first.reason
+    v2 = _register(name, models.transformers)
 
-    result = evaluate(name, str(qa_file), 0.0, 0.5, 8)
+    second = _evaluate(name, qa_file)
 
-    assert result.promoted
-    assert result.reason.endswith("(champion version 1 has no recorded evaluation)")
-    assert _champion(name) == v2
+    assert second.promoted, second.reason
+    assert "champion is version 1" in second.reason
+    assert _aliases(name) == {"challenger": v2, "champion": v2, "previous": v1}
+    assert client.get_model_version(name, v2).tags["llmflow.previous_champion"] == v1
+    # The report compares challenger and champion side by side.
+    decision = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(run_id=second.run_id, artifact_path="report/decision.json")
+        ).read_text()
+    )
+    assert set(decision["table"]) == {f"challenger v{v2}", f"champion v{v1}"}
+
+    restored = rollback(name)
+
+    assert (restored.restored, restored.replaced, restored.previous) == (v1, v2, None)
+    assert _aliases(name) == {"challenger": v2, "champion": v1}
+    assert client.get_model_version(name, v2).tags["llmflow.rolled_back_by_run"] == restored.run_id
+    with pytest.raises(InputError, match=r"^registered model 'improving' has no 'previous' alias"):
+        rollback(name)

@@ -20,9 +20,13 @@ GOOD = {
     "registered_model_name": "phi3",
     "max_new_tokens": 256,
     "qa_path": "data/qa.jsonl",
-    "min_exact_match": 0.0,
-    "min_contains_answer": 0.5,
+    "heldout_path": "data/heldout.txt",
     "eval_max_new_tokens": 32,
+    "gate_metrics": "exact_match,contains_answer,token_f1,rouge_l",
+    "min_scores": "contains_answer=0.5",
+    "champion_tolerance": 0.02,
+    "min_quality_retained": 0.9,
+    "max_perplexity_ratio": 1.2,
 }
 
 
@@ -40,8 +44,10 @@ def test_defaults_validate():
         ({"int4_block_size": 48}, "48"),
         ({"registered_model_name": "has space"}, "registered model name 'has space'"),
         ({"max_new_tokens": 0}, "max_new_tokens 0"),
-        ({"min_contains_answer": 1.5}, "min_contains_answer 1.5"),
+        ({"min_scores": "contains_answer=1.5"}, "min_scores contains_answer 1.5 is not accepted"),
+        ({"gate_metrics": "exact_match,bleu"}, "gate_metrics names metric 'bleu', which does not exist"),
         ({"qa_path": "missing.jsonl"}, "QA file 'missing.jsonl' not found"),
+        ({"heldout_path": "missing.txt"}, "missing.txt"),
     ],
 )
 def test_bad_values_fail_before_any_step(change: dict, message: str):
