@@ -166,6 +166,22 @@ def fetch_hub_snapshot(model: str, commit_sha: str, token: str | None, files: li
     return Path(path)
 
 
+def source_fingerprint(model: str, revision: str, token: str | None = None) -> str | None:
+    """What download records as ``llmflow.hf_commit_sha`` for this source now, without downloading it.
+
+    A local folder: ``sha256:`` and its content digest. A hub id: the commit ``revision`` resolves to,
+    asked of the Hub (None when the Hub cannot be reached or the repo is refused).
+    """
+    if is_local_reference(model):
+        folder = Path(model).expanduser().resolve()
+        return "sha256:" + manifest_digest(build_manifest(folder)) if folder.is_dir() else None
+    try:
+        return resolve_hub(model, revision, token)[0]
+    except Exception:  # noqa: BLE001 - any failure means "cannot tell", and then the step runs
+        logger.info("could not resolve %s@%s on the Hub; download will run", model, revision)
+        return None
+
+
 def download(model: str, revision: str) -> DownloadResult:
     """Pin ``model`` (hub id at ``revision``, or local folder) and record it in this step's MLflow run."""
     token = os.environ.get("HF_TOKEN") or None

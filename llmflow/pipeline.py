@@ -3,14 +3,23 @@
 Reads every parameter of the chain. Validates them all before any child run starts, then runs
 download -> export_onnx -> log_pyfunc and download -> log_transformers, then register and evaluate
 for each flavour (registered as ``<name>-onnx`` and ``<name>-transformers``). Steps receive only run
-ids and ``models:/`` URIs. A finished run of export_onnx, log_pyfunc or log_transformers with the same
-parameters and the same code is reused; register and evaluate always run, as they act on the registry.
-Prints a summary for a person at the end.
+ids and ``models:/`` URIs. Prints a summary for a person at the end.
+
+A finished step is reused, not run again, only when all of these match (see ``find_reusable_run``):
+the entry point; its parameters, normalised to strings; the digest of the code it runs (its script,
+the project modules it imports, its MLproject entry and the pinned environment, uncommitted edits
+included); the ids of its upstream runs; and what the step read from outside its parameters (the
+model folder's content or the hub commit for download, the registry state for register and evaluate,
+the data files for evaluate). Failed and killed runs are never reused. ``rerun_from`` forces one step
+(and so, through the new run ids, everything after it) to run again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,22 +27,24 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.projects.submitted_run import SubmittedRun
+from mlflow.exceptions import MlflowException
+from mlflow.projects.submitted_run import LocalSubmittedRun
 
-from llmflow.download import is_local_reference
+from llmflow.download import is_local_reference, source_fingerprint
 from llmflow.errors import InputError, StepFailed
-from llmflow.evaluate import validate_evaluate_options
+from llmflow.evaluate import TAG_EVALUATE_RUN, validate_evaluate_options
 from llmflow.export_onnx import validate_export_options
 from llmflow.log_transformers import validate_max_new_tokens
 from llmflow.register import validate_registered_model_name
 from llmflow.runs import (
+    ENV_UPSTREAM,
     PROJECT_ROOT,
     TAG_CODE_DIGEST,
     TAG_ERROR,
-    TAG_HF_REPO,
     TAG_HF_SHA,
     TAG_MODEL_URI,
     TAG_STEP,
+    TAG_UPSTREAM,
     code_digest,
     step_run,
 )
@@ -41,9 +52,10 @@ from llmflow.summary import print_summary
 
 logger = logging.getLogger(__name__)
 
-# download always runs: it is cheap, and only it can tell whether a folder or a branch changed.
-REUSABLE_STEPS = frozenset({"export_onnx", "log_pyfunc", "log_transformers"})
 FLAVOURS = {"onnx": "log_pyfunc", "transformers": "log_transformers"}
+# The chain in the order it runs; rerun_from names one of these (or "none", or "all" for download).
+CHAIN = ("download", "export_onnx", "log_pyfunc", "log_transformers", "register", "evaluate")
+RERUN_CHOICES = ("none", "all", *CHAIN)
 
 
 @dataclass
@@ -54,78 +66,158 @@ class ChainResult:
     registered: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
-def _same_value(a: str, b: str) -> bool:
-    """Parameters compare as numbers when both are numbers ("32" == "32.0"), else as strings."""
+def normalise(value: Any) -> str:
+    """A parameter value as the string it is compared by: whole numbers without ".0" ("32.0" -> "32")."""
+    text = str(value).strip()
     try:
-        return float(a) == float(b)
+        number = float(text)
     except ValueError:
-        return a == b
+        return text
+    return str(int(number)) if number.is_integer() else repr(number)
 
 
-def find_reusable_run(experiment_id: str, entry_point: str, parameters: dict[str, str]) -> Run | None:
-    """The newest FINISHED run of ``entry_point`` with equal parameters and the same code digest."""
-    if entry_point not in REUSABLE_STEPS:
-        return None
+def _upstream_key(run_ids: list[str]) -> str:
+    return ",".join(sorted(run_ids))
+
+
+# Checks of what a step read from outside its parameters; each takes the candidate run and the step's
+# parameters and says whether the run's result still holds. A check that cannot tell says no.
+StillValid = Callable[[Run, dict[str, str]], bool]
+
+
+def _download_still_valid(run: Run, params: dict[str, str]) -> bool:
+    """The folder's content (or the hub revision's commit) is what the run recorded."""
+    current = source_fingerprint(params["model"], params["revision"], os.environ.get("HF_TOKEN") or None)
+    return current is not None and current == run.data.tags.get(TAG_HF_SHA)
+
+
+def _register_still_valid(run: Run, params: dict[str, str]) -> bool:
+    """The version it registered still exists, from the same model, and is still the challenger."""
+    tags = run.data.tags
+    name, version = params["registered_model_name"], tags.get("llmflow.registered_model_version")
+    client = MlflowClient()
+    try:
+        model_version = client.get_model_version(name, version)
+        aliases = client.get_registered_model(name).aliases or {}
+    except MlflowException:
+        return False
+    same_model = params["model_uri"] in (model_version.source, f"models:/{getattr(model_version, 'model_id', '')}")
+    return same_model and str(aliases.get("challenger")) == str(version)
+
+
+def _evaluate_still_valid(run: Run, params: dict[str, str]) -> bool:
+    """It is the latest evaluation recorded on its version, and the data files have not changed."""
+    from llmflow.evaluate import fingerprint_files
+
+    tags = run.data.tags
+    name, version = params["registered_model_name"], tags.get("llmflow.registered_model_version")
+    try:
+        recorded = MlflowClient().get_model_version(name, version).tags.get(TAG_EVALUATE_RUN)
+    except MlflowException:
+        return False
+    try:
+        current = fingerprint_files(params["qa_path"], params["heldout_path"])
+    except InputError:
+        return False
+    return recorded == run.info.run_id and all(tags.get(key) == value for key, value in current.items())
+
+
+STILL_VALID: dict[str, StillValid] = {
+    "download": _download_still_valid,
+    "register": _register_still_valid,
+    "evaluate": _evaluate_still_valid,
+}
+
+
+def find_reusable_run(
+    experiment_id: str, entry_point: str, parameters: dict[str, str], upstream: list[str]
+) -> Run | None:
+    """The newest FINISHED run of ``entry_point`` that may stand in for running it now, or None.
+
+    It must have the same code digest and upstream runs, equal parameters after ``normalise``, and pass
+    the step's ``STILL_VALID`` check.
+    """
     runs = mlflow.search_runs(
         experiment_ids=[experiment_id],
         filter_string=f"tags.`{TAG_STEP}` = '{entry_point}' and attributes.status = 'FINISHED' "
-        f"and tags.`{TAG_CODE_DIGEST}` = '{code_digest()}'",
+        f"and tags.`{TAG_CODE_DIGEST}` = '{code_digest(entry_point)}'",
         order_by=["attributes.start_time DESC"],
         output_format="list",
     )
+    wanted = {k: normalise(v) for k, v in parameters.items()}
     for run in runs:
-        stored = run.data.params
-        if all(k in stored and _same_value(stored[k], v) for k, v in parameters.items()):
+        stored = {k: normalise(v) for k, v in run.data.params.items()}
+        if any(stored.get(k) != v for k, v in wanted.items()):
+            continue
+        if run.data.tags.get(TAG_UPSTREAM, "") != _upstream_key(upstream):
+            continue
+        check = STILL_VALID.get(entry_point)
+        if check is None or check(run, parameters):
             return run
     return None
 
 
-def canonical_download_run(experiment_id: str, run: Run) -> Run:
-    """The oldest finished download run of the same content (repo and commit sha) and code.
-
-    Downstream steps key their reuse on the download run id, so a second download of unchanged
-    content hands on the first run's id, and the export and log steps made from it are reused.
-    """
-    tags = run.data.tags
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.`{TAG_STEP}` = 'download' and attributes.status = 'FINISHED' "
-        f"and tags.`{TAG_HF_REPO}` = '{tags[TAG_HF_REPO]}' and tags.`{TAG_HF_SHA}` = '{tags[TAG_HF_SHA]}' "
-        f"and tags.`{TAG_CODE_DIGEST}` = '{tags[TAG_CODE_DIGEST]}'",
-        order_by=["attributes.start_time ASC"],
-        max_results=1,
-        output_format="list",
-    )
-    return runs[0] if runs else run
+def _end_abandoned_run(client: MlflowClient, submitted: LocalSubmittedRun) -> None:
+    """A step killed by a signal cannot end its own run: mark it KILLED (or FAILED) so it is never reused."""
+    run = client.get_run(submitted.run_id)
+    if run.info.status in ("RUNNING", "SCHEDULED"):
+        code = submitted.command_proc.returncode
+        status = "KILLED" if code is not None and code < 0 else "FAILED"
+        client.set_tag(submitted.run_id, TAG_ERROR, f"the step's process ended with exit status {code}")
+        client.set_terminated(submitted.run_id, status)
 
 
-def run_step(
-    experiment_id: str, entry_point: str, parameters: dict[str, str], result: ChainResult, key: str | None = None
-) -> Run:
-    """Run one entry point as a nested MLflow run, or reuse an equal finished one; raise ``StepFailed``."""
-    key = key or entry_point
-    reusable = find_reusable_run(experiment_id, entry_point, parameters)
-    if reusable is not None:
-        logger.info("reusing %s run %s (same parameters and code)", entry_point, reusable.info.run_id)
-        result.reused.append(key)
-        result.step_runs[key] = reusable.info.run_id
-        return reusable
-    logger.info("running step %s %s", entry_point, parameters)
-    submitted: SubmittedRun = mlflow.projects.run(
-        uri=str(PROJECT_ROOT),
-        entry_point=entry_point,
-        parameters=parameters,
-        env_manager="local",
-        experiment_id=experiment_id,
-        synchronous=False,
-    )
-    ok = submitted.wait()
-    run = mlflow.get_run(submitted.run_id)
-    result.step_runs[key] = submitted.run_id
-    if not ok:
-        error = run.data.tags.get(TAG_ERROR, "see the step's log above")
-        raise StepFailed(f"step '{entry_point}' failed (run {submitted.run_id}): {error}")
-    return run
+@dataclass
+class Runner:
+    """Runs the chain's steps as nested MLflow runs, reusing finished ones unless forced."""
+
+    experiment_id: str
+    result: ChainResult
+    forced: frozenset[str] = frozenset()
+
+    def step(self, entry_point: str, parameters: dict[str, str], upstream: list[str], key: str | None = None) -> Run:
+        """Run one entry point, or reuse an equal finished run; raise ``StepFailed`` naming a failed step."""
+        key = key or entry_point
+        if entry_point not in self.forced:
+            reusable = find_reusable_run(self.experiment_id, entry_point, parameters, upstream)
+            if reusable is not None:
+                logger.info("reusing %s run %s", key, reusable.info.run_id)
+                self.result.reused.append(key)
+                self.result.step_runs[key] = reusable.info.run_id
+                return reusable
+        logger.info("running step %s %s", key, parameters)
+        # The child records its upstream runs itself (runs.step_run reads this), so the record is there
+        # from its first moment, whatever happens to it or to this process.
+        os.environ[ENV_UPSTREAM] = _upstream_key(upstream)
+        try:
+            submitted = mlflow.projects.run(
+                uri=str(PROJECT_ROOT),
+                entry_point=entry_point,
+                parameters=parameters,
+                env_manager="local",
+                experiment_id=self.experiment_id,
+                synchronous=False,
+            )
+            ok = submitted.wait()
+        finally:
+            os.environ.pop(ENV_UPSTREAM, None)
+        self.result.step_runs[key] = submitted.run_id
+        client = MlflowClient()
+        if not ok:
+            _end_abandoned_run(client, submitted)
+            run = client.get_run(submitted.run_id)
+            error = run.data.tags.get(TAG_ERROR, "see the step's log above")
+            raise StepFailed(f"step '{key}' failed (run {submitted.run_id}, {run.info.status}): {error}")
+        return client.get_run(submitted.run_id)
+
+
+def forced_steps(rerun_from: str) -> frozenset[str]:
+    """The entry points ``rerun_from`` forces to run; the steps after them follow, as their inputs change."""
+    if rerun_from not in RERUN_CHOICES:
+        raise InputError(f"rerun_from '{rerun_from}' is not accepted; expected one of {', '.join(RERUN_CHOICES)}")
+    if rerun_from == "none":
+        return frozenset()
+    return frozenset({"download" if rerun_from == "all" else rerun_from})
 
 
 def validate_main_options(
@@ -144,6 +236,7 @@ def validate_main_options(
     champion_tolerance: float,
     min_quality_retained: float,
     max_perplexity_ratio: float,
+    rerun_from: str,
 ) -> None:
     """Fail before any child run starts on every value that can be checked without the network."""
     if is_local_reference(model) and not Path(model).expanduser().is_dir():
@@ -164,6 +257,7 @@ def validate_main_options(
         min_quality_retained,
         max_perplexity_ratio,
     )
+    forced_steps(rerun_from)
 
 
 def run_chain(
@@ -183,6 +277,7 @@ def run_chain(
     champion_tolerance: float,
     min_quality_retained: float,
     max_perplexity_ratio: float,
+    rerun_from: str = "none",
 ) -> ChainResult:
     """Run the whole pipeline under this ``main`` run and print its summary."""
     options = dict(locals())
@@ -191,48 +286,47 @@ def run_chain(
         return _chain(parent, options)
 
 
+def _absolute(path: str) -> str:
+    """Children run with the project root as working directory: hand them absolute paths of the caller's files."""
+    return str(Path(path).expanduser().resolve()) if Path(path).expanduser().exists() else path
+
+
 def _chain(parent: Run, options: dict[str, Any]) -> ChainResult:
     """The chain itself, with ``options`` as validated by ``run_chain``."""
-    model = options["model"]
-    if is_local_reference(model):
-        # Children run with the project root as working directory: hand them an absolute path.
-        model = str(Path(model).expanduser().resolve())
-    data_paths = {}
-    for key in ("qa_path", "heldout_path"):
-        path = options[key]
-        data_paths[key] = str(Path(path).resolve()) if not Path(path).is_absolute() and Path(path).exists() else path
-    experiment_id = parent.info.experiment_id
+    model = _absolute(options["model"]) if is_local_reference(options["model"]) else options["model"]
     result = ChainResult(parent.info.run_id)
-    download_run = run_step(experiment_id, "download", {"model": model, "revision": options["revision"]}, result)
-    download_id = canonical_download_run(experiment_id, download_run).info.run_id
-    export_params = {
-        "download_run_id": download_id,
-        "precision": options["precision"],
-        "execution_provider": options["execution_provider"],
-        "int4_block_size": str(options["int4_block_size"]),
-        "int4_accuracy_level": str(options["int4_accuracy_level"]),
-    }
-    export_run = run_step(experiment_id, "export_onnx", export_params, result)
+    runner = Runner(parent.info.experiment_id, result, forced_steps(options["rerun_from"]))
+    download = runner.step("download", {"model": model, "revision": options["revision"]}, [])
+    download_id = download.info.run_id
+    export = runner.step(
+        "export_onnx",
+        {
+            "download_run_id": download_id,
+            "precision": options["precision"],
+            "execution_provider": options["execution_provider"],
+            "int4_block_size": normalise(options["int4_block_size"]),
+            "int4_accuracy_level": normalise(options["int4_accuracy_level"]),
+        },
+        [download_id],
+    )
+    max_new_tokens = normalise(options["max_new_tokens"])
     logged = {
-        "onnx": run_step(
-            experiment_id,
+        "onnx": runner.step(
             "log_pyfunc",
-            {"export_run_id": export_run.info.run_id, "max_new_tokens": str(options["max_new_tokens"])},
-            result,
+            {"export_run_id": export.info.run_id, "max_new_tokens": max_new_tokens},
+            [export.info.run_id],
         ),
-        "transformers": run_step(
-            experiment_id,
-            "log_transformers",
-            {"download_run_id": download_id, "max_new_tokens": str(options["max_new_tokens"])},
-            result,
+        "transformers": runner.step(
+            "log_transformers", {"download_run_id": download_id, "max_new_tokens": max_new_tokens}, [download_id]
         ),
     }
     # The ONNX model is judged against the transformers model of the same download run, its reference.
-    references = {"onnx": logged["transformers"].data.tags[TAG_MODEL_URI], "transformers": "none"}
+    references = {"onnx": logged["transformers"], "transformers": None}
     evaluation_options = {
-        **data_paths,
+        "qa_path": _absolute(options["qa_path"]),
+        "heldout_path": _absolute(options["heldout_path"]),
         **{
-            key: str(options[key])
+            key: normalise(options[key])
             for key in (
                 "eval_max_new_tokens",
                 "gate_metrics",
@@ -245,21 +339,29 @@ def _chain(parent: Run, options: dict[str, Any]) -> ChainResult:
     }
     for flavour, log_run in logged.items():
         name = f"{options['registered_model_name']}-{flavour}"
-        register_run = run_step(
-            experiment_id,
+        register = runner.step(
             "register",
             {"model_uri": log_run.data.tags[TAG_MODEL_URI], "registered_model_name": name},
-            result,
+            [log_run.info.run_id],
             key=f"register:{flavour}",
         )
-        run_step(
-            experiment_id,
+        reference = references[flavour]
+        runner.step(
             "evaluate",
-            {"registered_model_name": name, "reference_model_uri": references[flavour], **evaluation_options},
-            result,
+            {
+                "registered_model_name": name,
+                "reference_model_uri": reference.data.tags[TAG_MODEL_URI] if reference else "none",
+                **evaluation_options,
+            },
+            [register.info.run_id] + ([reference.info.run_id] if reference else []),
             key=f"evaluate:{flavour}",
         )
-        result.registered[flavour] = (name, register_run.data.tags["llmflow.registered_model_version"])
-    mlflow.set_tags({f"llmflow.run.{step}": run_id for step, run_id in result.step_runs.items()})
+        result.registered[flavour] = (name, register.data.tags["llmflow.registered_model_version"])
+    mlflow.set_tags(
+        {
+            **{f"llmflow.run.{step}": run_id for step, run_id in result.step_runs.items()},
+            "llmflow.reused_steps": json.dumps(result.reused),
+        }
+    )
     print_summary(MlflowClient(), result)
     return result

@@ -20,20 +20,32 @@ from mlflow.exceptions import MlflowException
 
 from llmflow.errors import InputError
 from llmflow.runs import (
+    FREEZE_ARTIFACT,
     TAG_DOWNLOAD_RUN,
     TAG_EXECUTION_PROVIDER,
     TAG_EXPORT_RUN,
+    TAG_GIT_CLEAN,
     TAG_GIT_COMMIT,
     TAG_HF_REPO,
     TAG_HF_SHA,
     TAG_PRECISION,
+    TAG_SEED,
     step_run,
 )
 
 logger = logging.getLogger(__name__)
 
 CHALLENGER = "challenger"
-LINEAGE_TAGS = (TAG_HF_REPO, TAG_HF_SHA, TAG_PRECISION, TAG_EXECUTION_PROVIDER, TAG_DOWNLOAD_RUN, TAG_EXPORT_RUN)
+LINEAGE_TAGS = (
+    TAG_HF_REPO,
+    TAG_HF_SHA,
+    TAG_PRECISION,
+    TAG_EXECUTION_PROVIDER,
+    TAG_DOWNLOAD_RUN,
+    TAG_EXPORT_RUN,
+    TAG_GIT_CLEAN,
+    TAG_SEED,
+)
 MODEL_URI_PATTERN = re.compile(r"^models:/(m-[0-9a-f]+)$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]{0,254}$")
 
@@ -74,6 +86,8 @@ def lineage_tags(model_uri: str) -> dict[str, str]:
             "llmflow.logged_by_step": source_run.data.tags.get("llmflow.step", "unknown"),
             "llmflow.model_id": logged.model_id,
             TAG_GIT_COMMIT: source_run.data.tags.get(TAG_GIT_COMMIT, "unknown"),
+            # The resolved environment the model was logged in (pip freeze format).
+            "llmflow.environment_uri": f"runs:/{logged.source_run_id}/{FREEZE_ARTIFACT}",
         }
     )
     return tags

@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add("registered_model_name", str, "Base registered model name; '-onnx' and '-transformers' are appended.")
     parser.add("max_new_tokens", whole_number, "Default number of new tokens per answer for both logged models.")
     add_evaluation_options(parser)
+    parser.add("rerun_from", str, "Run this step again even if an equal run finished: none, all, or a step name.")
     run_step(run_chain, parser, argv)
 
 

@@ -13,7 +13,17 @@ import yaml
 from llmflow.cli import PROJECT_ROOT, StepParser, mlproject_parameters, whole_number
 
 MLPROJECT = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())
-ENTRY_POINTS = ["download", "export_onnx", "log_transformers", "log_pyfunc", "register", "evaluate", "rollback", "main"]
+ENTRY_POINTS = [
+    "download",
+    "export_onnx",
+    "log_transformers",
+    "log_pyfunc",
+    "register",
+    "evaluate",
+    "rollback",
+    "reproduce",
+    "main",
+]
 
 
 def test_mlproject_declares_every_entry_point():

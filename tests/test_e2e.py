@@ -1,14 +1,22 @@
-"""End to end, as a user runs it: ``mlflow run . -e main`` on the tiny Phi-3 against a SQLite store."""
+"""End to end, as a user runs it: ``mlflow run <project> -e main`` on the tiny Phi-3 against a SQLite store.
+
+The project runs from a git-committed copy of this working tree, so that a test can edit the copy's code
+the way a user edits theirs. One module-scoped store; the tests run in order and build on each other:
+a cold run, a run with nothing changed, a code change, a parameter change killed mid-step and resumed,
+``reproduce``, and a search of everything written for the ``HF_TOKEN`` value.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -16,20 +24,39 @@ from llmflow.runs import PROJECT_ROOT, TAG_STEP
 
 pytestmark = pytest.mark.e2e
 STEPS = {"download", "export_onnx", "log_transformers", "log_pyfunc", "register", "evaluate"}
+EVERY_STEP = [
+    "download",
+    "export_onnx",
+    "log_pyfunc",
+    "log_transformers",
+    "register:onnx",
+    "evaluate:onnx",
+    "register:transformers",
+    "evaluate:transformers",
+]
+# Set as HF_TOKEN for every run here; it must not be written anywhere.
+TOKEN_MARKER = "hf_llmflowMarker7d1c9e5a"
+LOGS: list[str] = []
 
 
-def _mlflow_run(store: Path, experiment_id: str, *params: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
-        # `--env-manager local` runs `python` from PATH: the one running these tests.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    command = [sys.executable, "-m", "mlflow", "run", ".", "-e", "main", "--env-manager", "local"]
-    command += ["--experiment-id", experiment_id]
-    for param in params:
-        command += ["-P", param]
-    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository holding this working tree's files (tracked and untracked, not ignored)."""
+    root = tmp_path_factory.mktemp("project") / "llmflow"
+    files = _git(PROJECT_ROOT, "ls-files", "--cached", "--others", "--exclude-standard").splitlines()
+    for name in files:
+        source = PROJECT_ROOT / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "snapshot")
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +67,36 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return path, experiment_id
 
 
+def _command(project: Path, store: tuple[Path, str], entry_point: str, *params: str) -> tuple[list[str], dict]:
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{store[0] / 'mlflow.db'}",
+        "HF_TOKEN": TOKEN_MARKER,
+        # `--env-manager local` runs `python` from PATH: the one running these tests.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    command = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry_point, "--env-manager", "local"]
+    command += ["--experiment-id", store[1]]
+    for param in params:
+        command += ["-P", param]
+    return command, env
+
+
+def _mlflow_run(project: Path, store: tuple[Path, str], entry_point: str, *params: str) -> subprocess.CompletedProcess:
+    command, env = _command(project, store, entry_point, *params)
+    # From a folder of its own: nothing may depend on the caller's working directory.
+    proc = subprocess.run(command, cwd=store[0], env=env, capture_output=True, text=True, timeout=900)
+    LOGS.extend([proc.stdout, proc.stderr])
+    return proc
+
+
+def _main(project: Path, store: tuple[Path, str], tiny_model_dir: Path, *params: str) -> subprocess.CompletedProcess:
+    return _mlflow_run(project, store, "main", f"model={tiny_model_dir}", "registered_model_name=e2e", *params)
+
+
 @pytest.fixture(scope="module")
-def first_run(store: tuple[Path, str], tiny_model_dir: Path) -> subprocess.CompletedProcess[str]:
-    path, experiment_id = store
-    proc = _mlflow_run(path, experiment_id, f"model={tiny_model_dir}", "registered_model_name=e2e")
+def cold_run(project: Path, store: tuple[Path, str], tiny_model_dir: Path) -> subprocess.CompletedProcess[str]:
+    proc = _main(project, store, tiny_model_dir)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -60,58 +113,174 @@ def _runs(client: MlflowClient, experiment_id: str) -> list:
     return client.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def test_main_runs_every_step_nested_and_finished(first_run, store, client):
-    runs = _runs(client, store[1])
-    mains = [r for r in runs if r.data.tags.get(TAG_STEP) == "main"]
-    assert len(mains) == 1 and mains[0].info.status == "FINISHED"
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == mains[0].info.run_id]
+def _last_main(client: MlflowClient, experiment_id: str):
+    return [r for r in _runs(client, experiment_id) if r.data.tags.get(TAG_STEP) == "main"][-1]
+
+
+def _reused(client: MlflowClient, experiment_id: str) -> list[str]:
+    import json
+
+    return json.loads(_last_main(client, experiment_id).data.tags["llmflow.reused_steps"])
+
+
+def _versions(client: MlflowClient, flavour: str) -> list[str]:
+    return sorted(str(v.version) for v in client.search_model_versions(f"name='e2e-{flavour}'"))
+
+
+def test_main_runs_every_step_nested_and_finished(cold_run, store, client):
+    main = _last_main(client, store[1])
+    assert main.info.status == "FINISHED"
+    children = [r for r in _runs(client, store[1]) if r.data.tags.get("mlflow.parentRunId") == main.info.run_id]
     assert {r.data.tags[TAG_STEP] for r in children} == STEPS
     assert all(r.info.status == "FINISHED" for r in children)
-    assert "models:/e2e-onnx@champion" in first_run.stdout
-    assert "A: 'Madrid'" in first_run.stdout
+    assert _reused(client, store[1]) == []
+    assert "models:/e2e-onnx@champion" in cold_run.stdout
+    assert "A: 'Madrid'" in cold_run.stdout
+    # The summary prints each evaluation's decision and its table, as the report has them.
+    assert cold_run.stdout.count("PASSED") >= 2, cold_run.stdout[-3000:]
+    assert "perplexity_ratio" in cold_run.stdout
 
 
-def test_artifacts_manifest_and_onnx_folder(first_run, store, client):
-    runs = {r.data.tags.get(TAG_STEP): r for r in _runs(client, store[1])}
-    download_artifacts = {a.path for a in client.list_artifacts(runs["download"].info.run_id)}
-    assert {"manifest.json", "model"} <= download_artifacts
-    onnx = {a.path for a in client.list_artifacts(runs["export_onnx"].info.run_id, "onnx")}
-    assert {"onnx/genai_config.json", "onnx/model.onnx", "onnx/model.onnx.data", "onnx/tokenizer.json"} <= onnx
-    assert runs["export_onnx"].data.metrics["onnx_size_bytes"] > 0
-
-
-def test_both_logged_models_load_and_the_champion_answers(first_run, store, client):
+def test_every_version_leads_back_to_its_sources(cold_run, project: Path, store, client):
+    download = next(r for r in _runs(client, store[1]) if r.data.tags.get(TAG_STEP) == "download")
     for flavour in ("onnx", "transformers"):
-        champion = client.get_model_version_by_alias(f"e2e-{flavour}", "champion")
-        assert champion.tags["validation_status"] == "passed"
-        assert champion.tags["llmflow.hf_repo_id"] == "local/tiny-phi3"
-        assert champion.tags["llmflow.download_run_id"]
-    onnx = mlflow.pyfunc.load_model("models:/e2e-onnx@champion")
-    prompt = "<|user|>\nWhat is the capital of Spain?<|end|>\n<|assistant|>\n"
-    assert onnx.predict(pd.DataFrame({"prompt": [prompt]}))[0].strip() == "Madrid"
-    chat = mlflow.pyfunc.load_model("models:/e2e-transformers@champion")
-    answer = chat.predict({"messages": [{"role": "user", "content": "What is the capital of Spain?"}]})
-    assert answer[0]["choices"][0]["message"]["content"].strip() == "Madrid"
+        version = client.get_model_version_by_alias(f"e2e-{flavour}", "champion")
+        tags = version.tags
+        assert tags["validation_status"] == "passed"
+        assert tags["llmflow.hf_repo_id"] == "local/tiny-phi3"
+        assert tags["llmflow.hf_commit_sha"] == download.data.tags["llmflow.hf_commit_sha"]
+        assert tags["llmflow.hf_commit_sha"].startswith("sha256:")
+        assert tags["llmflow.download_run_id"] == download.info.run_id
+        assert tags["llmflow.git_commit"] == _git(project, "rev-parse", "HEAD")
+        assert tags["llmflow.git_tree_clean"] == "true"
+        assert tags["llmflow.seed"] == "0"
+        freeze = Path(mlflow.artifacts.download_artifacts(tags["llmflow.environment_uri"])).read_text()
+        assert "mlflow==3.17.2" in freeze.splitlines() and "onnxruntime-genai==0.18.0" in freeze.splitlines()
+    onnx = client.get_model_version_by_alias("e2e-onnx", "champion").tags
+    assert client.get_run(onnx["llmflow.export_run_id"]).data.tags[TAG_STEP] == "export_onnx"
+    assert client.get_run(onnx["llmflow.source_run_id"]).data.tags[TAG_STEP] == "log_pyfunc"
 
 
-def test_second_run_reuses_steps_and_creates_no_version(first_run, store, client, tiny_model_dir: Path):
-    path, experiment_id = store
-    proc = _mlflow_run(path, experiment_id, f"model={tiny_model_dir}", "registered_model_name=e2e")
+def test_nothing_changed_reuses_every_step(cold_run, project, store, client, tiny_model_dir: Path):
+    started = time.perf_counter()
+    proc = _main(project, store, tiny_model_dir)
+    seconds = time.perf_counter() - started
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "reused finished steps: export_onnx, log_pyfunc, log_transformers" in proc.stdout
-    for flavour in ("onnx", "transformers"):
-        assert len(client.search_model_versions(f"name='e2e-{flavour}'")) == 1
+    assert _reused(client, store[1]) == EVERY_STEP
+    assert "reused finished steps: " + ", ".join(EVERY_STEP) in proc.stdout
+    assert (_versions(client, "onnx"), _versions(client, "transformers")) == (["1"], ["1"])
+    print(f"\nmain with nothing changed: {seconds:.1f} s")  # a figure for the benchmark notes, not a limit
 
 
-def test_bad_value_fails_in_main_before_any_step(store, client, tiny_model_dir: Path):
-    path, experiment_id = store
-    before = len(_runs(client, experiment_id))
-    proc = _mlflow_run(path, experiment_id, f"model={tiny_model_dir}", "precision=fp16", "registered_model_name=bad")
+def test_a_code_change_reruns_that_step_and_what_follows(cold_run, project, store, client, tiny_model_dir: Path):
+    with (project / "llmflow" / "log_pyfunc.py").open("a") as handle:
+        handle.write("\n# A local edit, not committed.\n")
+    proc = _main(project, store, tiny_model_dir)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert _reused(client, store[1]) == [
+        "download",
+        "export_onnx",
+        "log_transformers",
+        "register:transformers",
+        "evaluate:transformers",
+    ]
+    # A new logged ONNX model, so a new version; judged against the champion made of the same weights.
+    assert (_versions(client, "onnx"), _versions(client, "transformers")) == (["1", "2"], ["1"])
+    v2 = client.get_model_version("e2e-onnx", "2").tags
+    assert v2["llmflow.git_tree_clean"] == "false"
+    assert v2["validation_status"] == "passed"
+    aliases = {k: str(v) for k, v in client.get_registered_model("e2e-onnx").aliases.items()}
+    assert aliases == {"challenger": "2", "champion": "2", "previous": "1"}
+
+
+def test_a_killed_step_is_marked_and_main_resumes_after_the_last_finished_step(
+    cold_run, project, store, client, tiny_model_dir: Path
+):
+    # A new gate setting: only the two evaluate steps must run. Kill the first while it scores.
+    command, env = _command(
+        project, store, "main", f"model={tiny_model_dir}", "registered_model_name=e2e", "champion_tolerance=0.05"
+    )
+    proc = subprocess.Popen(command, cwd=store[0], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed_pid, deadline = None, time.monotonic() + 600
+    while killed_pid is None and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        running = client.search_runs(
+            [store[1]],
+            filter_string="tags.`llmflow.step` = 'evaluate' and attributes.status = 'RUNNING' "
+            "and params.champion_tolerance = '0.05'",
+        )
+        if running:
+            found = subprocess.run(
+                ["pgrep", "-f", "steps.evaluate --registered-model-name e2e-onnx"], capture_output=True
+            )
+            pids = [int(p) for p in found.stdout.split()]
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed_pid = pids[0]
+    stdout, stderr = proc.communicate(timeout=600)
+    LOGS.extend([stdout, stderr])
+    assert killed_pid is not None, stderr[-3000:]
+    assert proc.returncode != 0
+    killed = client.search_runs(
+        [store[1]], filter_string="tags.`llmflow.step` = 'evaluate' and params.champion_tolerance = '0.05'"
+    )
+    assert [r.info.status for r in killed] in (["KILLED"], ["FAILED"])
+    error_lines = [line for line in stderr.splitlines() if line.startswith("error: main:")]
+    assert error_lines and "step 'evaluate:onnx' failed" in error_lines[0] and killed[0].info.run_id in error_lines[0]
+    assert _last_main(client, store[1]).info.status == "FAILED"
+    assert str(client.get_registered_model("e2e-onnx").aliases["champion"]) == "2"
+
+    resumed = _main(project, store, tiny_model_dir, "champion_tolerance=0.05")
+
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert _reused(client, store[1]) == [
+        "download",
+        "export_onnx",
+        "log_pyfunc",
+        "log_transformers",
+        "register:onnx",
+        "register:transformers",
+    ]
+    assert (_versions(client, "onnx"), _versions(client, "transformers")) == (["1", "2"], ["1"])
+    evaluations = client.search_runs(
+        [store[1]], filter_string="tags.`llmflow.step` = 'evaluate' and params.champion_tolerance = '0.05'"
+    )
+    assert sorted(r.info.status for r in evaluations) == ["FINISHED", "FINISHED", "KILLED"]
+    assert str(client.get_registered_model("e2e-onnx").aliases["champion"]) == "2"
+
+
+def test_reproduce_rebuilds_the_onnx_export_byte_for_byte(cold_run, project, store, client):
+    proc = _mlflow_run(project, store, "reproduce", "model_uri=models:/e2e-onnx/1")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "models:/e2e-onnx/1: identical" in proc.stdout
+    run = [r for r in _runs(client, store[1]) if r.data.tags.get(TAG_STEP) == "reproduce"][-1]
+    assert run.data.tags["llmflow.reproduce_result"] == "identical"
+    assert run.data.metrics["files_different"] == 0
+    assert run.data.metrics["files_compared"] >= 5
+    scratch = client.get_experiment_by_name("llmflow-reproduce")
+    rebuilt = client.get_run(run.data.tags["llmflow.rebuilt.export_onnx"])
+    assert rebuilt.info.experiment_id == scratch.experiment_id
+    assert rebuilt.info.run_id != client.get_model_version("e2e-onnx", "1").tags["llmflow.export_run_id"]
+
+
+def test_bad_value_fails_in_main_before_any_step(project, store, client, tiny_model_dir: Path):
+    before = len(_runs(client, store[1]))
+    proc = _mlflow_run(project, store, "main", f"model={tiny_model_dir}", "precision=fp16", "registered_model_name=bad")
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "fp16" in errors[0] and "cpu" in errors[0]
     assert "Traceback (most recent call last)" not in proc.stderr.split("error:")[0][-2000:]
-    runs = _runs(client, experiment_id)
+    runs = _runs(client, store[1])
     assert len(runs) == before + 1  # only the main run, FAILED
     assert runs[-1].info.status == "FAILED"
     assert client.search_registered_models("name='bad-onnx'") == []
+
+
+def test_the_hf_token_is_written_nowhere(cold_run, store):
+    assert len(LOGS) >= 2
+    leaks = [n for n, text in enumerate(LOGS) if TOKEN_MARKER in text]
+    assert leaks == [], "HF_TOKEN value found in the output of a run"
+    needle = TOKEN_MARKER.encode()
+    written = [p for p in store[0].rglob("*") if p.is_file() and needle in p.read_bytes()]
+    assert written == [], f"HF_TOKEN value found in {written}"
+    assert sum(1 for p in store[0].rglob("*") if p.is_file()) > 50  # the store and artifacts were searched

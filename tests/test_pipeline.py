@@ -9,7 +9,7 @@ import pytest
 
 from llmflow import pipeline
 from llmflow.errors import InputError
-from llmflow.runs import TAG_CODE_DIGEST, TAG_HF_REPO, TAG_HF_SHA, TAG_STEP, code_digest
+from llmflow.runs import TAG_CODE_DIGEST, TAG_HF_SHA, TAG_STEP, TAG_UPSTREAM, code_digest, step_sources
 
 GOOD = {
     "model": "microsoft/Phi-3-mini-4k-instruct",
@@ -27,6 +27,7 @@ GOOD = {
     "champion_tolerance": 0.02,
     "min_quality_retained": 0.9,
     "max_perplexity_ratio": 1.2,
+    "rerun_from": "none",
 }
 
 
@@ -48,6 +49,7 @@ def test_defaults_validate():
         ({"gate_metrics": "exact_match,bleu"}, "gate_metrics names metric 'bleu', which does not exist"),
         ({"qa_path": "missing.jsonl"}, "QA file 'missing.jsonl' not found"),
         ({"heldout_path": "missing.txt"}, "missing.txt"),
+        ({"rerun_from": "evaluation"}, "rerun_from 'evaluation' is not accepted; expected one of none, all, download"),
     ],
 )
 def test_bad_values_fail_before_any_step(change: dict, message: str):
@@ -63,52 +65,95 @@ def test_empty_qa_file_fails_up_front(tmp_path: Path):
         pipeline.validate_main_options(**{**GOOD, "qa_path": str(empty)})
 
 
-@pytest.mark.parametrize(("a", "b", "same"), [("32", "32.0", True), ("32", "33", False), ("int4", "int4", True)])
-def test_parameters_compare_as_numbers_when_numeric(a: str, b: str, same: bool):
-    assert pipeline._same_value(a, b) is same
+@pytest.mark.parametrize(
+    ("value", "normal"), [("32", "32"), ("32.0", "32"), (32, "32"), (0.02, "0.02"), ("0.020", "0.02"), ("int4", "int4")]
+)
+def test_parameters_are_normalised_to_strings(value, normal: str):
+    assert pipeline.normalise(value) == normal
 
 
-def _finished_run(step: str, params: dict[str, str], tags: dict[str, str] | None = None) -> str:
+def _finished_run(step: str, params: dict[str, str], upstream: str = "", tags: dict | None = None) -> str:
     with mlflow.start_run() as run:
         mlflow.log_params(params)
-        mlflow.set_tags({TAG_STEP: step, TAG_CODE_DIGEST: code_digest(), **(tags or {})})
+        mlflow.set_tags({TAG_STEP: step, TAG_CODE_DIGEST: code_digest(step), TAG_UPSTREAM: upstream, **(tags or {})})
     return run.info.run_id
 
 
-def test_reuse_needs_same_step_params_and_code(tracking_uri: str):
-    experiment_id = mlflow.get_experiment_by_name("test").experiment_id
+def _experiment() -> str:
+    return mlflow.get_experiment_by_name("test").experiment_id
+
+
+def test_reuse_needs_the_same_step_parameters_code_and_upstream(tracking_uri: str):
     params = {"export_run_id": "e1", "max_new_tokens": "256"}
-    run_id = _finished_run("log_pyfunc", params)
-    assert (
-        pipeline.find_reusable_run(experiment_id, "log_pyfunc", {**params, "max_new_tokens": "256.0"}).info.run_id
-        == run_id
-    )
-    assert pipeline.find_reusable_run(experiment_id, "log_pyfunc", {**params, "export_run_id": "e2"}) is None
-    assert pipeline.find_reusable_run(experiment_id, "log_transformers", params) is None
-    # register, evaluate and download act on state outside their parameters: never reused.
-    assert pipeline.find_reusable_run(experiment_id, "download", {}) is None
+    run_id = _finished_run("log_pyfunc", params, upstream="e1")
+    found = pipeline.find_reusable_run(_experiment(), "log_pyfunc", {**params, "max_new_tokens": "256.0"}, ["e1"])
+    assert found.info.run_id == run_id
+    assert pipeline.find_reusable_run(_experiment(), "log_pyfunc", {**params, "max_new_tokens": "128"}, ["e1"]) is None
+    assert pipeline.find_reusable_run(_experiment(), "log_pyfunc", params, ["e2"]) is None
+    assert pipeline.find_reusable_run(_experiment(), "log_transformers", params, ["e1"]) is None
     with mlflow.start_run():
         mlflow.log_params(params)
-        mlflow.set_tags({TAG_STEP: "log_pyfunc", TAG_CODE_DIGEST: "other-code"})
-    assert pipeline.find_reusable_run(experiment_id, "log_pyfunc", params).info.run_id == run_id
+        mlflow.set_tags({TAG_STEP: "log_pyfunc", TAG_CODE_DIGEST: "other-code", TAG_UPSTREAM: "e1"})
+    assert pipeline.find_reusable_run(_experiment(), "log_pyfunc", params, ["e1"]).info.run_id == run_id
 
 
-def test_failed_runs_are_not_reused(tracking_uri: str):
-    experiment_id = mlflow.get_experiment_by_name("test").experiment_id
+def test_failed_and_killed_runs_are_never_reused(tracking_uri: str):
     params = {"download_run_id": "d1", "max_new_tokens": "8"}
     with pytest.raises(RuntimeError), mlflow.start_run():
         mlflow.log_params(params)
-        mlflow.set_tags({TAG_STEP: "log_transformers", TAG_CODE_DIGEST: code_digest()})
+        mlflow.set_tags({TAG_STEP: "log_transformers", TAG_CODE_DIGEST: code_digest("log_transformers")})
+        mlflow.set_tag(TAG_UPSTREAM, "d1")
         raise RuntimeError("step crashed")
-    assert pipeline.find_reusable_run(experiment_id, "log_transformers", params) is None
+    killed = mlflow.start_run()
+    mlflow.log_params(params)
+    mlflow.set_tags(
+        {TAG_STEP: "log_transformers", TAG_CODE_DIGEST: code_digest("log_transformers"), TAG_UPSTREAM: "d1"}
+    )
+    mlflow.end_run("KILLED")
+    assert mlflow.get_run(killed.info.run_id).info.status == "KILLED"
+    assert pipeline.find_reusable_run(_experiment(), "log_transformers", params, ["d1"]) is None
 
 
-def test_a_repeated_download_hands_on_the_first_run_of_that_content(tracking_uri: str):
-    experiment_id = mlflow.get_experiment_by_name("test").experiment_id
-    same = {TAG_HF_REPO: "local/tiny", TAG_HF_SHA: "sha256:aaa"}
-    first = _finished_run("download", {"model": "/a"}, same)
-    _finished_run("download", {"model": "/b"}, {TAG_HF_REPO: "local/tiny", TAG_HF_SHA: "sha256:bbb"})
-    latest = mlflow.get_run(_finished_run("download", {"model": "/a"}, same))
-    assert pipeline.canonical_download_run(experiment_id, latest).info.run_id == first
-    changed = mlflow.get_run(_finished_run("download", {"model": "/c"}, {TAG_HF_REPO: "x", TAG_HF_SHA: "y"}))
-    assert pipeline.canonical_download_run(experiment_id, changed).info.run_id == changed.info.run_id
+def test_a_download_is_reused_only_while_the_folder_holds_the_same_content(tracking_uri: str, tmp_path: Path):
+    from llmflow.download import source_fingerprint
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    params = {"model": str(folder), "revision": "main"}
+    run_id = _finished_run("download", params, tags={TAG_HF_SHA: source_fingerprint(str(folder), "main")})
+    assert pipeline.find_reusable_run(_experiment(), "download", params, []).info.run_id == run_id
+    (folder / "config.json").write_text('{"changed": true}')
+    assert pipeline.find_reusable_run(_experiment(), "download", params, []) is None
+
+
+def test_a_step_digest_covers_its_own_code_and_not_other_steps(tmp_path: Path):
+    import shutil
+
+    from llmflow.runs import PROJECT_ROOT
+
+    root = tmp_path / "project"
+    shutil.copytree(PROJECT_ROOT, root, ignore=shutil.ignore_patterns(".venv", ".git", "build", "mlruns", "*.db"))
+    names = {p.relative_to(root).as_posix() for p in step_sources("log_pyfunc", root)}
+    # Its script, its module, the models-from-code file it logs (named as a string) and what they import.
+    assert {"steps/log_pyfunc.py", "llmflow/log_pyfunc.py", "llmflow/onnx_chat_model.py"} <= names
+    assert "llmflow/chat_protocol.py" in names
+    assert "llmflow/evaluate.py" not in names
+    before = {step: pipeline.code_digest.__wrapped__(step, root) for step in ("download", "log_pyfunc", "evaluate")}
+    with (root / "llmflow" / "log_pyfunc.py").open("a") as handle:
+        handle.write("\n# an edit\n")
+    after = {step: pipeline.code_digest.__wrapped__(step, root) for step in before}
+    assert after["log_pyfunc"] != before["log_pyfunc"]
+    assert after["download"] == before["download"]
+    assert after["evaluate"] == before["evaluate"]
+    with (root / "requirements.txt").open("a") as handle:
+        handle.write("\n")
+    assert all(pipeline.code_digest.__wrapped__(step, root) != after[step] for step in before)
+
+
+@pytest.mark.parametrize(
+    ("rerun_from", "forced"),
+    [("none", set()), ("all", {"download"}), ("log_pyfunc", {"log_pyfunc"}), ("evaluate", {"evaluate"})],
+)
+def test_rerun_from_forces_a_step(rerun_from: str, forced: set):
+    assert pipeline.forced_steps(rerun_from) == forced

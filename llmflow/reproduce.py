@@ -1,0 +1,178 @@
+"""Entry point ``reproduce``: rebuild a registered version from its recorded lineage and compare it, file by file.
+
+Reads the version's lineage tags (written by ``register``): the download run and its parameters, and for
+an ONNX version the export run and the log_pyfunc run with theirs. Re-runs that chain with ``mlflow.run``
+into a scratch experiment, with reuse turned off, pinning a hub model to the commit sha the download run
+resolved (not to a branch that may have moved). Then compares the manifests, file by file (path, size,
+sha256): the ONNX export's for an ONNX version, the download's for a transformers version.
+
+Records the comparison in its own run (``reproduce/comparison.json``, tag ``llmflow.reproduce_result``,
+metrics ``files_compared`` and ``files_different``) and prints ``identical`` or the files that differ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+
+from llmflow.errors import InputError
+from llmflow.pipeline import ChainResult, Runner
+from llmflow.runs import TAG_DOWNLOAD_RUN, TAG_EXPORT_RUN, TAG_HF_SHA, TAG_SOURCE, get_step_run, step_run
+
+logger = logging.getLogger(__name__)
+
+SCRATCH_EXPERIMENT = "llmflow-reproduce"
+VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+# Which run's manifest a version's identity rests on, by the step that logged it.
+MANIFESTS = {"log_pyfunc": ("export_onnx", "onnx_manifest.json"), "log_transformers": ("download", "manifest.json")}
+
+
+@dataclass
+class ReproduceResult:
+    run_id: str
+    identical: bool
+    compared: int
+    differences: list[dict[str, Any]] = field(default_factory=list)
+    rebuilt_runs: dict[str, str] = field(default_factory=dict)
+
+
+def parse_version_uri(model_uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/<name>/<version>`` or ``models:/<name>@<alias>`` -> (name, version, alias)."""
+    match = VERSION_URI.match(model_uri.strip())
+    if not match:
+        raise InputError(
+            f"model_uri '{model_uri}' is not accepted; expected a registered version, models:/<name>/<version> "
+            "(or models:/<name>@<alias>)"
+        )
+    return match["name"], match["version"], match["alias"]
+
+
+def _manifest(run_id: str, artifact: str) -> dict[str, dict[str, Any]]:
+    files = mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact}")["files"]
+    return {entry["file"]: entry for entry in files}
+
+
+def compare_manifests(original: dict[str, dict[str, Any]], rebuilt: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every file whose size or sha256 differs, or that only one side has."""
+    differences = []
+    for name in sorted(set(original) | set(rebuilt)):
+        a, b = original.get(name), rebuilt.get(name)
+        if a is None or b is None or (a["size"], a["sha256"]) != (b["size"], b["sha256"]):
+            differences.append(
+                {
+                    "file": name,
+                    "original": {"size": a["size"], "sha256": a["sha256"]} if a else None,
+                    "rebuilt": {"size": b["size"], "sha256": b["sha256"]} if b else None,
+                }
+            )
+    return differences
+
+
+def _params(run: Run, *names: str) -> dict[str, str]:
+    missing = [n for n in names if n not in run.data.params]
+    if missing:
+        raise InputError(f"run {run.info.run_id} has no recorded parameters {missing}; it cannot be re-run")
+    return {n: run.data.params[n] for n in names}
+
+
+def reproduce(model_uri: str) -> ReproduceResult:
+    """Re-run the chain behind registered version ``model_uri`` with its recorded parameters and compare."""
+    name, version, alias = parse_version_uri(model_uri)
+    with step_run("reproduce", {"model_uri": model_uri}) as run:
+        client = MlflowClient()
+        try:
+            model_version = (
+                client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
+            )
+        except MlflowException:
+            raise InputError(
+                f"model_uri '{model_uri}' names no registered version in tracking store '{mlflow.get_tracking_uri()}'"
+            ) from None
+        tags = model_version.tags
+        logged_by = tags.get("llmflow.logged_by_step")
+        if logged_by not in MANIFESTS or TAG_DOWNLOAD_RUN not in tags:
+            raise InputError(
+                f"version {model_version.version} of '{name}' has no lineage tags from this pipeline's register step"
+            )
+        download_run = get_step_run(tags[TAG_DOWNLOAD_RUN], "download")
+        download_params = _params(download_run, "model", "revision")
+        if download_run.data.tags.get(TAG_SOURCE) == "hub":
+            download_params["revision"] = download_run.data.tags[TAG_HF_SHA]  # the commit, not the branch
+        source_run = client.get_run(tags["llmflow.source_run_id"])
+        scratch = mlflow.get_experiment_by_name(SCRATCH_EXPERIMENT)
+        experiment_id = scratch.experiment_id if scratch else mlflow.create_experiment(SCRATCH_EXPERIMENT)
+        chain = ChainResult(run.info.run_id)
+        runner = Runner(experiment_id, chain, forced=frozenset({"download", "export_onnx", logged_by}))
+        mlflow.set_tags(
+            {
+                "llmflow.registered_model_name": name,
+                "llmflow.registered_model_version": str(model_version.version),
+                "llmflow.scratch_experiment_id": experiment_id,
+            }
+        )
+        new_download = runner.step("download", download_params, [])
+        original_runs = {"download": download_run.info.run_id}
+        if logged_by == "log_pyfunc":
+            export_run = get_step_run(tags[TAG_EXPORT_RUN], "export_onnx")
+            export_params = _params(
+                export_run, "precision", "execution_provider", "int4_block_size", "int4_accuracy_level"
+            )
+            new_export = runner.step(
+                "export_onnx",
+                {"download_run_id": new_download.info.run_id, **export_params},
+                [new_download.info.run_id],
+            )
+            original_runs["export_onnx"] = export_run.info.run_id
+            runner.step(
+                "log_pyfunc",
+                {"export_run_id": new_export.info.run_id, **_params(source_run, "max_new_tokens")},
+                [new_export.info.run_id],
+            )
+        else:
+            runner.step(
+                "log_transformers",
+                {"download_run_id": new_download.info.run_id, **_params(source_run, "max_new_tokens")},
+                [new_download.info.run_id],
+            )
+        step, artifact = MANIFESTS[logged_by]
+        original = _manifest(original_runs[step], artifact)
+        rebuilt = _manifest(chain.step_runs[step], artifact)
+        differences = compare_manifests(original, rebuilt)
+        identical = not differences
+        compared = len(set(original) | set(rebuilt))
+        comparison = {
+            "model_uri": model_uri,
+            "version": str(model_version.version),
+            "manifest": artifact,
+            "original_run": original_runs[step],
+            "rebuilt_run": chain.step_runs[step],
+            "identical": identical,
+            "differences": differences,
+        }
+        mlflow.log_dict(comparison, "reproduce/comparison.json")
+        mlflow.log_metrics(
+            {"files_compared": float(len(set(original) | set(rebuilt))), "files_different": float(len(differences))}
+        )
+        mlflow.set_tags(
+            {
+                "llmflow.reproduce_result": "identical" if identical else "different",
+                **{f"llmflow.rebuilt.{k}": v for k, v in chain.step_runs.items()},
+            }
+        )
+        if identical:
+            print(f"{model_uri}: identical ({len(original)} files of {artifact} match, run {chain.step_runs[step]})")
+        else:
+            print(f"{model_uri}: {len(differences)} of {compared} files differ:")
+            for diff in differences:
+                print("  " + json.dumps(diff))
+        return ReproduceResult(
+            run.info.run_id, identical, len(set(original) | set(rebuilt)), differences, chain.step_runs
+        )
