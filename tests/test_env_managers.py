@@ -157,8 +157,10 @@ def virtualenv_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     if pyenv is None:
         pytest.fail("pyenv not found on PATH: MLflow's virtualenv manager installs Python with it")
     tmp = tmp_path_factory.mktemp("env-virtualenv")
-    # pip reads its own configuration (find-links) for the CPU torch wheel.
-    return _run_download("virtualenv", tmp, tiny_model_dir, _tool_path(tmp, Path(pyenv)))
+    # pip reads its own configuration (find-links) for the CPU torch wheel. PIP_COMPILE=0 is `--no-compile`,
+    # as uv does by default: byte-compiling every module at install took two thirds of pip's CPU time, and
+    # the step compiles what it imports anyway.
+    return _run_download("virtualenv", tmp, tiny_model_dir, _tool_path(tmp, Path(pyenv)), PIP_COMPILE="0")
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +169,8 @@ def uv_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     # uv finds a Python of the version conda.yaml names on PATH: the one without MLflow that pyenv installed.
     python = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
     path = _tool_path(tmp, _uv(), python)
-    extra = {"UV_FIND_LINKS": _pip_find_links()} if _pip_find_links() else {}
+    find_links = _pip_find_links()
+    extra = {"UV_FIND_LINKS": find_links} if find_links else {}
     return _run_download("uv", tmp, tiny_model_dir, path, **extra)
 
 
