@@ -1,8 +1,9 @@
 """The one command-line layer every step shares.
 
 Defaults come from ``MLproject`` so that ``mlflow run . -e <step>`` and ``python -m steps.<step>`` agree;
-flags are the MLproject parameter names in ``--kebab-case``. A step's ``InputError`` ends the process
-with one line on stderr and exit status 2, never a traceback.
+flags are the MLproject parameter names in ``--kebab-case``, and also as written (``--snake_case``), the
+form in which MLflow appends parameters that an entry point does not declare (``deploy/kubernetes``). A
+step's ``InputError`` ends the process with one line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ class StepParser:
         self.parser = argparse.ArgumentParser(prog=f"steps.{entry_point}", description=description)
 
     def add(self, name: str, type: Callable[[str], Any], help: str, **kwargs: Any) -> None:  # noqa: A002
-        """Add ``--name-in-kebab-case``; its default (or required-ness) comes from MLproject."""
+        """Add ``--name-in-kebab-case`` (and ``--name_in_snake_case``); default or required-ness come from MLproject.
+
+        The snake_case spelling is there because ``mlflow run -P key=value`` appends a parameter that the
+        entry point does not declare to its command as ``--key value``, key unchanged.
+        """
         if name not in self.params:
             raise KeyError(f"'{name}' is not a parameter of entry point '{self.entry_point}' in MLproject")
         spec = self.params[name]
@@ -59,7 +64,9 @@ class StepParser:
             kwargs.setdefault("default", type(str(spec["default"])))
         else:
             kwargs.setdefault("required", True)
-        self.parser.add_argument("--" + name.replace("_", "-"), dest=name, type=type, help=help, **kwargs)
+        kebab = "--" + name.replace("_", "-")
+        flags = [kebab] if kebab == "--" + name else [kebab, "--" + name]
+        self.parser.add_argument(*flags, dest=name, type=type, help=help, **kwargs)
 
     def parse(self, argv: list[str] | None = None) -> dict[str, Any]:
         return vars(self.parser.parse_args(argv))

@@ -50,6 +50,24 @@ def test_step_flags_are_the_mlproject_parameters(entry_point: str, monkeypatch: 
 
 
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_each_flag_is_also_accepted_as_written_in_mlproject(entry_point: str, monkeypatch: pytest.MonkeyPatch):
+    """``mlflow run -P key=value`` appends a parameter its entry point does not declare as ``--key value``."""
+    parser = _parser_of(entry_point, monkeypatch)
+    for action in parser.parser._actions:
+        if action.dest != "help":
+            assert f"--{action.dest}" in action.option_strings
+            assert f"--{action.dest.replace('_', '-')}" == action.option_strings[0], "kebab-case stays first in help"
+
+
+def test_snake_case_and_kebab_case_flags_parse_the_same(monkeypatch: pytest.MonkeyPatch):
+    parser = _parser_of("export_onnx", monkeypatch)
+    values = {"download_run_id": "abc123", "precision": "int8", "int4_block_size": "64", "int4_accuracy_level": "0"}
+    kebab = parser.parse([w for k, v in values.items() for w in (f"--{k.replace('_', '-')}", v)])
+    snake = parser.parse([w for k, v in values.items() for w in (f"--{k}", v)])
+    assert snake == kebab == {**values, "execution_provider": "cpu", "int4_block_size": 64, "int4_accuracy_level": 0}
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
 def test_mlproject_command_passes_each_parameter_to_its_flag(entry_point: str):
     command = MLPROJECT["entry_points"][entry_point]["command"]
     assert command.startswith(f"python -m steps.{entry_point} ")

@@ -65,21 +65,14 @@ def _postgres_bindir() -> Path | None:
     return found[-1].parent if found else None
 
 
-@dataclass(frozen=True)
-class Postgres:
-    uri: str
-    port: int
-    password: str
-
-
 def _as_owner(uid: int | None, gid: int | None) -> dict:
     """Keyword arguments for subprocess to run as ``uid`` (initdb and postgres refuse to run as root)."""
     return {} if uid is None else {"user": uid, "group": gid, "extra_groups": []}
 
 
 @pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    """A throwaway PostgreSQL cluster on a free loopback port, with database ``mlflow`` and a password."""
+def postgres() -> Iterator[str]:
+    """The URI of a throwaway PostgreSQL cluster on a free loopback port: database ``mlflow``, with a password."""
     bindir = _postgres_bindir()
     if bindir is None:
         if os.environ.get("CI"):
@@ -102,7 +95,6 @@ def postgres() -> Iterator[Postgres]:
     data, port = root / "data", free_port()
     as_owner = _as_owner(uid, gid)
     ctl = [str(bindir / "pg_ctl"), "-D", str(data)]
-    started = False
     try:
         initdb = [str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, f"--pwfile={root / 'password'}"]
         initdb += ["--auth=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-sync"]
@@ -111,15 +103,14 @@ def postgres() -> Iterator[Postgres]:
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
         start = [*ctl, "-l", str(root / "postgres.log"), "-w", "-t", "60", "-o", options, "start"]
         out = subprocess.run(start, capture_output=True, text=True, timeout=120, **as_owner)
-        started = out.returncode == 0
         log = (root / "postgres.log").read_text() if (root / "postgres.log").exists() else ""
-        assert started, f"pg_ctl start failed:\n{out.stdout[-1000:]}{out.stderr[-1000:]}\n{log[-2000:]}"
+        assert out.returncode == 0, f"pg_ctl start failed:\n{out.stdout[-1000:]}{out.stderr[-1000:]}\n{log[-2000:]}"
         admin = f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/postgres"
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute("CREATE DATABASE mlflow")
-        yield Postgres(f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/mlflow", port, password)
+        yield f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/mlflow"
     finally:
-        if started:
+        if (data / "postmaster.pid").exists():  # also after a start that timed out
             subprocess.run([*ctl, "-m", "fast", "stop"], capture_output=True, timeout=60, **as_owner)
         shutil.rmtree(root, ignore_errors=True)
 
@@ -143,7 +134,9 @@ def _mlflow_server(backend_store_uri: str, root: Path) -> Iterator[Server]:
             yield Server(url, artifacts)
 
 
-def _mlflow_run(server: Server, cwd: Path, experiment_id: str, entry_point: str, *params: str):
+def _mlflow_run(
+    server: Server, cwd: Path, experiment_id: str, entry_point: str, *params: str
+) -> subprocess.CompletedProcess[str]:
     """``mlflow run <project> -e <entry_point>`` as a user runs it, from ``cwd``, with only the server's URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_EXPERIMENT_", "MLFLOW_RUN_ID"))}
     env.pop("MLFLOW_REGISTRY_URI", None)
@@ -173,10 +166,10 @@ class MainRun:
 
 
 @pytest.fixture(scope="module")
-def pg_main(postgres: Postgres, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MainRun]:
+def pg_main(postgres: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MainRun]:
     """``mlflow run -e main`` on the tiny Phi-3, once, through a server whose backend store is PostgreSQL."""
     root = tmp_path_factory.mktemp("pg-server")
-    with _mlflow_server(postgres.uri, root) as server:
+    with _mlflow_server(postgres, root) as server:
         client = MlflowClient(tracking_uri=server.url)
         experiment_id = client.create_experiment("server")
         cwd = tmp_path_factory.mktemp("client-cwd")
@@ -228,15 +221,16 @@ def test_artifacts_are_proxied_to_the_server_destination(pg_main: MainRun):
     assert list(pg_main.cwd.iterdir()) == []
 
 
-def test_the_rows_are_in_postgresql(pg_main: MainRun, postgres: Postgres):
-    with psycopg.connect(postgres.uri) as conn:
-        runs = conn.execute("SELECT count(*) FROM runs WHERE experiment_id = %s", (int(pg_main.experiment_id),))
-        runs = runs.fetchone()
+def test_the_rows_are_in_postgresql(pg_main: MainRun, postgres: str):
+    with psycopg.connect(postgres) as conn:
+        query = "SELECT count(*) FROM runs WHERE experiment_id = %s"
+        (runs,) = conn.execute(query, (int(pg_main.experiment_id),)).fetchone()
         models = {name for (name,) in conn.execute("SELECT name FROM registered_models")}
-        versions = conn.execute("SELECT count(*) FROM model_versions WHERE name LIKE %s", (f"{NAME}-%",)).fetchone()
-    assert runs[0] == len(pg_main.runs) >= len(STEPS) + 1
+        (versions,) = conn.execute("SELECT count(*) FROM model_versions WHERE name LIKE %s", (f"{NAME}-%",)).fetchone()
+    # What the server answered over HTTP is what PostgreSQL holds.
+    assert runs == len(pg_main.runs) >= len(STEPS) + 1
     assert {f"{NAME}-onnx", f"{NAME}-transformers"} <= models
-    assert versions[0] == 2
+    assert versions == 2
 
 
 def test_one_step_over_http_on_the_sqlite_default(
