@@ -58,6 +58,8 @@ SEED = 0
 
 # Files every step depends on: the environment it runs in.
 ENVIRONMENT_FILES = ("conda.yaml", "requirements.txt")
+# The top-level files and folders a code digest reads from: a copy of the project needs all of them.
+CODE_ROOTS = ("llmflow", "steps", "MLproject", *ENVIRONMENT_FILES)
 _SIBLING_FILE = re.compile(r"^[a-z_][a-z0-9_]*\.py$")
 
 

@@ -40,7 +40,7 @@ from servers import free_port, running
 
 from llmflow.cli import mlproject_parameters
 from llmflow.pipeline import validate_main_options
-from llmflow.runs import CODE_GLOBS, PROJECT_ROOT, TAG_CODE_DIGEST, TAG_STEP, code_digest
+from llmflow.runs import CODE_ROOTS, PROJECT_ROOT, TAG_CODE_DIGEST, TAG_STEP, code_digest
 
 DATABRICKS = PROJECT_ROOT / "deploy" / "databricks"
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
@@ -441,7 +441,7 @@ def test_dockerfile_installs_cpu_torch_first_and_copies_what_the_steps_need():
     env = dict(w.split("=", 1) for words in instructions if words[0] == "ENV" for w in words[1:])
     assert env["PYTHONPATH"] == workdir == "/opt/llmflow"
     # Everything the code digest covers is in the image, so a run reuses a step run made elsewhere.
-    for root_item in {pattern.split("/")[0] for pattern in CODE_GLOBS} | {"data", ".git"}:
+    for root_item in set(CODE_ROOTS) | {"data", ".git"}:
         assert copied.get(root_item) == root_item, f"{root_item} is not copied to {workdir}/{root_item}"
     # The build context is exactly what the Dockerfile copies (BuildKit reads Dockerfile.dockerignore).
     ignore = (KUBERNETES / "Dockerfile.dockerignore").read_text().splitlines()
@@ -487,4 +487,4 @@ def test_rendered_job_command_runs_the_step_in_the_image_layout(
     assert run.info.status == "FINISHED"
     assert run.data.tags[TAG_STEP] == "download"
     assert run.data.params["model"] == str(tiny_model_dir)
-    assert run.data.tags[TAG_CODE_DIGEST] == code_digest(image_root) == code_digest(PROJECT_ROOT)
+    assert run.data.tags[TAG_CODE_DIGEST] == code_digest("download", image_root) == code_digest("download", PROJECT_ROOT)
