@@ -158,13 +158,21 @@ def find_reusable_run(
 
 
 def _end_abandoned_run(client: MlflowClient, submitted: LocalSubmittedRun) -> None:
-    """A step killed by a signal cannot end its own run: mark it KILLED (or FAILED) so it is never reused."""
+    """A step killed by a signal cannot end its own run: mark it KILLED (or FAILED) so it is never reused.
+
+    The step runs under a shell, which reports a signal as exit status 128 + its number.
+    """
     run = client.get_run(submitted.run_id)
-    if run.info.status in ("RUNNING", "SCHEDULED"):
-        code = submitted.command_proc.returncode
-        status = "KILLED" if code is not None and code < 0 else "FAILED"
-        client.set_tag(submitted.run_id, TAG_ERROR, f"the step's process ended with exit status {code}")
-        client.set_terminated(submitted.run_id, status)
+    if run.info.status not in ("RUNNING", "SCHEDULED"):
+        return
+    code = submitted.command_proc.returncode
+    signal_number = -code if code is not None and code < 0 else code - 128 if code is not None and code > 128 else None
+    if signal_number is not None:
+        status, detail = "KILLED", f"the step's process was killed by signal {signal_number}"
+    else:
+        status, detail = "FAILED", f"the step's process ended with exit status {code} without ending its run"
+    client.set_tag(submitted.run_id, TAG_ERROR, detail)
+    client.set_terminated(submitted.run_id, status)
 
 
 @dataclass

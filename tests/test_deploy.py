@@ -487,4 +487,6 @@ def test_rendered_job_command_runs_the_step_in_the_image_layout(
     assert run.info.status == "FINISHED"
     assert run.data.tags[TAG_STEP] == "download"
     assert run.data.params["model"] == str(tiny_model_dir)
-    assert run.data.tags[TAG_CODE_DIGEST] == code_digest("download", image_root) == code_digest("download", PROJECT_ROOT)
+    assert (
+        run.data.tags[TAG_CODE_DIGEST] == code_digest("download", image_root) == code_digest("download", PROJECT_ROOT)
+    )
