@@ -33,11 +33,10 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import mlflow
 import pandas as pd
@@ -227,24 +226,13 @@ def _genai_scorers() -> list[Any]:
     return [make(name) for name in QUALITY_METRICS]
 
 
-@contextmanager
-def _sequential_evaluation() -> Iterator[None]:
+def _sequential_evaluation() -> Any:
     """One question at a time, so each latency is the model's alone.
 
     (MLflow's check call on the first question stays on: with MLFLOW_GENAI_EVAL_SKIP_TRACE_VALIDATION set,
     mlflow 3.17 logs no traces at all.)
     """
-    settings = {"MLFLOW_GENAI_EVAL_MAX_WORKERS": "1"}
-    saved = {key: os.environ.get(key) for key in settings}
-    os.environ.update(settings)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return mock.patch.dict(os.environ, {"MLFLOW_GENAI_EVAL_MAX_WORKERS": "1"})
 
 
 def score_model(model_uri: str, label: str, inputs: EvalInputs) -> Scored:
