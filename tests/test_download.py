@@ -121,8 +121,8 @@ def test_hub_path_pins_the_resolved_commit(tiny_model_dir: Path, tracking_uri: s
     assert run.data.tags[TAG_HF_REPO] == "microsoft/Phi-3-mini-4k-instruct"
     assert run.data.tags[TAG_HF_SHA] == "a" * 40
     assert "hf_secret_marker" not in json.dumps([run.data.params, run.data.tags])
-    # A hub download logs only the manifest, not a copy of the weights.
-    assert [a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)] == ["manifest.json"]
+    # A hub download logs only the manifest (and, as every step, the environment), not a copy of the weights.
+    assert [a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)] == ["environment", "manifest.json"]
 
 
 def test_unknown_hub_model_is_one_clear_line(tracking_uri: str, monkeypatch: pytest.MonkeyPatch):
