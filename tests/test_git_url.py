@@ -199,12 +199,8 @@ def test_each_entry_point_ran_from_the_git_url_at_the_commit(git_runs: GitRuns, 
 
 def test_main_ran_every_child_from_its_own_clone(git_runs: GitRuns, client: MlflowClient):
     children = _children(client, git_runs)
-    assert {r.data.tags["mlflow.project.entryPoint"] for r in children} >= {
-        "download",
-        "log_transformers",
-        "register",
-        "evaluate",
-    }
+    # main may reuse the runs made above; these had not run in this store yet, so main ran them.
+    assert {r.data.tags["mlflow.project.entryPoint"] for r in children} >= {"log_transformers", "register", "evaluate"}
     clones = git_runs.clones.resolve()
     for child in children:
         tags = child.data.tags
