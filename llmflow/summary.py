@@ -31,7 +31,9 @@ def report_lines(run_id: str) -> list[str]:
 
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{REPORT_DIR}/report.md")
     text = Path(path).read_text(encoding="utf-8")
-    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("![")]
+    # The plots are PNG files in the run; a terminal shows the text around them.
+    skip = ("![", "## Plots")
+    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(skip)]
 
 
 def step_timings(client: MlflowClient, result: ChainResult) -> str:
