@@ -74,6 +74,16 @@ TAG_QA_SHA = "llmflow.qa_sha256"
 TAG_HELDOUT_SHA = "llmflow.heldout_sha256"
 TABLE_FILE = "eval_table.json"
 REPORT_DIR = "report"
+# What score_model measures of one model; a champion's recorded evaluation is read back as these.
+SCORED_METRICS = (
+    *QUALITY_METRICS,
+    "latency_p50_s",
+    "latency_p95_s",
+    "tokens_per_second",
+    "n_examples",
+    "perplexity",
+    "heldout_tokens",
+)
 # reference_model_uri values that are not URIs.
 AUTO, NONE = "auto", "none"
 
@@ -304,7 +314,7 @@ def _recorded_evaluation(client: MlflowClient, version: ModelVersion, inputs: Ev
         logger.warning("version %s names evaluate run %s, which is gone", version.version, run_id)
         return None
     same = all(run.data.tags.get(key) == value for key, value in inputs.fingerprint().items())
-    return dict(run.data.metrics) if same else None
+    return {k: v for k, v in run.data.metrics.items() if k in SCORED_METRICS} if same else None
 
 
 def champion_scores(
