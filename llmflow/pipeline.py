@@ -158,21 +158,24 @@ def find_reusable_run(
 
 
 def _end_abandoned_run(client: MlflowClient, submitted: LocalSubmittedRun) -> None:
-    """A step killed by a signal cannot end its own run: mark it KILLED (or FAILED) so it is never reused.
+    """Record why a step's run ended without the step recording an error itself (killed, crashed).
 
-    The step runs under a shell, which reports a signal as exit status 128 + its number.
+    A step killed by a signal cannot end its own run. MLflow's ``mlflow run`` process around it usually
+    marks the run FAILED; if it is still RUNNING, it is marked KILLED here (the shell reports a signal as
+    exit status 128 + its number), else FAILED. Either way it is never reused.
     """
     run = client.get_run(submitted.run_id)
-    if run.info.status not in ("RUNNING", "SCHEDULED"):
+    if TAG_ERROR in run.data.tags:
         return
     code = submitted.command_proc.returncode
-    signal_number = -code if code is not None and code < 0 else code - 128 if code is not None and code > 128 else None
-    if signal_number is not None:
-        status, detail = "KILLED", f"the step's process was killed by signal {signal_number}"
-    else:
-        status, detail = "FAILED", f"the step's process ended with exit status {code} without ending its run"
-    client.set_tag(submitted.run_id, TAG_ERROR, detail)
-    client.set_terminated(submitted.run_id, status)
+    signalled = code is not None and (code < 0 or code > 128)
+    client.set_tag(
+        submitted.run_id,
+        TAG_ERROR,
+        f"the step's process ended (exit status {code}) without recording an error: it was killed or crashed",
+    )
+    if run.info.status in ("RUNNING", "SCHEDULED"):
+        client.set_terminated(submitted.run_id, "KILLED" if signalled else "FAILED")
 
 
 @dataclass
