@@ -341,7 +341,7 @@ def resolve_reference(client: MlflowClient, version: ModelVersion, requested: st
     if requested != AUTO:
         return requested
     download_run_id = version.tags.get(TAG_DOWNLOAD_RUN)
-    if not download_run_id or "transformers" in _flavours(client, version):
+    if not download_run_id or "transformers" in _flavours(version):
         return None  # a transformers challenger is its own reference
     runs = mlflow.search_runs(
         experiment_ids=[e.experiment_id for e in client.search_experiments()],
@@ -357,7 +357,7 @@ def resolve_reference(client: MlflowClient, version: ModelVersion, requested: st
     return runs[0].data.tags[TAG_MODEL_URI]
 
 
-def _flavours(client: MlflowClient, version: ModelVersion) -> set[str]:
+def _flavours(version: ModelVersion) -> set[str]:
     return set(mlflow.models.get_model_info(f"models:/{version.name}/{version.version}").flavors)
 
 

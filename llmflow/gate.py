@@ -155,12 +155,13 @@ def _reference_criteria(
         if reference[m] <= 0:
             continue  # nothing to retain: a ratio to 0 says nothing
         retained = challenger[m] / reference[m]
+        kept = retained >= config.min_quality_retained - EPSILON
         criteria.append(
             Criterion(
                 f"quality retained: {m}",
-                retained >= config.min_quality_retained - EPSILON,
+                kept,
                 f"{challenger[m]:.4g} / reference {reference[m]:.4g} = {retained:.3f} "
-                f"{'>=' if retained >= config.min_quality_retained - EPSILON else '<'} {config.min_quality_retained:g}",
+                f"{'>=' if kept else '<'} {config.min_quality_retained:g}",
             )
         )
     ratio = challenger["perplexity"] / reference["perplexity"]

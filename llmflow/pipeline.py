@@ -32,7 +32,7 @@ from mlflow.projects.submitted_run import LocalSubmittedRun
 
 from llmflow.download import is_local_reference, source_fingerprint
 from llmflow.errors import InputError, StepFailed
-from llmflow.evaluate import TAG_EVALUATE_RUN, validate_evaluate_options
+from llmflow.evaluate import TAG_EVALUATE_RUN, fingerprint_files, validate_evaluate_options
 from llmflow.export_onnx import validate_export_options
 from llmflow.log_transformers import validate_max_new_tokens
 from llmflow.register import validate_registered_model_name
@@ -107,8 +107,6 @@ def _register_still_valid(run: Run, params: dict[str, str]) -> bool:
 
 def _evaluate_still_valid(run: Run, params: dict[str, str]) -> bool:
     """It is the latest evaluation recorded on its version, and the data files have not changed."""
-    from llmflow.evaluate import fingerprint_files
-
     tags = run.data.tags
     name, version = params["registered_model_name"], tags.get("llmflow.registered_model_version")
     try:
