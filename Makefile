@@ -25,7 +25,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 venv: $(STAMP)
 
 $(TINY)/config.json: $(STAMP) llmflow/tiny.py data/qa.jsonl
-	$(BIN)/python -m llmflow.tiny --out $(TINY)
+	$(BIN)/python -m llmflow.demo.tiny --out $(TINY)
 
 tiny: $(TINY)/config.json
 

@@ -1,6 +1,6 @@
 """The benchmark's model and prompts: a random Phi-3-shaped model built offline, and fixed-length chat prompts.
 
-The model reuses the tiny model's tokenizer (``llmflow.tiny``, 448 ids) with a larger config vocabulary, so the
+The model reuses the tiny model's tokenizer (``llmflow.demo.tiny``, 448 ids) with a larger config vocabulary, so the
 embedding table and the LM head have Phi-3's size while the tokenizer stays small.
 """
 
@@ -12,8 +12,8 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llmflow.qa import load_qa
-from llmflow.tiny import DEFAULT_QA_PATH, check_builder_compatible, train_tokenizer
+from llmflow.demo.tiny import DEFAULT_QA_PATH, check_builder_compatible, train_tokenizer
+from llmflow.evaluation.qa import load_qa
 
 logger = logging.getLogger(__name__)
 

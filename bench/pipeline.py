@@ -20,7 +20,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PYFUNC_FILES = ("llmflow/onnx_chat_model.py", "llmflow/log_pyfunc.py")
+PYFUNC_FILES = ("llmflow/serving/onnx_chat_model.py", "llmflow/log_pyfunc.py")
 
 
 @contextmanager
@@ -85,7 +85,7 @@ def pyfunc_version(model_uri: str) -> dict[str, Any]:
     """Which ONNX pyfunc was measured: its input form, its code's sha256, and whether it logged a stream."""
     import mlflow
 
-    from llmflow.runs import git_commit
+    from llmflow.tracking.runs import git_commit
 
     info = mlflow.models.get_model_info(model_uri)
     schema = info.signature.inputs if info.signature else None

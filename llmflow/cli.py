@@ -13,14 +13,13 @@ import logging
 import sys
 from collections.abc import Callable
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from llmflow import PROJECT_ROOT
 from llmflow.errors import PipelineError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger(__name__)
 
 

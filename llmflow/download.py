@@ -31,7 +31,8 @@ from typing import Any
 import mlflow
 
 from llmflow.errors import InputError
-from llmflow.runs import TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE, get_step_run, step_run
+from llmflow.tracking.names import MANIFEST_ARTIFACT, MODEL_ARTIFACT_DIR, TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE
+from llmflow.tracking.runs import get_step_run, step_run
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt", "*.tiktoken"]
 IGNORE_PATTERNS = ["*/*"]
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-MODEL_ARTIFACT_DIR = "model"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 
@@ -211,7 +211,7 @@ def download(model: str, revision: str) -> DownloadResult:
             model_dir = fetch_hub_snapshot(model, commit_sha, token)
             manifest = build_manifest(model_dir)
         mlflow.set_tags({TAG_SOURCE: source, TAG_HF_REPO: repo_id, TAG_HF_SHA: commit_sha})
-        mlflow.log_dict({"repo_id": repo_id, "commit_sha": commit_sha, "files": manifest}, "manifest.json")
+        mlflow.log_dict({"repo_id": repo_id, "commit_sha": commit_sha, "files": manifest}, MANIFEST_ARTIFACT)
         mlflow.log_metrics(
             {
                 "download_bytes": sum(f["size"] for f in manifest),
@@ -232,7 +232,7 @@ def model_dir_from_run(download_run_id: str, dst: Path | None = None, weights: b
     """
     run = get_step_run(download_run_id, "download")
     manifest = json.loads(
-        Path(mlflow.artifacts.download_artifacts(run_id=download_run_id, artifact_path="manifest.json")).read_text()
+        Path(mlflow.artifacts.download_artifacts(run_id=download_run_id, artifact_path=MANIFEST_ARTIFACT)).read_text()
     )
     expected = [f for f in manifest["files"] if weights or not f["file"].endswith(WEIGHT_SUFFIXES)]
     if run.data.tags[TAG_SOURCE] == "local":

@@ -45,8 +45,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 
+from llmflow import PROJECT_ROOT
 from llmflow.errors import InputError
-from llmflow.gate import (
+from llmflow.evaluation.gate import (
     Champion,
     GateConfig,
     GateDecision,
@@ -55,25 +56,37 @@ from llmflow.gate import (
     parse_min_scores,
     validate_gate_config,
 )
-from llmflow.metrics import QUALITY_METRICS, SCORERS, Example, example_table, summarize
-from llmflow.perplexity import PerplexityResult, load_heldout, perplexity_onnx, perplexity_transformers
-from llmflow.qa import QAPair, load_qa
-from llmflow.runs import PROJECT_ROOT, TAG_DOWNLOAD_RUN, TAG_MODEL_URI, TAG_STEP, step_run
+from llmflow.evaluation.metrics import QUALITY_METRICS, SCORERS, Example, example_table, summarize
+from llmflow.evaluation.perplexity import PerplexityResult, load_heldout, perplexity_onnx, perplexity_transformers
+from llmflow.evaluation.qa import QAPair, load_qa
+from llmflow.tracking.names import (
+    CHALLENGER,
+    CHAMPION,
+    DECISION_FILE,
+    PREVIOUS,
+    REPORT_DIR,
+    TABLE_FILE,
+    TAG_CHAMPION_VERSION,
+    TAG_CRITERION_PREFIX,
+    TAG_DECISION,
+    TAG_DECISION_REASON,
+    TAG_DOWNLOAD_RUN,
+    TAG_EVAL_MAX_NEW_TOKENS,
+    TAG_EVALUATE_RUN,
+    TAG_HELDOUT_SHA,
+    TAG_MODEL_URI,
+    TAG_PREVIOUS_CHAMPION,
+    TAG_QA_SHA,
+    TAG_REFERENCE_MODEL_URI,
+    TAG_REGISTERED_NAME,
+    TAG_REGISTERED_VERSION,
+    TAG_STEP,
+    TAG_VALIDATION_STATUS,
+)
+from llmflow.tracking.runs import step_run
 
 logger = logging.getLogger(__name__)
 
-CHALLENGER = "challenger"
-CHAMPION = "champion"
-PREVIOUS = "previous"
-TAG_EVALUATE_RUN = "llmflow.evaluate_run_id"
-TAG_DECISION = "llmflow.decision"
-TAG_DECISION_REASON = "llmflow.decision_reason"
-TAG_VALIDATION_STATUS = "validation_status"
-TAG_PREVIOUS_CHAMPION = "llmflow.previous_champion"
-TAG_QA_SHA = "llmflow.qa_sha256"
-TAG_HELDOUT_SHA = "llmflow.heldout_sha256"
-TABLE_FILE = "eval_table.json"
-REPORT_DIR = "report"
 # What score_model measures of one model; a champion's recorded evaluation is read back as these.
 SCORED_METRICS = (
     *QUALITY_METRICS,
@@ -104,7 +117,7 @@ class EvalInputs:
         """What must match for two evaluations to be comparable."""
         return {
             **fingerprint_files(self.qa_file, self.heldout_file),
-            "llmflow.eval_max_new_tokens": str(self.max_new_tokens),
+            TAG_EVAL_MAX_NEW_TOKENS: str(self.max_new_tokens),
         }
 
 
@@ -224,7 +237,7 @@ def model_perplexity(model: PyFuncModel, text: str) -> PerplexityResult:
 
 
 def _genai_scorers() -> list[Any]:
-    """The quality scores of ``llmflow.metrics`` as MLflow code-based scorers (one assessment per answer)."""
+    """The quality scores of ``llmflow.evaluation.metrics`` as MLflow code-based scorers (one assessment per answer)."""
     from mlflow.genai.scorers import scorer
 
     def make(name: str) -> Any:
@@ -281,7 +294,7 @@ def _brief(metrics: dict[str, float]) -> str:
 def score_nested(model_uri: str, label: str, inputs: EvalInputs) -> Scored:
     """``score_model`` in a run nested under this step's run, so its traces and table stay apart."""
     with mlflow.start_run(nested=True, run_name=label):
-        mlflow.set_tags({TAG_STEP: "evaluate:" + label.split()[0], "llmflow.model_uri": model_uri})
+        mlflow.set_tags({TAG_STEP: "evaluate:" + label.split()[0], TAG_MODEL_URI: model_uri})
         mlflow.set_tags(inputs.fingerprint())
         return score_model(model_uri, label, inputs)
 
@@ -415,7 +428,7 @@ def _record_decision(
             TAG_DECISION: decision.decision,
             TAG_DECISION_REASON: decision.reason,
             **{
-                f"llmflow.criterion.{n:02d}": f"{'pass' if c.passed else 'FAIL'}: {c.name}: {c.detail}"
+                f"{TAG_CRITERION_PREFIX}{n:02d}": f"{'pass' if c.passed else 'FAIL'}: {c.name}: {c.detail}"
                 for n, c in enumerate(decision.criteria, start=1)
             },
         }
@@ -447,7 +460,7 @@ def _report(
     figures: dict[str, float],
 ) -> None:
     """Write and log ``report/``: the Markdown report, its plots, and the decision as JSON."""
-    from llmflow.report import write_report  # imports matplotlib: only where a report is written
+    from llmflow.evaluation.report import write_report  # imports matplotlib: only where a report is written
 
     table = {s.label: {k: v for k, v in s.metrics.items() if not math.isnan(v)} for s in columns}
     latencies = {s.label: [e.latency_s for e in s.examples] for s in columns if s.examples}
@@ -479,7 +492,7 @@ def _report(
             "table": table,
             "export_figures": figures,
         }
-        (out / "decision.json").write_text(json.dumps(decision_record, indent=2), encoding="utf-8")
+        (out / DECISION_FILE).write_text(json.dumps(decision_record, indent=2), encoding="utf-8")
         mlflow.log_artifacts(str(out), REPORT_DIR)
 
 
@@ -507,10 +520,10 @@ def evaluate(
         reference_uri = resolve_reference(client, version, inputs.reference_model_uri)
         mlflow.set_tags(
             {
-                "llmflow.registered_model_name": name,
-                "llmflow.registered_model_version": number,
-                "llmflow.champion_version": aliases.get(CHAMPION, "none"),
-                "llmflow.reference_model_uri": reference_uri or "none",
+                TAG_REGISTERED_NAME: name,
+                TAG_REGISTERED_VERSION: number,
+                TAG_CHAMPION_VERSION: aliases.get(CHAMPION, "none"),
+                TAG_REFERENCE_MODEL_URI: reference_uri or "none",
                 **inputs.fingerprint(),
             }
         )

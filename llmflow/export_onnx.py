@@ -29,15 +29,18 @@ from tqdm.auto import tqdm
 
 from llmflow.download import build_manifest, model_dir_from_run
 from llmflow.errors import InputError
-from llmflow.runs import (
+from llmflow.tracking.names import (
+    ONNX_ARTIFACT_DIR,
+    ONNX_MANIFEST_ARTIFACT,
+    SMOKE_TEST_ARTIFACT,
     TAG_DOWNLOAD_RUN,
     TAG_EXECUTION_PROVIDER,
     TAG_HF_REPO,
     TAG_HF_SHA,
     TAG_PRECISION,
-    get_step_run,
-    step_run,
+    TAG_SMOKE_TEST,
 )
+from llmflow.tracking.runs import get_step_run, step_run
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +61,6 @@ INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 # What the builder raises for a model or option it cannot handle; anything else is a bug and keeps its traceback.
 BUILDER_INPUT_ERRORS = (NotImplementedError, ValueError, OSError)
-ONNX_ARTIFACT_DIR = "onnx"
-TAG_SMOKE_TEST = "llmflow.smoke_test"
 SMOKE_QUESTION = "What is the capital of Spain?"
 SMOKE_MAX_NEW_TOKENS = 16
 STAGES = ("validate", "fetch model", "build", "smoke test", "log")
@@ -247,12 +248,12 @@ def export_onnx(
             mlflow.log_artifacts(str(out), ONNX_ARTIFACT_DIR)
             mlflow.log_dict(
                 {"precision": precision, "execution_provider": execution_provider, "files": manifest},
-                "onnx_manifest.json",
+                ONNX_MANIFEST_ARTIFACT,
             )
             mlflow.log_metrics({"export_seconds": export_seconds, "onnx_size_bytes": size})
             if smoke is not None:
                 transcript = f"question: {SMOKE_QUESTION}\nprompt:\n{smoke.prompt}\nanswer:\n{smoke.answer}\n"
-                mlflow.log_text(transcript, "smoke_test.txt")
+                mlflow.log_text(transcript, SMOKE_TEST_ARTIFACT)
                 mlflow.log_metric("smoke_tokens", smoke.tokens)
         if skip_reason:
             logger.warning("export_onnx: smoke test skipped: %s", skip_reason)

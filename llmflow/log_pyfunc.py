@@ -28,10 +28,10 @@ from mlflow.models import ModelSignature
 from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA
 from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
-from llmflow.chat_protocol import find_chat_template
 from llmflow.errors import InputError
 from llmflow.export_onnx import ONNX_ARTIFACT_DIR
-from llmflow.runs import (
+from llmflow.serving.chat_protocol import find_chat_template
+from llmflow.tracking.names import (
     TAG_DOWNLOAD_RUN,
     TAG_EXECUTION_PROVIDER,
     TAG_EXPORT_RUN,
@@ -39,16 +39,14 @@ from llmflow.runs import (
     TAG_HF_SHA,
     TAG_MODEL_URI,
     TAG_PRECISION,
-    get_step_run,
-    pinned_requirements,
-    step_run,
 )
+from llmflow.tracking.runs import get_step_run, pinned_requirements, step_run
 
 logger = logging.getLogger(__name__)
 
-MODEL_CODE = Path(__file__).resolve().with_name("onnx_chat_model.py")
+MODEL_CODE = Path(__file__).resolve().parent / "serving/onnx_chat_model.py"
 # Logged as the model's code path: onnx_chat_model.py imports it as a top-level module where it is served.
-PROTOCOL_CODE = Path(__file__).resolve().with_name("chat_protocol.py")
+PROTOCOL_CODE = Path(__file__).resolve().parent / "serving/chat_protocol.py"
 MODEL_NAME = "model"
 CHAT_EXAMPLE = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}], "max_tokens": 16}
 # The generation options of a chat request, typed as in MLflow's llm/v1/chat signature.

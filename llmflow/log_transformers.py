@@ -17,17 +17,15 @@ import mlflow
 
 from llmflow.download import model_dir_from_run
 from llmflow.errors import InputError
-from llmflow.runs import (
+from llmflow.tracking.names import (
     TAG_DOWNLOAD_RUN,
     TAG_EXECUTION_PROVIDER,
     TAG_HF_REPO,
     TAG_HF_SHA,
     TAG_MODEL_URI,
     TAG_PRECISION,
-    get_step_run,
-    pinned_requirements,
-    step_run,
 )
+from llmflow.tracking.runs import get_step_run, pinned_requirements, step_run
 
 logger = logging.getLogger(__name__)
 

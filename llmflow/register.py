@@ -19,23 +19,31 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from llmflow.errors import InputError
-from llmflow.runs import (
+from llmflow.tracking.names import (
+    CHALLENGER,
     FREEZE_ARTIFACT,
     TAG_DOWNLOAD_RUN,
+    TAG_ENVIRONMENT_URI,
     TAG_EXECUTION_PROVIDER,
     TAG_EXPORT_RUN,
     TAG_GIT_CLEAN,
     TAG_GIT_COMMIT,
     TAG_HF_REPO,
     TAG_HF_SHA,
+    TAG_LOGGED_BY_STEP,
+    TAG_MODEL_ID,
     TAG_PRECISION,
+    TAG_REGISTERED_NAME,
+    TAG_REGISTERED_VERSION,
     TAG_SEED,
-    step_run,
+    TAG_SOURCE_RUN,
+    TAG_STEP,
+    TAG_VERSION_CREATED,
 )
+from llmflow.tracking.runs import step_run
 
 logger = logging.getLogger(__name__)
 
-CHALLENGER = "challenger"
 LINEAGE_TAGS = (
     TAG_HF_REPO,
     TAG_HF_SHA,
@@ -82,12 +90,12 @@ def lineage_tags(model_uri: str) -> dict[str, str]:
     tags = {key: source_run.data.tags[key] for key in LINEAGE_TAGS if key in source_run.data.tags}
     tags.update(
         {
-            "llmflow.source_run_id": logged.source_run_id,
-            "llmflow.logged_by_step": source_run.data.tags.get("llmflow.step", "unknown"),
-            "llmflow.model_id": logged.model_id,
+            TAG_SOURCE_RUN: logged.source_run_id,
+            TAG_LOGGED_BY_STEP: source_run.data.tags.get(TAG_STEP, "unknown"),
+            TAG_MODEL_ID: logged.model_id,
             TAG_GIT_COMMIT: source_run.data.tags.get(TAG_GIT_COMMIT, "unknown"),
             # The resolved environment the model was logged in (pip freeze format).
-            "llmflow.environment_uri": f"runs:/{logged.source_run_id}/{FREEZE_ARTIFACT}",
+            TAG_ENVIRONMENT_URI: f"runs:/{logged.source_run_id}/{FREEZE_ARTIFACT}",
         }
     )
     return tags
@@ -120,9 +128,9 @@ def register(model_uri: str, registered_model_name: str) -> RegisterResult:
         client.set_registered_model_alias(registered_model_name, CHALLENGER, version.version)
         mlflow.set_tags(
             {
-                "llmflow.registered_model_name": registered_model_name,
-                "llmflow.registered_model_version": version.version,
-                "llmflow.version_created": str(created).lower(),
+                TAG_REGISTERED_NAME: registered_model_name,
+                TAG_REGISTERED_VERSION: version.version,
+                TAG_VERSION_CREATED: str(created).lower(),
             }
         )
         return RegisterResult(run.info.run_id, registered_model_name, str(version.version), created)

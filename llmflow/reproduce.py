@@ -24,15 +24,30 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from llmflow.errors import InputError
-from llmflow.pipeline import ChainResult, Runner
-from llmflow.runs import TAG_DOWNLOAD_RUN, TAG_EXPORT_RUN, TAG_HF_SHA, TAG_SOURCE, get_step_run, step_run
+from llmflow.main import ChainResult, Runner
+from llmflow.tracking.names import (
+    MANIFEST_ARTIFACT,
+    ONNX_MANIFEST_ARTIFACT,
+    TAG_DOWNLOAD_RUN,
+    TAG_EXPORT_RUN,
+    TAG_HF_SHA,
+    TAG_LOGGED_BY_STEP,
+    TAG_REBUILT_PREFIX,
+    TAG_REGISTERED_NAME,
+    TAG_REGISTERED_VERSION,
+    TAG_REPRODUCE_RESULT,
+    TAG_SCRATCH_EXPERIMENT,
+    TAG_SOURCE,
+    TAG_SOURCE_RUN,
+)
+from llmflow.tracking.runs import get_step_run, step_run
 
 logger = logging.getLogger(__name__)
 
 SCRATCH_EXPERIMENT = "llmflow-reproduce"
 VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 # Which run's manifest a version's identity rests on, by the step that logged it.
-MANIFESTS = {"log_pyfunc": ("export_onnx", "onnx_manifest.json"), "log_transformers": ("download", "manifest.json")}
+MANIFESTS = {"log_pyfunc": ("export_onnx", ONNX_MANIFEST_ARTIFACT), "log_transformers": ("download", MANIFEST_ARTIFACT)}
 
 
 @dataclass
@@ -97,7 +112,7 @@ def reproduce(model_uri: str) -> ReproduceResult:
                 f"model_uri '{model_uri}' names no registered version in tracking store '{mlflow.get_tracking_uri()}'"
             ) from None
         tags = model_version.tags
-        logged_by = tags.get("llmflow.logged_by_step")
+        logged_by = tags.get(TAG_LOGGED_BY_STEP)
         if logged_by not in MANIFESTS or TAG_DOWNLOAD_RUN not in tags:
             raise InputError(
                 f"version {model_version.version} of '{name}' has no lineage tags from this pipeline's register step"
@@ -106,16 +121,16 @@ def reproduce(model_uri: str) -> ReproduceResult:
         download_params = _params(download_run, "model", "revision")
         if download_run.data.tags.get(TAG_SOURCE) == "hub":
             download_params["revision"] = download_run.data.tags[TAG_HF_SHA]  # the commit, not the branch
-        source_run = client.get_run(tags["llmflow.source_run_id"])
+        source_run = client.get_run(tags[TAG_SOURCE_RUN])
         scratch = mlflow.get_experiment_by_name(SCRATCH_EXPERIMENT)
         experiment_id = scratch.experiment_id if scratch else mlflow.create_experiment(SCRATCH_EXPERIMENT)
         chain = ChainResult(run.info.run_id)
         runner = Runner(experiment_id, chain, forced=frozenset({"download", "export_onnx", logged_by}))
         mlflow.set_tags(
             {
-                "llmflow.registered_model_name": name,
-                "llmflow.registered_model_version": str(model_version.version),
-                "llmflow.scratch_experiment_id": experiment_id,
+                TAG_REGISTERED_NAME: name,
+                TAG_REGISTERED_VERSION: str(model_version.version),
+                TAG_SCRATCH_EXPERIMENT: experiment_id,
             }
         )
         new_download = runner.step("download", download_params, [])
@@ -163,8 +178,8 @@ def reproduce(model_uri: str) -> ReproduceResult:
         )
         mlflow.set_tags(
             {
-                "llmflow.reproduce_result": "identical" if identical else "different",
-                **{f"llmflow.rebuilt.{k}": v for k, v in chain.step_runs.items()},
+                TAG_REPRODUCE_RESULT: "identical" if identical else "different",
+                **{f"{TAG_REBUILT_PREFIX}{k}": v for k, v in chain.step_runs.items()},
             }
         )
         if identical:

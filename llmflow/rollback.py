@@ -18,11 +18,10 @@ from mlflow.exceptions import MlflowException
 
 from llmflow.errors import InputError
 from llmflow.evaluate import CHAMPION, PREVIOUS, TAG_PREVIOUS_CHAMPION
-from llmflow.runs import step_run
+from llmflow.tracking.names import TAG_REGISTERED_NAME, TAG_REPLACED_VERSION, TAG_RESTORED_VERSION, TAG_ROLLED_BACK
+from llmflow.tracking.runs import step_run
 
 logger = logging.getLogger(__name__)
-
-TAG_ROLLED_BACK = "llmflow.rolled_back_by_run"
 
 
 @dataclass(frozen=True)
@@ -60,9 +59,9 @@ def rollback(registered_model_name: str) -> RollbackResult:
             client.delete_registered_model_alias(name, PREVIOUS)
         mlflow.set_tags(
             {
-                "llmflow.registered_model_name": name,
-                "llmflow.restored_version": restored,
-                "llmflow.replaced_version": replaced or "none",
+                TAG_REGISTERED_NAME: name,
+                TAG_RESTORED_VERSION: restored,
+                TAG_REPLACED_VERSION: replaced or "none",
             }
         )
         logger.info("%s: champion moved from version %s back to version %s", name, replaced, restored)

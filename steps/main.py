@@ -1,7 +1,7 @@
-"""Entry point ``main``: see :mod:`llmflow.pipeline`."""
+"""Entry point ``main``: see :mod:`llmflow.main`."""
 
 from llmflow.cli import StepParser, run_step, whole_number
-from llmflow.pipeline import run_chain
+from llmflow.main import run_chain
 from steps.evaluate import add_evaluation_options
 
 

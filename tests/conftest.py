@@ -19,7 +19,7 @@ from pathlib import Path  # noqa: E402
 import mlflow  # noqa: E402
 import pytest  # noqa: E402
 
-from llmflow.tiny import build_tiny_phi3  # noqa: E402
+from llmflow.demo.tiny import build_tiny_phi3  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from llmflow.runs import PROJECT_ROOT
+from llmflow import PROJECT_ROOT
 
 
 def free_port() -> int:

@@ -38,9 +38,11 @@ from mlflow.utils.rest_utils import MlflowHostCreds
 from mlflow.version import VERSION as MLFLOW_VERSION
 from servers import free_port, running
 
+from llmflow import PROJECT_ROOT
 from llmflow.cli import mlproject_parameters
-from llmflow.pipeline import validate_main_options
-from llmflow.runs import CODE_ROOTS, PROJECT_ROOT, TAG_CODE_DIGEST, TAG_STEP, code_digest
+from llmflow.main import validate_main_options
+from llmflow.tracking.digest import CODE_ROOTS, code_digest
+from llmflow.tracking.names import TAG_CODE_DIGEST, TAG_STEP
 
 DATABRICKS = PROJECT_ROOT / "deploy" / "databricks"
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
@@ -201,7 +203,7 @@ def test_mlflow_run_backend_databricks_submits_main_with_the_cluster_spec(
     assert json.loads(context.params["backend_config"]) == {"_mlflow_local_backend_run_id": submitted.run_id}
     # What was uploaded to DBFS is the project, with no virtual environment or tracking store in it.
     (names,) = workspace.uploads.values()
-    for needed in ("MLproject", "conda.yaml", "steps/main.py", "llmflow/pipeline.py", "data/qa.jsonl"):
+    for needed in ("MLproject", "conda.yaml", "steps/main.py", "llmflow/main.py", "data/qa.jsonl"):
         assert f"mlflow-project/{needed}" in names
     assert not any(part in {".venv", "mlflow.db", "mlruns"} for name in names for part in Path(name).parts)
     run = mlflow.get_run(submitted.run_id)

@@ -11,7 +11,7 @@ import pytest
 
 from llmflow import download as dl
 from llmflow.errors import InputError
-from llmflow.runs import TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE
+from llmflow.tracking.names import TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE
 
 
 def test_local_folder_is_content_hashed_and_logged(tiny_model_dir: Path, tracking_uri: str):

@@ -20,7 +20,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from llmflow.runs import PROJECT_ROOT, TAG_STEP
+from llmflow import PROJECT_ROOT
+from llmflow.tracking.names import TAG_STEP
 
 pytestmark = pytest.mark.e2e
 STEPS = {"download", "export_onnx", "log_transformers", "log_pyfunc", "register", "evaluate"}

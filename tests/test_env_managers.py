@@ -26,7 +26,8 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.utils.environment import _PythonEnv
 
-from llmflow.runs import PROJECT_ROOT, TAG_STEP
+from llmflow import PROJECT_ROOT
+from llmflow.tracking.names import TAG_STEP
 
 pytestmark = pytest.mark.e2e
 

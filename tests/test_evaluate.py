@@ -18,10 +18,11 @@ import pytest
 from mlflow import MlflowClient
 
 import steps.evaluate as evaluate_step
+from llmflow import PROJECT_ROOT
 from llmflow.errors import InputError
 from llmflow.evaluate import evaluate, validate_evaluate_options
 from llmflow.rollback import rollback
-from llmflow.runs import PROJECT_ROOT, TAG_ERROR
+from llmflow.tracking.names import TAG_ERROR
 
 QA_ROWS = [json.loads(line) for line in (PROJECT_ROOT / "data" / "qa.jsonl").read_text().splitlines()]
 ANSWERS = {row["question"]: row["answer"] for row in QA_ROWS}
@@ -66,7 +67,7 @@ def _log_both(model_dir: Path) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def models(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, _empty_store: Path):
-    from llmflow.tiny import build_tiny_phi3
+    from llmflow.demo.tiny import build_tiny_phi3
 
     root = tmp_path_factory.mktemp("evaluate")
     shutil.copyfile(_empty_store, root / "mlflow.db")

@@ -24,7 +24,14 @@ from llmflow.export_onnx import (
     run_builder,
     validate_export_options,
 )
-from llmflow.runs import TAG_DOWNLOAD_RUN, TAG_ERROR, TAG_EXECUTION_PROVIDER, TAG_HF_REPO, TAG_HF_SHA, TAG_PRECISION
+from llmflow.tracking.names import (
+    TAG_DOWNLOAD_RUN,
+    TAG_ERROR,
+    TAG_EXECUTION_PROVIDER,
+    TAG_HF_REPO,
+    TAG_HF_SHA,
+    TAG_PRECISION,
+)
 from steps import export_onnx as export_step
 
 # The pairs the builder's own help text lists, for the two providers this project supports.

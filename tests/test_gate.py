@@ -7,7 +7,7 @@ import math
 import pytest
 
 from llmflow.errors import InputError
-from llmflow.gate import (
+from llmflow.evaluation.gate import (
     Champion,
     GateConfig,
     gate,

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from llmflow.runs import PROJECT_ROOT, TAG_GIT_COMMIT, TAG_MODEL_URI
+from llmflow import PROJECT_ROOT
+from llmflow.tracking.names import TAG_GIT_COMMIT, TAG_MODEL_URI
 from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e

@@ -24,14 +24,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import convert_input_example_to_serving_input, validate_serving_input
 from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA
 
+from llmflow import PROJECT_ROOT
 from llmflow import export_onnx as export_module
 from llmflow.cli import mlproject_parameters
 from llmflow.download import download
 from llmflow.errors import InputError
 from llmflow.export_onnx import export_onnx
 from llmflow.log_pyfunc import CHAT_EXAMPLE, build_signature, generation_defaults, log_pyfunc, serving_requirements
-from llmflow.runs import (
-    PROJECT_ROOT,
+from llmflow.tracking.names import (
     TAG_DOWNLOAD_RUN,
     TAG_EXECUTION_PROVIDER,
     TAG_EXPORT_RUN,
@@ -327,7 +327,7 @@ def test_logged_model_code_is_the_pyfunc_file_and_its_protocol(store: Logged, tm
     [code] = local.glob("**/onnx_chat_model.py")
     assert "mlflow.models.set_model(OnnxChatModel())" in code.read_text()
     [protocol] = local.glob("**/code/chat_protocol.py")
-    assert protocol.read_text() == (PROJECT_ROOT / "llmflow" / "chat_protocol.py").read_text()
+    assert protocol.read_text() == (PROJECT_ROOT / "llmflow" / "serving" / "chat_protocol.py").read_text()
     assert {"genai_config.json", "model.onnx", "model.onnx.data"} <= {p.name for p in local.glob("artifacts/**/*")}
 
 

@@ -10,7 +10,7 @@ import pytest
 from llmflow.download import download
 from llmflow.errors import InputError
 from llmflow.log_transformers import log_transformers
-from llmflow.runs import TAG_DOWNLOAD_RUN, TAG_HF_SHA, TAG_MODEL_URI, TAG_PRECISION
+from llmflow.tracking.names import TAG_DOWNLOAD_RUN, TAG_HF_SHA, TAG_MODEL_URI, TAG_PRECISION
 
 
 @pytest.fixture

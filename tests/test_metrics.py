@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmflow.metrics import (
+from llmflow.evaluation.metrics import (
     Example,
     contains_answer,
     exact_match,

@@ -20,10 +20,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 from mlflow.pyfunc import PythonModelContext
 
-from llmflow import chat_protocol as protocol
-from llmflow.chat_protocol import Request, Settings, StopScanner
-from llmflow.onnx_chat_model import OnnxChatModel
-from llmflow.runs import PROJECT_ROOT
+from llmflow import PROJECT_ROOT
+from llmflow.serving import chat_protocol as protocol
+from llmflow.serving.chat_protocol import Request, Settings, StopScanner
+from llmflow.serving.onnx_chat_model import OnnxChatModel
 
 SPAIN, FRANCE, MONA_LISA = (
     "What is the capital of Spain?",

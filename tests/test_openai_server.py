@@ -10,7 +10,7 @@ import openai
 import pytest
 from servers import free_port, running
 
-from llmflow.openai_server import BadRequest, model_request
+from llmflow.serving.openai_server import BadRequest, model_request
 
 SPAIN = [{"role": "user", "content": "What is the capital of Spain?"}]
 
@@ -47,7 +47,7 @@ def test_requests_the_endpoint_cannot_honour_are_refused(body: dict, param: str)
 def client(logged_onnx_model: tuple[str, str], tmp_path_factory: pytest.TempPathFactory):
     tracking_uri, model_uri = logged_onnx_model
     port = free_port()
-    command = [sys.executable, "-m", "llmflow.openai_server", "--model-uri", model_uri, "--port", str(port)]
+    command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri, "--port", str(port)]
     command += ["--served-name", "tiny-phi3-onnx"]
     log = Path(tmp_path_factory.mktemp("openai")) / "server.log"
     with running(command, port, tracking_uri, log) as base:

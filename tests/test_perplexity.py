@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Phi3ForCausalLM, pipeline
 
+from llmflow.demo.tiny import DEFAULT_QA_PATH
 from llmflow.errors import InputError
-from llmflow.export_onnx import run_builder
-from llmflow.perplexity import (
+from llmflow.evaluation.perplexity import (
     DEFAULT_HELDOUT_PATH,
     encode_text,
     load_heldout,
@@ -23,8 +23,8 @@ from llmflow.perplexity import (
     resolve_window,
     token_windows,
 )
-from llmflow.qa import load_qa
-from llmflow.tiny import DEFAULT_QA_PATH
+from llmflow.evaluation.qa import load_qa
+from llmflow.export_onnx import run_builder
 
 SHORT_TEXT = "Salt draws water out of fish and meat, so the microbes that spoil them cannot grow."
 
@@ -305,7 +305,7 @@ def test_onnx_int4_is_close_to_fp32(onnx_dir: Path, onnx_fp32_dir: Path, heldout
 
 
 def test_onnx_accepts_og_model_and_the_pyfunc_python_model(onnx_dir: Path, heldout: str):
-    from llmflow.onnx_chat_model import OnnxChatModel
+    from llmflow.serving.onnx_chat_model import OnnxChatModel
 
     folder = perplexity_onnx(onnx_dir, heldout)
     bare = perplexity_onnx(og.Model(str(onnx_dir)), heldout, window=512)

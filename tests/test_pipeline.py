@@ -7,9 +7,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from llmflow import pipeline
+from llmflow import main as pipeline
 from llmflow.errors import InputError
-from llmflow.runs import TAG_CODE_DIGEST, TAG_HF_SHA, TAG_STEP, TAG_UPSTREAM, code_digest, step_sources
+from llmflow.tracking.digest import code_digest, step_sources
+from llmflow.tracking.names import TAG_CODE_DIGEST, TAG_HF_SHA, TAG_STEP, TAG_UPSTREAM
 
 GOOD = {
     "model": "microsoft/Phi-3-mini-4k-instruct",
@@ -130,14 +131,14 @@ def test_a_download_is_reused_only_while_the_folder_holds_the_same_content(track
 def test_a_step_digest_covers_its_own_code_and_not_other_steps(tmp_path: Path):
     import shutil
 
-    from llmflow.runs import PROJECT_ROOT
+    from llmflow import PROJECT_ROOT
 
     root = tmp_path / "project"
     shutil.copytree(PROJECT_ROOT, root, ignore=shutil.ignore_patterns(".venv", ".git", "build", "mlruns", "*.db"))
     names = {p.relative_to(root).as_posix() for p in step_sources("log_pyfunc", root)}
     # Its script, its module, the models-from-code file it logs (named as a string) and what they import.
-    assert {"steps/log_pyfunc.py", "llmflow/log_pyfunc.py", "llmflow/onnx_chat_model.py"} <= names
-    assert "llmflow/chat_protocol.py" in names
+    assert {"steps/log_pyfunc.py", "llmflow/log_pyfunc.py", "llmflow/serving/onnx_chat_model.py"} <= names
+    assert "llmflow/serving/chat_protocol.py" in names
     assert "llmflow/evaluate.py" not in names
     before = {step: pipeline.code_digest.__wrapped__(step, root) for step in ("download", "log_pyfunc", "evaluate")}
     with (root / "llmflow" / "log_pyfunc.py").open("a") as handle:

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 from llmflow.errors import InputError
 from llmflow.register import register
-from llmflow.runs import TAG_DOWNLOAD_RUN, TAG_HF_REPO, TAG_HF_SHA, TAG_PRECISION, TAG_STEP
+from llmflow.tracking.names import TAG_DOWNLOAD_RUN, TAG_HF_REPO, TAG_HF_SHA, TAG_PRECISION, TAG_STEP
 
 
 class Echo(mlflow.pyfunc.PythonModel):

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from llmflow.errors import InputError
-from llmflow.report import format_value, is_fraction_metric, write_report
+from llmflow.evaluation.report import format_value, is_fraction_metric, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

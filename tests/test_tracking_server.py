@@ -30,7 +30,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from llmflow.runs import PROJECT_ROOT, TAG_STEP
+from llmflow import PROJECT_ROOT
+from llmflow.tracking.names import TAG_STEP
 from tests.servers import free_port, running
 
 pytestmark = pytest.mark.e2e

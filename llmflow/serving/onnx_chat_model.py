@@ -32,7 +32,7 @@ import pandas as pd
 try:
     import chat_protocol as protocol
 except ModuleNotFoundError:
-    from llmflow import chat_protocol as protocol
+    from llmflow.serving import chat_protocol as protocol
 
 GENERATION_DEFAULTS = protocol.GENERATION_DEFAULTS
 MAX_BATCH_SIZE = 16

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from llmflow.errors import InputError
-from llmflow.metrics import QUALITY_METRICS
+from llmflow.evaluation.metrics import QUALITY_METRICS
 
 # Metrics are means of per-example scores read back from the tracking store; a tie must not fail on rounding.
 EPSILON = 1e-9

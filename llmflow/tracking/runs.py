@@ -1,126 +1,46 @@
-"""Tracking helpers shared by the steps: one run per step, lineage tags, and reading upstream runs.
+"""Tracking helpers shared by the steps: one run per step, its lineage tags, and reading upstream runs.
 
-Steps hand each other only what MLflow stores (run ids, artifact URIs, ``models:/`` URIs). The tag
-names below are the contract between them.
+Steps hand each other only what MLflow stores (run ids, artifact URIs, ``models:/`` URIs); the names of
+what they write are in ``llmflow.tracking.names``.
 """
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import json
 import logging
 import os
 import random
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from importlib.metadata import distributions, version
-from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy
-import yaml
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from llmflow import PROJECT_ROOT
 from llmflow.errors import InputError, PipelineError
+from llmflow.tracking.digest import code_digest
+from llmflow.tracking.names import (
+    ENV_UPSTREAM,
+    FREEZE_ARTIFACT,
+    TAG_CODE_DIGEST,
+    TAG_ERROR,
+    TAG_GIT_CLEAN,
+    TAG_GIT_COMMIT,
+    TAG_SEED,
+    TAG_STEP,
+    TAG_UPSTREAM,
+)
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-TAG_STEP = "llmflow.step"
-TAG_ERROR = "llmflow.error"
-TAG_SOURCE = "llmflow.source"  # "hub" or "local"
-TAG_HF_REPO = "llmflow.hf_repo_id"
-TAG_HF_SHA = "llmflow.hf_commit_sha"
-TAG_MODEL_URI = "llmflow.model_uri"
-TAG_PRECISION = "llmflow.precision"
-TAG_EXECUTION_PROVIDER = "llmflow.execution_provider"
-TAG_DOWNLOAD_RUN = "llmflow.download_run_id"
-TAG_EXPORT_RUN = "llmflow.export_run_id"
-TAG_GIT_COMMIT = "llmflow.git_commit"
-TAG_CODE_DIGEST = "llmflow.code_digest"
-TAG_GIT_CLEAN = "llmflow.git_tree_clean"  # "true", "false" or "unknown"
-TAG_SEED = "llmflow.seed"
-# main hands a step the ids of its upstream runs in this variable; the step records them as TAG_UPSTREAM.
-ENV_UPSTREAM = "LLMFLOW_UPSTREAM_RUNS"
-TAG_UPSTREAM = "llmflow.upstream_runs"
-FREEZE_ARTIFACT = "environment/pip-freeze.txt"
 # Every step seeds Python's, NumPy's and (when loaded) torch's generators with this; the steps are also
 # deterministic by construction (greedy decoding, a deterministic exporter), so the seed is a safeguard.
 SEED = 0
-
-# Files every step depends on: the environment it runs in.
-ENVIRONMENT_FILES = ("conda.yaml", "requirements.txt")
-# The top-level files and folders a code digest reads from: a copy of the project needs all of them.
-CODE_ROOTS = ("llmflow", "steps", "MLproject", *ENVIRONMENT_FILES)
-_SIBLING_FILE = re.compile(r"^[a-z_][a-z0-9_]*\.py$")
-
-
-def _module_path(root: Path, module: str) -> Path | None:
-    """``llmflow.x`` -> ``llmflow/x.py`` (or a package's ``__init__.py``) when it is a file of the project."""
-    if module.split(".")[0] not in ("llmflow", "steps"):
-        return None
-    base = root.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _project_dependencies(root: Path, path: Path) -> set[Path]:
-    """Project files that ``path`` imports (at any depth in the module, lazy imports included), and the
-    sibling ``.py`` files it names as strings (models-from-code files that it logs, not imports)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    found: set[Path] = set()
-    for node in ast.walk(tree):
-        modules: list[str] = []
-        if isinstance(node, ast.Import):
-            modules = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _SIBLING_FILE.match(node.value):
-            sibling = path.with_name(node.value)
-            if sibling.is_file():
-                found.add(sibling)
-        found.update(p for p in (_module_path(root, m) for m in modules) if p is not None)
-    return found
-
-
-def step_sources(entry_point: str, root: Path = PROJECT_ROOT) -> list[Path]:
-    """Every project file the step's script reaches through imports, the script included, sorted."""
-    start = root / "steps" / f"{entry_point}.py"
-    seen, todo = {start}, [start]
-    while todo:
-        for dependency in _project_dependencies(root, todo.pop()):
-            if dependency not in seen:
-                seen.add(dependency)
-                todo.append(dependency)
-    return sorted(seen)
-
-
-@cache
-def code_digest(entry_point: str, root: Path = PROJECT_ROOT) -> str:
-    """sha256 over what decides what a step computes, uncommitted edits included; once per process.
-
-    That is the step's own code (its script and the project modules it imports, followed through the
-    imports), its entry in ``MLproject`` and the pinned environment. An edit to another step's code
-    leaves this digest as it was, so ``main`` re-runs only the step that changed and what follows it.
-    """
-    digest = hashlib.sha256()
-    entry = yaml.safe_load((root / "MLproject").read_text(encoding="utf-8"))["entry_points"][entry_point]
-    digest.update(json.dumps(entry, sort_keys=True).encode())
-    files = step_sources(entry_point, root) + [root / name for name in ENVIRONMENT_FILES]
-    for path in files:
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
 
 
 def pinned_requirements(*distributions: str) -> list[str]:

@@ -10,7 +10,7 @@ import mlflow
 from mlflow import MlflowClient
 
 if TYPE_CHECKING:
-    from llmflow.pipeline import ChainResult
+    from llmflow.main import ChainResult
 
 logger = logging.getLogger(__name__)
 

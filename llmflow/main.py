@@ -30,25 +30,28 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.projects.submitted_run import LocalSubmittedRun
 
+from llmflow import PROJECT_ROOT
 from llmflow.download import is_local_reference, source_fingerprint
 from llmflow.errors import InputError, StepFailed
 from llmflow.evaluate import TAG_EVALUATE_RUN, fingerprint_files, validate_evaluate_options
 from llmflow.export_onnx import validate_export_options
 from llmflow.log_transformers import validate_max_new_tokens
 from llmflow.register import validate_registered_model_name
-from llmflow.runs import (
+from llmflow.tracking.digest import code_digest
+from llmflow.tracking.names import (
     ENV_UPSTREAM,
-    PROJECT_ROOT,
     TAG_CODE_DIGEST,
     TAG_ERROR,
     TAG_HF_SHA,
     TAG_MODEL_URI,
+    TAG_REGISTERED_VERSION,
+    TAG_REUSED_STEPS,
     TAG_STEP,
+    TAG_STEP_RUN_PREFIX,
     TAG_UPSTREAM,
-    code_digest,
-    step_run,
 )
-from llmflow.summary import print_summary
+from llmflow.tracking.runs import step_run
+from llmflow.tracking.summary import print_summary
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ def _download_still_valid(run: Run, params: dict[str, str]) -> bool:
 def _register_still_valid(run: Run, params: dict[str, str]) -> bool:
     """The version it registered still exists, from the same model, and is still the challenger."""
     tags = run.data.tags
-    name, version = params["registered_model_name"], tags.get("llmflow.registered_model_version")
+    name, version = params["registered_model_name"], tags.get(TAG_REGISTERED_VERSION)
     client = MlflowClient()
     try:
         model_version = client.get_model_version(name, version)
@@ -108,7 +111,7 @@ def _register_still_valid(run: Run, params: dict[str, str]) -> bool:
 def _evaluate_still_valid(run: Run, params: dict[str, str]) -> bool:
     """It is the latest evaluation recorded on its version, and the data files have not changed."""
     tags = run.data.tags
-    name, version = params["registered_model_name"], tags.get("llmflow.registered_model_version")
+    name, version = params["registered_model_name"], tags.get(TAG_REGISTERED_VERSION)
     try:
         recorded = MlflowClient().get_model_version(name, version).tags.get(TAG_EVALUATE_RUN)
     except MlflowException:
@@ -365,11 +368,11 @@ def _chain(parent: Run, options: dict[str, Any]) -> ChainResult:
             [register.info.run_id] + ([reference.info.run_id] if reference else []),
             key=f"evaluate:{flavour}",
         )
-        result.registered[flavour] = (name, register.data.tags["llmflow.registered_model_version"])
+        result.registered[flavour] = (name, register.data.tags[TAG_REGISTERED_VERSION])
     mlflow.set_tags(
         {
-            **{f"llmflow.run.{step}": run_id for step, run_id in result.step_runs.items()},
-            "llmflow.reused_steps": json.dumps(result.reused),
+            **{f"{TAG_STEP_RUN_PREFIX}{step}": run_id for step, run_id in result.step_runs.items()},
+            TAG_REUSED_STEPS: json.dumps(result.reused),
         }
     )
     print_summary(MlflowClient(), result)

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from llmflow import PROJECT_ROOT
 from llmflow.errors import InputError
-from llmflow.runs import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Phi3Config, Phi3ForCausalLM, PreTrainedTokenizerFast
 
-from llmflow.qa import load_qa
+from llmflow import PROJECT_ROOT
+from llmflow.evaluation.qa import load_qa
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ PHI3_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<unk>", "<s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-DEFAULT_QA_PATH = Path(__file__).resolve().parent.parent / "data" / "qa.jsonl"
+DEFAULT_QA_PATH = PROJECT_ROOT / "data" / "qa.jsonl"
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:

@@ -24,8 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from llmflow.errors import InputError
+from llmflow.tracking.names import REPORT_FILE
 
-REPORT_FILE = "report.md"
 METRICS_PLOT = "metrics.png"
 LATENCY_PLOT = "latency.png"
 MISSING = "—"

@@ -8,7 +8,7 @@ thinnest adapter that does: it loads the model once with ``mlflow.pyfunc.load_mo
 OpenAI request onto the model's own chat request, which already has the OpenAI shape. Streaming uses
 the model's ``predict_stream`` and Server-Sent Events, as the official ``openai`` client expects.
 
-Run it with ``python -m llmflow.openai_server --model-uri models:/<name>@champion``.
+Run it with ``python -m llmflow.serving.openai_server --model-uri models:/<name>@champion``.
 """
 
 from __future__ import annotations
