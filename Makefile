@@ -24,7 +24,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
-$(TINY)/config.json: $(STAMP) llmflow/tiny.py data/qa.jsonl
+$(TINY)/config.json: $(STAMP) llmflow/demo/tiny.py data/qa.jsonl
 	$(BIN)/python -m llmflow.demo.tiny --out $(TINY)
 
 tiny: $(TINY)/config.json
