@@ -94,6 +94,7 @@ def _step_argv(command: str, entry_point: str) -> list[str]:
 # --- Databricks ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_cluster_spec_is_a_new_cluster_with_the_pinned_requirements():
     mlflow_databricks.before_run_validations("databricks", CLUSTER_SPEC)
     assert set(CLUSTER_SPEC) == {"new_cluster", "libraries"}
@@ -166,6 +167,7 @@ def tracking_server(tmp_path: Path, _empty_store: Path, monkeypatch: pytest.Monk
         mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.integration
 def test_mlflow_run_backend_databricks_submits_main_with_the_cluster_spec(
     tracking_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -465,6 +467,7 @@ def test_dockerfile_installs_cpu_torch_first_and_copies_what_the_steps_need():
     assert any(env["HF_HOME"].startswith(mount["mountPath"] + "/") for mount in mounts)
 
 
+@pytest.mark.integration
 def test_rendered_job_command_runs_the_step_in_the_image_layout(
     kubernetes_submission: SimpleNamespace, tracking_uri: str, tiny_model_dir: Path, tmp_path: Path
 ):

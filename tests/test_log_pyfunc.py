@@ -318,6 +318,7 @@ def test_serving_refuses_bad_input_with_a_400(store: Logged, body: dict[str, Any
     assert caught.value.get_http_status_code() == 400
 
 
+@pytest.mark.integration
 def test_logged_model_serves_without_the_llmflow_package(store: Logged, tmp_path: Path):
     """A fresh interpreter outside the project, as where the model is served: chat_protocol comes with the model."""
     script = (
