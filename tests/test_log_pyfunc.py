@@ -90,15 +90,7 @@ def logged(tiny_model_dir: Path, onnx_dir: Path, tmp_path_factory: pytest.TempPa
         patch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
         mlflow.set_experiment(experiment_id=experiment_id)
         dl = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
-        export = export_onnx(
-            ExportOptions(
-                download_run_id=dl.run_id,
-                precision="int4",
-                execution_provider="cpu",
-                int4_block_size=32,
-                int4_accuracy_level=4,
-            )
-        )
+        export = export_onnx(ExportOptions(download_run_id=dl.run_id))
         result = log_pyfunc(LogPyfuncOptions(export_run_id=export.run_id, max_new_tokens=24))
     mlflow.set_tracking_uri(None)
     return Logged(uri, export.run_id, result.run_id, result.model_uri)
