@@ -44,7 +44,12 @@ from mlflow import MlflowClient
 
 from llmflow.evaluation.datasets import eval_data
 from llmflow.evaluation.gate import gate
-from llmflow.evaluation.inputs import fingerprint_files, validate_evaluate_options
+from llmflow.evaluation.inputs import (
+    EvaluateOptions,
+    EvaluationSettings,
+    fingerprint_files,
+    validate_evaluate_options,
+)
 from llmflow.evaluation.lineage import (
     champion_scores,
     export_figures,
@@ -71,8 +76,16 @@ from llmflow.tracking.runs import step_run
 
 logger = logging.getLogger(__name__)
 
-# main reads these through this module: the step's own names for what it checks and records.
-__all__ = ["TAG_EVALUATE_RUN", "EvaluateResult", "evaluate", "fingerprint_files", "validate_evaluate_options"]
+# main and the reuse rules read these through this module: the step's options, and what it checks and records.
+__all__ = [
+    "TAG_EVALUATE_RUN",
+    "EvaluateOptions",
+    "EvaluateResult",
+    "EvaluationSettings",
+    "evaluate",
+    "fingerprint_files",
+    "validate_evaluate_options",
+]
 
 
 @dataclass(frozen=True)
@@ -84,24 +97,12 @@ class EvaluateResult:
     reason: str
 
 
-def evaluate(
-    registered_model_name: str,
-    qa_path: str,
-    heldout_path: str,
-    eval_max_new_tokens: int,
-    reference_model_uri: str,
-    gate_metrics: str,
-    min_scores: str,
-    champion_tolerance: float,
-    min_quality_retained: float,
-    max_perplexity_ratio: float,
-) -> EvaluateResult:
+def evaluate(options: EvaluateOptions) -> EvaluateResult:
     """Evaluate ``models:/<registered_model_name>@challenger`` and promote it if the gate passes."""
-    params = dict(locals())
-    with step_run("evaluate", params) as run:
-        inputs = validate_evaluate_options(**{k: v for k, v in params.items() if k != "registered_model_name"})
+    with step_run("evaluate", options) as run:
+        inputs = validate_evaluate_options(options, options.reference_model_uri)
         client = MlflowClient()
-        name = registered_model_name
+        name = options.registered_model_name
         aliases = registered_aliases(client, name)
         version = client.get_model_version(name, aliases[CHALLENGER])
         number = str(version.version)

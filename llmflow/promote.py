@@ -18,6 +18,7 @@ Promoting the same version again reuses its copy and only moves the aliases.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import urllib.parse
@@ -31,7 +32,8 @@ from mlflow.exceptions import MlflowException
 
 from llmflow.errors import InputError
 from llmflow.evaluation.promotion import PASSED, promote_alias
-from llmflow.register import validate_registered_model_name
+from llmflow.options import StepOptions, non_empty, option
+from llmflow.register import check_registered_model_name
 from llmflow.tracking.model_cards import version_model_id
 from llmflow.tracking.names import (
     CHAMPION,
@@ -49,6 +51,26 @@ logger = logging.getLogger(__name__)
 TRACKING_OF_REGISTRY = {"databricks-uc": "databricks"}
 TARGET_EXPERIMENT = "llmflow-promoted"
 SAME = "same"  # target_registry_uri: this project's own registry
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromoteOptions(StepOptions):
+    """Copy models:/<name>@champion into another registry (or under another name) and make it champion there."""
+
+    registered_model_name: str = option(
+        help="Registered model whose 'champion' is promoted.", check=check_registered_model_name
+    )
+    target_registry_uri: str = option(
+        SAME,
+        help="Target registry: a tracking server URL, a database URI, 'databricks-uc', or 'same' (this one). "
+        "Give credentials through the environment (MLFLOW_TRACKING_USERNAME/PASSWORD, DATABRICKS_TOKEN), "
+        "never inside the URI: MLflow records parameters.",
+        check=non_empty,
+    )
+    target_name: str = option(
+        help="Registered model name in the target, e.g. 'phi3-prod' or 'catalog.schema.model' for Unity Catalog.",
+        check=check_registered_model_name,
+    )
 
 
 @dataclass(frozen=True)
@@ -95,7 +117,9 @@ def _existing_copy(target: MlflowClient, target_name: str, origin: str) -> Model
     return next((v for v in versions if v.tags.get(TAG_PROMOTED_FROM) == origin), None)
 
 
-def _copy_across(source: ModelVersion, target: MlflowClient, target_name: str, tags: dict[str, str]) -> ModelVersion:
+def _copy_across(
+    source: ModelVersion, target: MlflowClient, tracking_uri: str, target_name: str, tags: dict[str, str]
+) -> ModelVersion:
     """Log the source version's files as a LoggedModel of the target's store and register it there."""
     model_id = version_model_id(source)
     logged = mlflow.get_logged_model(model_id) if model_id else None
@@ -116,33 +140,39 @@ def _copy_across(source: ModelVersion, target: MlflowClient, target_name: str, t
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    return target.create_model_version(
-        target_name,
-        source=f"models:/{copy.model_id}",
-        tags=tags,
-        description=source.description,
-        model_id=copy.model_id,
-    )
+    # An in-process SQL registry resolves a models:/ source through the *global* tracking URI (MLflow 3.17's
+    # own TODO in SqlAlchemyStore.create_model_version), so point it at the target for this one call.
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return target.create_model_version(
+            target_name,
+            source=f"models:/{copy.model_id}",
+            tags=tags,
+            description=source.description,
+            model_id=copy.model_id,
+        )
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
-def promote(registered_model_name: str, target_registry_uri: str, target_name: str) -> PromoteResult:
+def promote(options: PromoteOptions) -> PromoteResult:
     """Copy ``models:/<registered_model_name>@champion`` to ``target_name`` in ``target_registry_uri``."""
-    params = {
-        "registered_model_name": registered_model_name,
-        "target_registry_uri": redact(target_registry_uri),
-        "target_name": target_name,
-    }
-    with step_run("promote", params) as run:
-        validate_registered_model_name(registered_model_name)
+    registered_model_name, target_name = options.registered_model_name, options.target_name
+    target_registry_uri = options.target_registry_uri.strip()
+    # What this step records never holds a password, even if the URI was given one.
+    recorded = dataclasses.replace(options, target_registry_uri=redact(target_registry_uri))
+    with step_run("promote", recorded) as run:
         source = MlflowClient()
         version = champion_version(source, registered_model_name)
-        same = target_registry_uri.strip().lower() in ("", SAME) or target_registry_uri == mlflow.get_registry_uri()
+        same = target_registry_uri.lower() == SAME or target_registry_uri == mlflow.get_registry_uri()
         registry = mlflow.get_registry_uri() if same else target_registry_uri
         if same and target_name == registered_model_name:
             raise InputError(
                 f"target_name '{target_name}' is the source itself; expected another name or another registry"
             )
-        target = MlflowClient(tracking_uri=TRACKING_OF_REGISTRY.get(registry, registry), registry_uri=registry)
+        tracking_uri = TRACKING_OF_REGISTRY.get(registry, registry)
+        target = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry)
         origin = f"{redact(mlflow.get_registry_uri())}#models:/{registered_model_name}/{version.version}"
         copy = _existing_copy(target, target_name, origin)
         copied = copy is None
@@ -150,7 +180,7 @@ def promote(registered_model_name: str, target_registry_uri: str, target_name: s
             copy = source.copy_model_version(f"models:/{registered_model_name}/{version.version}", target_name)
             target.set_model_version_tag(target_name, copy.version, TAG_PROMOTED_FROM, origin)
         elif copied:
-            copy = _copy_across(version, target, target_name, {**version.tags, TAG_PROMOTED_FROM: origin})
+            copy = _copy_across(version, target, tracking_uri, target_name, {**version.tags, TAG_PROMOTED_FROM: origin})
         described = target.get_registered_model(target_name).description
         if not described:
             own = source.get_registered_model(registered_model_name).description

@@ -16,6 +16,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from llmflow.evaluation.promotion import roll_back
+from llmflow.options import StepOptions, non_empty, option
 from llmflow.tracking.names import TAG_REGISTERED_NAME, TAG_REPLACED_VERSION, TAG_RESTORED_VERSION
 from llmflow.tracking.runs import step_run
 
@@ -30,10 +31,17 @@ class RollbackResult:
     previous: str | None
 
 
-def rollback(registered_model_name: str) -> RollbackResult:
-    """Move ``champion`` of ``registered_model_name`` to its ``previous`` version."""
-    name = registered_model_name
-    with step_run("rollback", {"registered_model_name": name}) as run:
+@dataclass(frozen=True, kw_only=True)
+class RollbackOptions(StepOptions):
+    """Move 'champion' back to the version it replaced (alias 'previous')."""
+
+    registered_model_name: str = option(help="Registered model whose champion is rolled back.", check=non_empty)
+
+
+def rollback(options: RollbackOptions) -> RollbackResult:
+    """Move ``champion`` of ``options.registered_model_name`` to its ``previous`` version."""
+    name = options.registered_model_name
+    with step_run("rollback", options) as run:
         moved = roll_back(MlflowClient(), name, run.info.run_id)
         mlflow.set_tags(
             {

@@ -81,7 +81,7 @@ def test_promote_between_two_sqlite_stores(tracking_uri: str, tmp_path: Path, _e
     assert run.data.tags["llmflow.promote_target"].endswith("#models:/phi3-prod/1")
     # Within one registry it is MLflow's copy_model_version: a second name in the same store.
     inside = _promote("tiny-onnx", "same", "tiny-onnx-prod")
-    assert MlflowClient().get_model_version_by_alias("tiny-onnx-prod", "champion").version == inside.target_version
+    assert str(MlflowClient().get_model_version_by_alias("tiny-onnx-prod", "champion").version) == inside.target_version
     assert MlflowClient().get_model_version("tiny-onnx-prod", inside.target_version).description == REPORT
 
 
