@@ -17,7 +17,7 @@ from llmflow.errors import InputError
 from llmflow.evaluation.gate import GateConfig, parse_gate_metrics, parse_min_scores, validate_gate_config
 from llmflow.evaluation.perplexity import load_heldout
 from llmflow.evaluation.qa import QAPair, load_qa
-from llmflow.options import StepOptions, at_least, fraction, non_empty, option
+from llmflow.options import StepOptions, fraction, non_empty, option
 from llmflow.tracking.names import TAG_EVAL_MAX_NEW_TOKENS, TAG_HELDOUT_SHA, TAG_QA_SHA
 
 # reference_model_uri values that are not URIs.
@@ -80,6 +80,11 @@ def validate_reference_uri(uri: str) -> str:
     )
 
 
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InputError(f"{name} {value!r} is not accepted; expected a positive whole number")
+
+
 def _check_metrics(name: str, value: str) -> None:
     parse_gate_metrics(value)
 
@@ -107,7 +112,7 @@ class EvaluationSettings(StepOptions):
     heldout_path: str = option(
         "data/heldout.txt", help="Held-out text for perplexity; a relative path may also be from the project root."
     )
-    eval_max_new_tokens: int = option(32, help="Most tokens generated per question.", check=at_least(1))
+    eval_max_new_tokens: int = option(32, help="Most tokens generated per question.", check=_check_positive)
     gate_metrics: str = option(
         "exact_match,contains_answer,token_f1,rouge_l",
         help="Comma-separated metrics compared with the champion and the reference.",
