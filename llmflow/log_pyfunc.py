@@ -31,6 +31,7 @@ from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, 
 from llmflow.errors import InputError
 from llmflow.options import GenerationSettings, non_empty, option
 from llmflow.serving.chat_protocol import find_chat_template
+from llmflow.tracking.model_cards import onnx_model_name, onnx_model_params
 from llmflow.tracking.names import (
     ONNX_ARTIFACT_DIR,
     TAG_DOWNLOAD_RUN,
@@ -132,7 +133,8 @@ def log_pyfunc(options: LogPyfuncOptions) -> LogPyfuncResult:
         execution_provider = export_run.data.tags[TAG_EXECUTION_PROVIDER]
         defaults = generation_defaults(max_new_tokens)
         model_info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
+            name=onnx_model_name(export_run),
+            params=onnx_model_params(export_run, defaults["max_new_tokens"]),
             python_model=str(MODEL_CODE),
             code_paths=[str(PROTOCOL_CODE)],
             artifacts={"onnx": str(onnx_dir)},

@@ -5,6 +5,11 @@ tagged with its lineage (the logging run, upstream download and export runs, HF 
 precision, execution provider, the project's git commit) and sets alias ``challenger`` on it.
 Registering the same logged model again finds its existing version instead of creating a second one.
 ``champion`` is never touched here: only ``evaluate`` moves it.
+
+The version is made from the ``models:/<model_id>`` URI, so it is linked to its LoggedModel: its source
+names the model, and the model's ``mlflow.modelVersions`` tag names the version (MLflow 3.17's SQL registry
+keeps no ``ModelVersion.model_id``; ``llmflow.tracking.model_cards.version_model_id`` reads the link). A new
+registered model gets a description: what the model is, where it came from and how to serve it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from mlflow.exceptions import MlflowException
 
 from llmflow.errors import InputError
 from llmflow.options import StepOptions, option
+from llmflow.tracking.model_cards import registered_model_description
 from llmflow.tracking.names import (
     CHALLENGER,
     FREEZE_ARTIFACT,
@@ -138,6 +144,8 @@ def register(options: RegisterOptions) -> RegisterResult:
             # One call creates the version with all its tags, so a failure leaves no half-tagged version.
             version = mlflow.register_model(model_uri, registered_model_name, tags=tags)
             logger.info("registered %s version %s", registered_model_name, version.version)
+            description = registered_model_description(registered_model_name, tags, tags[TAG_LOGGED_BY_STEP])
+            client.update_registered_model(registered_model_name, description=description)
         else:
             logger.info("%s is already version %s of %s", model_uri, version.version, registered_model_name)
         client.set_registered_model_alias(registered_model_name, CHALLENGER, version.version)

@@ -8,6 +8,7 @@ each exported to int4 ONNX (log_pyfunc) and logged as an ``llm/v1/chat`` transfo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -311,6 +312,68 @@ def test_onnx_challenger_is_judged_against_its_reference_and_reported(models: Mo
     decision = json.loads((report_dir / "decision.json").read_text())
     assert decision["passed"] is True
     assert decision["table"][f"challenger v{v1}"]["perplexity"] == metrics["perplexity"]
+    # The version's description is its report: the decision, the criteria with their figures, the metrics.
+    description = client.get_model_version(name, v1).description
+    assert description.startswith("**PASSED**: version 1 is now champion.")
+    assert "| perplexity ratio | pass |" in description and "## Metrics" in description
+    assert "![metrics]" not in description and result.run_id in description
+    assert "llmflow.decision_reason" not in client.get_model_version(name, v1).tags  # long text: in the description
+    assert mlflow.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_champions_logged_model_holds_its_figures_traces_and_params(models: Models, qa_file: Path):
+    from llmflow.tracking.model_cards import version_model_id
+
+    client = MlflowClient()
+    name = "linked-onnx"
+    _register(name, models.onnx)  # the model of reported-onnx too: a model may be registered under two names
+    result = _evaluate(name, qa_file)
+    assert result.promoted, result.reason
+    run = mlflow.get_run(result.run_id)
+    model_id = version_model_id(client.get_model_version_by_alias(name, "champion"))
+    assert f"models:/{model_id}" == models.onnx
+
+    logged = mlflow.get_logged_model(model_id)
+    assert logged.name == "tiny-phi3-int4-cpu"
+    assert logged.params["precision"] == "int4" and logged.params["int4_block_size"] == "32"
+    assert logged.params["hf_repo_id"] == "local/tiny-phi3" and logged.params["max_new_tokens"] == "64"
+    on_model = {m.key: m for m in logged.metrics if m.run_id == result.run_id}
+    for metric in ("exact_match", "exact_match/mean", "token_f1", "latency_p50_s", "tokens_per_second", "speedup"):
+        assert on_model[metric].value == run.data.metrics[metric], metric
+    assert on_model["perplexity"].value == run.data.metrics["perplexity"]
+    assert (on_model["token_f1"].dataset_name, on_model["perplexity"].dataset_name) == ("qa.jsonl", "heldout.txt")
+    # One trace per question of this evaluation, linked to the model.
+    traces = mlflow.search_traces(model_id=model_id, return_type="list")
+    assert {t.info.request_metadata["mlflow.modelId"] for t in traces} == {model_id}
+    this_run = [t for t in traces if t.info.request_metadata["mlflow.sourceRun"] == result.run_id]
+    assert sorted(t.info.request_metadata["mlflow.traceInputs"] for t in this_run) == sorted(
+        json.dumps({"question": q}) for q in PICKED
+    )
+    # The experiment's models can be filtered on a metric and a param.
+    found = mlflow.search_logged_models(
+        filter_string="metrics.contains_answer >= 1 AND params.precision = 'int4'", output_format="list"
+    )
+    assert model_id in {m.model_id for m in found}
+    assert all(m.params["precision"] == "int4" for m in found)
+    assert not mlflow.search_logged_models(filter_string="params.precision = 'int8'", output_format="list")
+    # The reference's figures are on the reference's LoggedModel, from its nested run.
+    (reference_run,) = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'", output_format="list"
+    )
+    reference = mlflow.get_logged_model(models.transformers.removeprefix("models:/"))
+    assert reference.name == "tiny-phi3-fp32-transformers"
+    assert {m.key: m.value for m in reference.metrics if m.run_id == reference_run.info.run_id}["perplexity"] == (
+        reference_run.data.metrics["perplexity"]
+    )
+    # The QA set is one evaluation dataset with its file and digest; each run lists each data file once.
+    for scored in (run, reference_run):
+        assert sorted(d.dataset.name for d in scored.inputs.dataset_inputs) == ["heldout.txt", "qa.jsonl"]
+    (qa,) = [d.dataset for d in run.inputs.dataset_inputs if d.dataset.name == "qa.jsonl"]
+    assert qa.source_type == "mlflow_evaluation_dataset"
+    (dataset,) = mlflow.genai.datasets.search_datasets(filter_string="name = 'qa.jsonl'")
+    assert dataset.tags["llmflow.qa_sha256"] == hashlib.sha256(qa_file.read_bytes()).hexdigest()
+    assert dataset.tags["llmflow.qa_source"] == qa_file.resolve().as_posix()
+    assert len(dataset.to_df()) == len(PICKED)
 
 
 def test_a_collapsed_export_is_refused_even_with_no_champion(models: Models, qa_file: Path):

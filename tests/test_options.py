@@ -28,6 +28,7 @@ ENTRY_POINTS = [
     "evaluate",
     "rollback",
     "reproduce",
+    "promote",
     "main",
 ]
 SCRIPT = re.compile(r"from llmflow\.(?P<module>(?!cli\b)\w+) import (?P<function>\w+)  # noqa: E402\n")

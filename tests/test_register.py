@@ -8,7 +8,14 @@ from mlflow import MlflowClient
 
 from llmflow.errors import InputError
 from llmflow.register import RegisterOptions, register
-from llmflow.tracking.names import TAG_DOWNLOAD_RUN, TAG_HF_REPO, TAG_HF_SHA, TAG_PRECISION, TAG_STEP
+from llmflow.tracking.names import (
+    TAG_DOWNLOAD_RUN,
+    TAG_EXECUTION_PROVIDER,
+    TAG_HF_REPO,
+    TAG_HF_SHA,
+    TAG_PRECISION,
+    TAG_STEP,
+)
 
 
 class Echo(mlflow.pyfunc.PythonModel):
@@ -72,3 +79,28 @@ def test_bad_input_is_one_line_and_registers_nothing(tracking_uri: str, uri: str
         register(RegisterOptions(model_uri=uri, registered_model_name=name))
     assert "\n" not in str(excinfo.value)
     assert MlflowClient().search_registered_models() == []
+
+
+def test_the_version_is_linked_to_its_logged_model_and_the_name_has_a_card(tracking_uri: str):
+    import json
+
+    from llmflow.tracking.model_cards import version_model_id
+
+    uri = _logged_model({**LINEAGE, TAG_EXECUTION_PROVIDER: "cpu"})
+    result = register(RegisterOptions(model_uri=uri, registered_model_name="tiny-onnx"))
+    client = MlflowClient()
+    version = client.get_model_version("tiny-onnx", result.version)
+    model_id = uri.removeprefix("models:/")
+    # The version leads to its LoggedModel, and the LoggedModel names the version.
+    assert version.source == uri
+    assert version_model_id(version) == model_id
+    assert json.loads(mlflow.get_logged_model(model_id).tags["mlflow.modelVersions"]) == [
+        {"name": "tiny-onnx", "version": int(result.version)}
+    ]
+    # The registered model says what it is, where it came from and how to serve it.
+    description = client.get_registered_model("tiny-onnx").description
+    assert "`local/tiny-phi3`" in description and "`sha256:abc`" in description
+    assert "ONNX int4 export for cpu" in description
+    assert 'mlflow models serve -m "models:/tiny-onnx@champion"' in description
+    # Every tag fits the 1,000 characters Unity Catalog allows.
+    assert all(len(value) <= 1000 for value in version.tags.values())
