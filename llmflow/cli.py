@@ -19,6 +19,7 @@ import yaml
 
 from llmflow import PROJECT_ROOT
 from llmflow.errors import PipelineError
+from llmflow.tracking import task_values
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,11 @@ def run_step(step: Callable[..., Any], parser: StepParser, argv: list[str] | Non
     """Parse arguments, call ``step(**args)``, and turn a ``PipelineError`` into one line and its exit code."""
     args = parser.parse(argv)
     configure_logging()
+    task_values.hf_token_from_secret()
     try:
-        step(**args)
+        result = step(**args)
     except PipelineError as exc:
         print(f"error: {parser.entry_point}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    # What a later task of a Databricks job reads as {{tasks.<step>.values.<name>}}.
+    task_values.publish(result)
