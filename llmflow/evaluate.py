@@ -59,6 +59,7 @@ from llmflow.evaluation.gate import (
 from llmflow.evaluation.metrics import QUALITY_METRICS, SCORERS, Example, example_table, summarize
 from llmflow.evaluation.perplexity import PerplexityResult, load_heldout, perplexity_onnx, perplexity_transformers
 from llmflow.evaluation.qa import QAPair, load_qa
+from llmflow.options import StepOptions, at_least, fraction, non_empty, option
 from llmflow.tracking.names import (
     CHALLENGER,
     CHAMPION,
@@ -173,40 +174,90 @@ def validate_reference_uri(uri: str) -> str:
     )
 
 
-def validate_evaluate_options(
-    qa_path: str | Path,
-    heldout_path: str | Path,
-    eval_max_new_tokens: int,
-    reference_model_uri: str,
-    gate_metrics: str,
-    min_scores: str,
-    champion_tolerance: float,
-    min_quality_retained: float,
-    max_perplexity_ratio: float,
-) -> EvalInputs:
-    """Check the data files and every gate setting without touching a model.
+def _check_metrics(name: str, value: str) -> None:
+    parse_gate_metrics(value)
+
+
+def _check_floors(name: str, value: str) -> None:
+    parse_min_scores(value)
+
+
+def _check_ratio(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value < 1:
+        raise InputError(f"{name} {value!r} is not accepted; expected a number >= 1 (e.g. 1.2 allows 20% more)")
+
+
+def _check_reference(name: str, value: str) -> None:
+    validate_reference_uri(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationSettings(StepOptions):
+    """What evaluate scores on and how its gate decides; ``main`` hands the same settings to evaluate."""
+
+    qa_path: str = option(
+        "data/qa.jsonl", help="JSONL of {question, answer} rows; a relative path may also be from the project root."
+    )
+    heldout_path: str = option(
+        "data/heldout.txt", help="Held-out text for perplexity; a relative path may also be from the project root."
+    )
+    eval_max_new_tokens: int = option(32, help="Most tokens generated per question.", check=at_least(1))
+    gate_metrics: str = option(
+        "exact_match,contains_answer,token_f1,rouge_l",
+        help="Comma-separated metrics compared with the champion and the reference.",
+        check=_check_metrics,
+    )
+    min_scores: str = option(
+        "contains_answer=0.5",
+        help="Absolute floors, e.g. 'contains_answer=0.5,token_f1=0.3'; 'none' for none.",
+        check=_check_floors,
+    )
+    champion_tolerance: float = option(
+        0.02, help="How far (0-1) below the champion a gated metric may fall.", check=fraction
+    )
+    min_quality_retained: float = option(
+        0.9, help="Least share (0-1) of the reference's score kept on each gated metric.", check=fraction
+    )
+    max_perplexity_ratio: float = option(
+        1.2, help="Highest perplexity ratio, challenger / reference (>= 1).", check=_check_ratio
+    )
+
+    def check_together(self) -> None:
+        validate_evaluate_options(self)  # the gate's settings together, and the data files load
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateOptions(EvaluationSettings):
+    """Score the 'challenger' against champion and reference; gate its promotion."""
+
+    registered_model_name: str = option(help="Registered model whose 'challenger' alias is evaluated.", check=non_empty)
+    reference_model_uri: str = option(
+        AUTO,
+        help="Reference model: 'auto' (transformers model of the same download run), 'none', or a model URI.",
+        check=_check_reference,
+    )
+
+
+def validate_evaluate_options(settings: EvaluationSettings, reference_model_uri: str = NONE) -> EvalInputs:
+    """Check the data files and every gate setting without touching a model; load the data.
 
     Raises ``InputError`` with one line naming the bad value, so ``main`` can fail before any child run.
     """
-    if isinstance(eval_max_new_tokens, bool) or not isinstance(eval_max_new_tokens, int) or eval_max_new_tokens <= 0:
-        raise InputError(
-            f"eval_max_new_tokens {eval_max_new_tokens!r} is not accepted; expected a positive whole number"
-        )
     config = GateConfig(
-        gate_metrics=parse_gate_metrics(gate_metrics),
-        min_scores=parse_min_scores(min_scores),
-        champion_tolerance=champion_tolerance,
-        min_quality_retained=min_quality_retained,
-        max_perplexity_ratio=max_perplexity_ratio,
+        gate_metrics=parse_gate_metrics(settings.gate_metrics),
+        min_scores=parse_min_scores(settings.min_scores),
+        champion_tolerance=settings.champion_tolerance,
+        min_quality_retained=settings.min_quality_retained,
+        max_perplexity_ratio=settings.max_perplexity_ratio,
     )
     validate_gate_config(config)
-    qa_file, heldout_file = resolve_data_path(qa_path), resolve_data_path(heldout_path)
+    qa_file, heldout_file = resolve_data_path(settings.qa_path), resolve_data_path(settings.heldout_path)
     return EvalInputs(
         pairs=load_qa(qa_file),
         qa_file=qa_file,
         heldout=load_heldout(heldout_file),
         heldout_file=heldout_file,
-        max_new_tokens=eval_max_new_tokens,
+        max_new_tokens=settings.eval_max_new_tokens,
         reference_model_uri=validate_reference_uri(reference_model_uri),
         config=config,
     )
@@ -496,22 +547,11 @@ def _report(
         mlflow.log_artifacts(str(out), REPORT_DIR)
 
 
-def evaluate(
-    registered_model_name: str,
-    qa_path: str,
-    heldout_path: str,
-    eval_max_new_tokens: int,
-    reference_model_uri: str,
-    gate_metrics: str,
-    min_scores: str,
-    champion_tolerance: float,
-    min_quality_retained: float,
-    max_perplexity_ratio: float,
-) -> EvaluateResult:
+def evaluate(options: EvaluateOptions) -> EvaluateResult:
     """Evaluate ``models:/<registered_model_name>@challenger`` and promote it if the gate passes."""
-    params = dict(locals())
-    with step_run("evaluate", params) as run:
-        inputs = validate_evaluate_options(**{k: v for k, v in params.items() if k != "registered_model_name"})
+    registered_model_name = options.registered_model_name
+    with step_run("evaluate", options) as run:
+        inputs = validate_evaluate_options(options, options.reference_model_uri)
         client = MlflowClient()
         name = registered_model_name
         aliases = _aliases(client, name)

@@ -29,9 +29,10 @@ from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA
 from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
 from llmflow.errors import InputError
-from llmflow.export_onnx import ONNX_ARTIFACT_DIR
+from llmflow.options import GenerationSettings, non_empty, option
 from llmflow.serving.chat_protocol import find_chat_template
 from llmflow.tracking.names import (
+    ONNX_ARTIFACT_DIR,
     TAG_DOWNLOAD_RUN,
     TAG_EXECUTION_PROVIDER,
     TAG_EXPORT_RUN,
@@ -129,12 +130,17 @@ def serving_requirements(execution_provider: str) -> list[str]:
     return sorted([f"{genai}=={onnxruntime_genai.__version__}", *pinned_requirements(*runtime, *COMMON_PACKAGES)])
 
 
-def log_pyfunc(export_run_id: str, max_new_tokens: int) -> LogPyfuncResult:
-    """Log the ONNX folder of export run ``export_run_id`` as a pyfunc model in this step's MLflow run."""
-    params = {"export_run_id": export_run_id, "max_new_tokens": max_new_tokens}
-    with step_run("log_pyfunc", params) as run, tempfile.TemporaryDirectory(prefix="llmflow-pyfunc-") as tmp:
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens {max_new_tokens} is not accepted; expected a whole number of 1 or more")
+@dataclass(frozen=True, kw_only=True)
+class LogPyfuncOptions(GenerationSettings):
+    """Log the ONNX export as an MLflow pyfunc model served by onnxruntime-genai."""
+
+    export_run_id: str = option(help="Id of a finished `export_onnx` run whose ONNX folder to log.", check=non_empty)
+
+
+def log_pyfunc(options: LogPyfuncOptions) -> LogPyfuncResult:
+    """Log the ONNX folder of export run ``options.export_run_id`` as a pyfunc model in this step's MLflow run."""
+    export_run_id, max_new_tokens = options.export_run_id, options.max_new_tokens
+    with step_run("log_pyfunc", options) as run, tempfile.TemporaryDirectory(prefix="llmflow-pyfunc-") as tmp:
         export_run = get_step_run(export_run_id, "export_onnx")
         onnx_dir = Path(
             mlflow.artifacts.download_artifacts(run_id=export_run_id, artifact_path=ONNX_ARTIFACT_DIR, dst_path=tmp)

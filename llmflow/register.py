@@ -19,6 +19,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from llmflow.errors import InputError
+from llmflow.options import StepOptions, option
 from llmflow.tracking.names import (
     CHALLENGER,
     FREEZE_ARTIFACT,
@@ -68,11 +69,26 @@ class RegisterResult:
 
 def validate_registered_model_name(name: str) -> None:
     """Raise ``InputError`` unless ``name`` is a usable registered model name."""
-    if not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise InputError(
             f"registered model name '{name}' is not accepted; use letters, digits, '.', '_' or '-' "
             "(starting with a letter or digit, at most 255 characters)"
         )
+
+
+def check_registered_model_name(_: str, value: object) -> None:
+    """The options check of a registered model name (see ``validate_registered_model_name``)."""
+    validate_registered_model_name(value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegisterOptions(StepOptions):
+    """Register a logged model once, tag its lineage and alias it 'challenger'."""
+
+    model_uri: str = option(help="Logged model URI (models:/m-<id>) written by log_pyfunc or log_transformers.")
+    registered_model_name: str = option(
+        help="Name of the registered model in the Model Registry.", check=check_registered_model_name
+    )
 
 
 def lineage_tags(model_uri: str) -> dict[str, str]:
@@ -110,11 +126,10 @@ def find_version(client: MlflowClient, name: str, model_uri: str) -> ModelVersio
     return None
 
 
-def register(model_uri: str, registered_model_name: str) -> RegisterResult:
-    """Register ``model_uri`` as a version of ``registered_model_name`` (once) and alias it ``challenger``."""
-    validate_registered_model_name(registered_model_name)
-    params = {"model_uri": model_uri, "registered_model_name": registered_model_name}
-    with step_run("register", params) as run:
+def register(options: RegisterOptions) -> RegisterResult:
+    """Register ``options.model_uri`` as a version of ``registered_model_name`` (once) and alias it ``challenger``."""
+    model_uri, registered_model_name = options.model_uri, options.registered_model_name
+    with step_run("register", options) as run:
         tags = lineage_tags(model_uri)
         client = MlflowClient()
         version = find_version(client, registered_model_name, model_uri)

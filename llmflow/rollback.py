@@ -17,8 +17,16 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from llmflow.errors import InputError
-from llmflow.evaluate import CHAMPION, PREVIOUS, TAG_PREVIOUS_CHAMPION
-from llmflow.tracking.names import TAG_REGISTERED_NAME, TAG_REPLACED_VERSION, TAG_RESTORED_VERSION, TAG_ROLLED_BACK
+from llmflow.options import StepOptions, non_empty, option
+from llmflow.tracking.names import (
+    CHAMPION,
+    PREVIOUS,
+    TAG_PREVIOUS_CHAMPION,
+    TAG_REGISTERED_NAME,
+    TAG_REPLACED_VERSION,
+    TAG_RESTORED_VERSION,
+    TAG_ROLLED_BACK,
+)
 from llmflow.tracking.runs import step_run
 
 logger = logging.getLogger(__name__)
@@ -32,10 +40,17 @@ class RollbackResult:
     previous: str | None
 
 
-def rollback(registered_model_name: str) -> RollbackResult:
-    """Move ``champion`` of ``registered_model_name`` to its ``previous`` version."""
-    name = registered_model_name
-    with step_run("rollback", {"registered_model_name": name}) as run:
+@dataclass(frozen=True, kw_only=True)
+class RollbackOptions(StepOptions):
+    """Move 'champion' back to the version it replaced (alias 'previous')."""
+
+    registered_model_name: str = option(help="Registered model whose champion is rolled back.", check=non_empty)
+
+
+def rollback(options: RollbackOptions) -> RollbackResult:
+    """Move ``champion`` of ``options.registered_model_name`` to its ``previous`` version."""
+    name = options.registered_model_name
+    with step_run("rollback", options) as run:
         client = MlflowClient()
         try:
             aliases = {alias: str(v) for alias, v in (client.get_registered_model(name).aliases or {}).items()}

@@ -19,9 +19,15 @@ from mlflow import MlflowClient
 
 import steps.evaluate as evaluate_step
 from llmflow import PROJECT_ROOT
+from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
-from llmflow.evaluate import evaluate, validate_evaluate_options
-from llmflow.rollback import rollback
+from llmflow.evaluate import EvaluateOptions, EvaluationSettings, evaluate, validate_evaluate_options
+from llmflow.export_onnx import ExportOptions
+from llmflow.log_pyfunc import LogPyfuncOptions
+from llmflow.log_transformers import LogTransformersOptions
+from llmflow.options import build
+from llmflow.register import RegisterOptions
+from llmflow.rollback import RollbackOptions, rollback
 from llmflow.tracking.names import TAG_ERROR
 
 QA_ROWS = [json.loads(line) for line in (PROJECT_ROOT / "data" / "qa.jsonl").read_text().splitlines()]
@@ -58,10 +64,20 @@ def _log_both(model_dir: Path) -> tuple[str, str]:
     from llmflow.log_pyfunc import log_pyfunc
     from llmflow.log_transformers import log_transformers
 
-    download_run = download(str(model_dir), "main")
-    export_run = export_onnx(download_run.run_id, "int4", "cpu", 32, 4)
-    onnx = log_pyfunc(export_run.run_id, max_new_tokens=64).model_uri
-    transformers = log_transformers(download_run.run_id, max_new_tokens=64).model_uri
+    download_run = download(DownloadOptions(model=str(model_dir), revision="main"))
+    export_run = export_onnx(
+        ExportOptions(
+            download_run_id=download_run.run_id,
+            precision="int4",
+            execution_provider="cpu",
+            int4_block_size=32,
+            int4_accuracy_level=4,
+        )
+    )
+    onnx = log_pyfunc(LogPyfuncOptions(export_run_id=export_run.run_id, max_new_tokens=64)).model_uri
+    transformers = log_transformers(
+        LogTransformersOptions(download_run_id=download_run.run_id, max_new_tokens=64)
+    ).model_uri
     return onnx, transformers
 
 
@@ -98,18 +114,27 @@ def qa_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _register(name: str, model_uri: str) -> str:
     from llmflow.register import register
 
-    return str(register(model_uri, name).version)
+    return str(register(RegisterOptions(model_uri=model_uri, registered_model_name=name)).version)
 
 
 def _evaluate(name: str, qa_file: Path, reference: str = "auto", **gate):
     return evaluate(
-        registered_model_name=name,
-        qa_path=str(qa_file),
-        heldout_path="data/heldout.txt",
-        eval_max_new_tokens=16,
-        reference_model_uri=reference,
-        **{**GATE, **gate},
+        EvaluateOptions(
+            registered_model_name=name,
+            qa_path=str(qa_file),
+            heldout_path="data/heldout.txt",
+            eval_max_new_tokens=16,
+            reference_model_uri=reference,
+            **{**GATE, **gate},
+        )
     )
+
+
+def _inputs(values: dict):
+    """``validate_evaluate_options`` on flat values, as the step checks them."""
+    settings = build(EvaluationSettings, {k: v for k, v in values.items() if k != "reference_model_uri"})
+    settings.check()
+    return validate_evaluate_options(settings, values["reference_model_uri"])
 
 
 def _aliases(name: str) -> dict[str, str]:
@@ -144,8 +169,8 @@ def test_bad_options_name_the_value(changes, message):
         **GATE,
     }
     with pytest.raises(InputError, match=message):
-        validate_evaluate_options(**{**options, **changes})
-    inputs = validate_evaluate_options(**options)
+        _inputs({**options, **changes})
+    inputs = _inputs(options)
     assert len(inputs.pairs) == len(QA_ROWS)
     assert inputs.config.min_scores == {"contains_answer": 0.5}
 
@@ -162,16 +187,36 @@ def test_bad_eval_files_are_refused(tmp_path: Path, content: str, message: str):
     qa = tmp_path / "qa.jsonl"
     qa.write_text(content)
     with pytest.raises(InputError, match=message):
-        validate_evaluate_options(qa, "data/heldout.txt", 8, "auto", *GATE.values())
+        _inputs(
+            {
+                "qa_path": qa,
+                "heldout_path": "data/heldout.txt",
+                "eval_max_new_tokens": 8,
+                "reference_model_uri": "auto",
+                **GATE,
+            }
+        )
     heldout = tmp_path / "empty.txt"
     heldout.write_text(" \n")
     with pytest.raises(InputError, match=r"empty"):
-        validate_evaluate_options("data/qa.jsonl", heldout, 8, "auto", *GATE.values())
+        _inputs(
+            {
+                "qa_path": "data/qa.jsonl",
+                "heldout_path": heldout,
+                "eval_max_new_tokens": 8,
+                "reference_model_uri": "auto",
+                **GATE,
+            }
+        )
 
 
 def test_step_script_takes_its_defaults_from_mlproject(monkeypatch):
     calls = []
-    monkeypatch.setattr(evaluate_step, "evaluate", lambda **kwargs: calls.append(kwargs))
+
+    def fake_evaluate(options: EvaluateOptions) -> None:
+        calls.append(options.params())
+
+    monkeypatch.setattr(evaluate_step, "evaluate", fake_evaluate)
     evaluate_step.main(["--registered-model-name", "tiny"])
     evaluate_step.main(["--registered-model-name", "tiny", "--eval-max-new-tokens", "16.0", "--min-scores", "none"])
     assert calls[0] == {
@@ -338,10 +383,10 @@ def test_better_challenger_is_promoted_and_rollback_restores_the_previous_champi
     )
     assert set(decision["table"]) == {f"challenger v{v2}", f"champion v{v1}"}
 
-    restored = rollback(name)
+    restored = rollback(RollbackOptions(registered_model_name=name))
 
     assert (restored.restored, restored.replaced, restored.previous) == (v1, v2, None)
     assert _aliases(name) == {"challenger": v2, "champion": v1}
     assert client.get_model_version(name, v2).tags["llmflow.rolled_back_by_run"] == restored.run_id
     with pytest.raises(InputError, match=r"^registered model 'improving' has no 'previous' alias"):
-        rollback(name)
+        rollback(RollbackOptions(registered_model_name=name))

@@ -12,6 +12,9 @@ from servers import free_port, running
 
 from llmflow.serving.openai_server import BadRequest, model_request
 
+# Every test here starts a real server process.
+pytestmark = pytest.mark.integration
+
 SPAIN = [{"role": "user", "content": "What is the capital of Spain?"}]
 
 
