@@ -8,8 +8,8 @@ Writes, in its MLflow run, a logged model (``models:/<model_id>``) built from th
   ``model_name``, the HF repo id that chat responses name;
 - an explicit signature that takes an OpenAI chat request (``messages``, ``temperature``, ``max_tokens``,
   ``top_p``, ``top_k``, ``stop``) or a raw ``prompt``, with the per-request params ``max_new_tokens``,
-  ``temperature``, ``top_p`` and ``top_k``; no output schema, since a chat request gets a chat completion
-  and a prompt a string;
+  ``temperature``, ``top_p`` and ``top_k``; the chat completion as its output schema (Unity Catalog
+  refuses a signature without outputs);
 - a chat request as its input example;
 - pip requirements pinned to the versions installed here.
 It tags the run with the model URI and with the lineage copied from the export run.
@@ -76,11 +76,36 @@ def generation_defaults(max_new_tokens: int) -> dict[str, Any]:
     return {"max_new_tokens": max_new_tokens, **SAMPLING_DEFAULTS}
 
 
-def build_signature(defaults: dict[str, Any]) -> ModelSignature:
-    """Optional columns for both request forms in; no output schema; params default to ``defaults``.
+def completion_schema() -> Schema:
+    """The chat completion a chat request gets, as ``chat_protocol.chat_completion`` builds it.
 
-    Every column is optional so that schema enforcement lets a chat request (``messages`` and its options)
-    and a raw ``prompt`` through; the model itself refuses a row with neither or both.
+    The fields are those of MLflow's ``llm/v1/chat`` output (what the transformers flavour declares) that this
+    model fills; ``custom_outputs`` and tool calls are left out because it never returns them, and because
+    a ``Map(str -> Any)`` has no Spark type, so ``spark_udf`` could not derive its result type from it.
+    """
+    message = Object([Property("role", "string"), Property("content", "string")])
+    choice = Object([Property("index", "long"), Property("message", message), Property("finish_reason", "string")])
+    tokens = ("prompt_tokens", "completion_tokens", "total_tokens")
+    return Schema(
+        [
+            ColSpec("string", "id"),
+            ColSpec("string", "object"),
+            ColSpec("long", "created"),
+            ColSpec("string", "model"),
+            ColSpec(Array(choice), "choices"),
+            ColSpec(Object([Property(name, "long") for name in tokens]), "usage"),
+        ]
+    )
+
+
+def build_signature(defaults: dict[str, Any]) -> ModelSignature:
+    """Optional columns for both request forms in; a chat completion out; params default to ``defaults``.
+
+    Every input column is optional so that schema enforcement lets a chat request (``messages`` and its
+    options) and a raw ``prompt`` through; the model itself refuses a row with neither or both. The outputs
+    describe the chat completion: Unity Catalog refuses a model whose signature has no outputs. A raw
+    ``prompt`` (the Phi-3 cookbook's form) gets a plain string instead, which the declared outputs do not
+    describe; MLflow does not enforce output schemas, so that form keeps working.
     """
     chat_options = {spec.name: spec for spec in CHAT_MODEL_INPUT_SCHEMA.inputs if spec.name in CHAT_OPTIONS}
     messages = Array(Object([Property("role", "string"), Property("content", "string")]))
@@ -92,6 +117,7 @@ def build_signature(defaults: dict[str, Any]) -> ModelSignature:
                 *(ColSpec(chat_options[name].type, name, required=False) for name in CHAT_OPTIONS),
             ]
         ),
+        outputs=completion_schema(),
         params=ParamSchema([ParamSpec(name, dtype, defaults[name]) for name, dtype in PARAM_DTYPES.items()]),
     )
 

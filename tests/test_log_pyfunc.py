@@ -150,8 +150,10 @@ def test_signature_takes_both_request_forms_with_params():
     assert inputs["prompt"].type.name == "string"
     for name in ("temperature", "max_tokens", "top_p", "top_k", "stop"):
         assert inputs[name].type == chat_types[name]
-    # A chat request gets a dict back and a prompt a string: no output schema fits both.
-    assert signature.outputs is None
+    # The outputs are the chat completion (Unity Catalog needs outputs); a raw prompt's string is not declared.
+    outputs = {spec.name: spec for spec in signature.outputs.inputs}
+    assert list(outputs) == ["id", "object", "created", "model", "choices", "usage"]
+    assert {p.name for p in outputs["usage"].type.properties} == {"prompt_tokens", "completion_tokens", "total_tokens"}
     assert {p.name: p.default for p in signature.params} == {
         "max_new_tokens": 64,
         "temperature": 0.0,
