@@ -2,7 +2,7 @@
 
 Reads the ``onnx/`` artifacts of a finished ``export_onnx`` run (``export_run_id``).
 Writes, in its MLflow run, a logged model (``models:/<model_id>``) built from the code in
-``llmflow/onnx_chat_model.py`` (models from code) and ``llmflow/chat_protocol.py`` (its code path), with:
+``llmflow/serving/onnx_chat_model.py`` (models from code) and the ``llmflow/serving`` package (its code path), with:
 - the ONNX folder as its artifact ``onnx``;
 - a model config: the generation defaults (``max_new_tokens`` from this step, greedy decoding) and
   ``model_name``, the HF repo id that chat responses name;
@@ -46,9 +46,10 @@ from llmflow.tracking.runs import get_step_run, pinned_requirements, step_run
 
 logger = logging.getLogger(__name__)
 
-MODEL_CODE = Path(__file__).resolve().parent / "serving/onnx_chat_model.py"
-# Logged as the model's code path: onnx_chat_model.py imports it as a top-level module where it is served.
-PROTOCOL_CODE = Path(__file__).resolve().parent / "serving/chat_protocol.py"
+# The serving package, logged whole as the model's code path (``code/serving``): onnx_chat_model.py imports
+# ``serving.*`` where it is served, and the package imports nothing from llmflow.
+SERVING_PACKAGE = Path(__file__).resolve().parent / "serving"
+MODEL_CODE = SERVING_PACKAGE / "onnx_chat_model.py"
 MODEL_NAME = "model"
 CHAT_EXAMPLE = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}], "max_tokens": 16}
 # The generation options of a chat request, typed as in MLflow's llm/v1/chat signature.
@@ -162,7 +163,7 @@ def log_pyfunc(options: LogPyfuncOptions) -> LogPyfuncResult:
             name=onnx_model_name(export_run),
             params=onnx_model_params(export_run, defaults["max_new_tokens"]),
             python_model=str(MODEL_CODE),
-            code_paths=[str(PROTOCOL_CODE)],
+            code_paths=[str(SERVING_PACKAGE)],
             artifacts={"onnx": str(onnx_dir)},
             model_config={**defaults, "model_name": export_run.data.tags.get(TAG_HF_REPO, "")},
             signature=build_signature(defaults),
