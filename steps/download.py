@@ -1,18 +1,15 @@
-"""Entry point ``download``: see :mod:`llmflow.download`."""
+"""Entry point ``download``: see :mod:`llmflow.download`; `--help` lists its parameters."""
 
-from llmflow.cli import StepParser, run_step
-from llmflow.download import download
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain file, the project root is not on the path
+from llmflow.cli import run_step  # noqa: E402
+from llmflow.download import download  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = StepParser("download", "Pin a Hugging Face model to a commit and record it in MLflow.")
-    parser.add(
-        "model",
-        str,
-        "Hub repo id (e.g. microsoft/Phi-3-mini-4k-instruct) or a local save_pretrained folder.",
-    )
-    parser.add("revision", str, "Branch, tag or commit sha on the Hub; ignored for a local folder.")
-    run_step(download, parser, argv)
+    run_step(download, argv)
 
 
 if __name__ == "__main__":

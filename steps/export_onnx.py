@@ -1,21 +1,15 @@
-"""Entry point `export_onnx`: see llmflow.export_onnx."""
+"""Entry point ``export_onnx``: see :mod:`llmflow.export_onnx`; `--help` lists its parameters."""
 
-from llmflow.cli import StepParser, run_step, whole_number
-from llmflow.export_onnx import export_onnx
+import sys
+from pathlib import Path
 
-
-def build_parser() -> StepParser:
-    parser = StepParser("export_onnx", "Export a downloaded model to ONNX with the onnxruntime-genai model builder.")
-    parser.add("download_run_id", str, "Id of a finished `download` run whose model to export.")
-    parser.add("precision", str, "Weight precision: int4, int8, fp16 or fp32.")
-    parser.add("execution_provider", str, "Where the model will run: cpu or cuda (fp16 needs cuda).")
-    parser.add("int4_block_size", whole_number, "Block size for int4 quantization: 16, 32, 64, 128 or 256.")
-    parser.add("int4_accuracy_level", whole_number, "int4 MatMul accuracy level 0-4 (4: int8 compute).")
-    return parser
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain file, the project root is not on the path
+from llmflow.cli import run_step  # noqa: E402
+from llmflow.export_onnx import export_onnx  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_step(export_onnx, build_parser(), argv)
+    run_step(export_onnx, argv)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,15 @@
-"""Entry point `log_pyfunc`: see llmflow.log_pyfunc."""
+"""Entry point ``log_pyfunc``: see :mod:`llmflow.log_pyfunc`; `--help` lists its parameters."""
 
-from llmflow.cli import StepParser, run_step, whole_number
-from llmflow.log_pyfunc import log_pyfunc
+import sys
+from pathlib import Path
 
-
-def build_parser() -> StepParser:
-    parser = StepParser("log_pyfunc", "Log the ONNX export as an MLflow pyfunc model served by onnxruntime-genai.")
-    parser.add("export_run_id", str, "Id of a finished `export_onnx` run whose ONNX folder to log.")
-    parser.add("max_new_tokens", whole_number, "Default number of new tokens per answer (a request may override it).")
-    return parser
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain file, the project root is not on the path
+from llmflow.cli import run_step  # noqa: E402
+from llmflow.log_pyfunc import log_pyfunc  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_step(log_pyfunc, build_parser(), argv)
+    run_step(log_pyfunc, argv)
 
 
 if __name__ == "__main__":

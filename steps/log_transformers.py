@@ -1,14 +1,15 @@
-"""Entry point ``log_transformers``: see :mod:`llmflow.log_transformers`."""
+"""Entry point ``log_transformers``: see :mod:`llmflow.log_transformers`; `--help` lists its parameters."""
 
-from llmflow.cli import StepParser, run_step, whole_number
-from llmflow.log_transformers import log_transformers
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain file, the project root is not on the path
+from llmflow.cli import run_step  # noqa: E402
+from llmflow.log_transformers import log_transformers  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = StepParser("log_transformers", "Log the downloaded model as an llm/v1/chat transformers pipeline.")
-    parser.add("download_run_id", str, "Run id of a finished download step.")
-    parser.add("max_new_tokens", whole_number, "Default number of new tokens per answer (model_config).")
-    run_step(log_transformers, parser, argv)
+    run_step(log_transformers, argv)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
-"""Entry point `reproduce`: see llmflow.reproduce."""
+"""Entry point ``reproduce``: see :mod:`llmflow.reproduce`; `--help` lists its parameters."""
 
-from llmflow.cli import StepParser, run_step
-from llmflow.reproduce import reproduce
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain file, the project root is not on the path
+from llmflow.cli import run_step  # noqa: E402
+from llmflow.reproduce import reproduce  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = StepParser("reproduce", "Rebuild a registered version from its lineage and compare it file by file.")
-    parser.add("model_uri", str, "A registered version: models:/<name>/<version> (or models:/<name>@<alias>).")
-    run_step(reproduce, parser, argv)
+    run_step(reproduce, argv)
 
 
 if __name__ == "__main__":

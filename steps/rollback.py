@@ -1,13 +1,15 @@
-"""Entry point `rollback`: see llmflow.rollback."""
+"""Entry point ``rollback``: see :mod:`llmflow.rollback`; `--help` lists its parameters."""
 
-from llmflow.cli import StepParser, run_step
-from llmflow.rollback import rollback
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain file, the project root is not on the path
+from llmflow.cli import run_step  # noqa: E402
+from llmflow.rollback import rollback  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = StepParser("rollback", "Move 'champion' back to the version it replaced (alias 'previous').")
-    parser.add("registered_model_name", str, "Registered model whose champion is rolled back.")
-    run_step(rollback, parser, argv)
+    run_step(rollback, argv)
 
 
 if __name__ == "__main__":

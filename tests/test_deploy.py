@@ -36,11 +36,13 @@ from mlflow.projects.docker import validate_docker_env
 from mlflow.utils.mlflow_tags import MLFLOW_DATABRICKS_RUN_URL, MLFLOW_DOCKER_IMAGE_ID, MLFLOW_PROJECT_BACKEND
 from mlflow.utils.rest_utils import MlflowHostCreds
 from mlflow.version import VERSION as MLFLOW_VERSION
+from mlproject import mlproject_parameters
 from servers import free_port, running
 
 from llmflow import PROJECT_ROOT
-from llmflow.cli import mlproject_parameters
-from llmflow.main import validate_main_options
+from llmflow.cli import options_class
+from llmflow.main import MainOptions
+from llmflow.options import build, parse
 from llmflow.tracking.digest import CODE_ROOTS, code_digest
 from llmflow.tracking.names import TAG_CODE_DIGEST, TAG_STEP
 
@@ -74,7 +76,11 @@ def _parsed_step_args(entry_point: str, argv: list[str], monkeypatch: pytest.Mon
     """What ``python -m steps.<entry_point> <argv>`` parses its arguments into, without running the step."""
     module = importlib.import_module(f"steps.{entry_point}")
     parsed: dict[str, Any] = {}
-    monkeypatch.setattr(module, "run_step", lambda step, parser, argv=None: parsed.update(parser.parse(argv)))
+
+    def fake_run_step(step: Any, argv: list[str] | None = None, entry_point: str | None = None) -> None:
+        parsed.update(parse(options_class(step), entry_point or step.__name__, "", argv).params())
+
+    monkeypatch.setattr(module, "run_step", fake_run_step)
     module.main(argv)
     return parsed
 
@@ -88,6 +94,7 @@ def _step_argv(command: str, entry_point: str) -> list[str]:
 # --- Databricks ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_cluster_spec_is_a_new_cluster_with_the_pinned_requirements():
     mlflow_databricks.before_run_validations("databricks", CLUSTER_SPEC)
     assert set(CLUSTER_SPEC) == {"new_cluster", "libraries"}
@@ -160,6 +167,7 @@ def tracking_server(tmp_path: Path, _empty_store: Path, monkeypatch: pytest.Monk
         mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.integration
 def test_mlflow_run_backend_databricks_submits_main_with_the_cluster_spec(
     tracking_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -270,7 +278,7 @@ def test_job_task_runs_entry_point_main_of_this_project(monkeypatch: pytest.Monk
     # The values pass the checks `main` makes before its first child run.
     argv = [word for key, value in parameters.items() for word in (f"--{key}", value)]
     args = _parsed_step_args("main", argv, monkeypatch)
-    validate_main_options(**{k: v for k, v in args.items() if k != "revision"})
+    build(MainOptions, args).check()
 
 
 # --- Kubernetes -------------------------------------------------------------------------------------
@@ -459,6 +467,7 @@ def test_dockerfile_installs_cpu_torch_first_and_copies_what_the_steps_need():
     assert any(env["HF_HOME"].startswith(mount["mountPath"] + "/") for mount in mounts)
 
 
+@pytest.mark.integration
 def test_rendered_job_command_runs_the_step_in_the_image_layout(
     kubernetes_submission: SimpleNamespace, tracking_uri: str, tiny_model_dir: Path, tmp_path: Path
 ):

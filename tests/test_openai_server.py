@@ -22,6 +22,7 @@ from servers import Server, free_port, metric, started
 from llmflow.serving.openai_protocol import read_call
 from llmflow.serving.openai_server import BadRequest, model_request
 
+# The protocol's pure functions are tested here too, beside the server that speaks it.
 pytestmark = pytest.mark.integration
 
 KEY, FILE_KEY = "test-key-1", "test-key-2"
