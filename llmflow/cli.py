@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 
 from llmflow.errors import PipelineError
 from llmflow.options import StepOptions, parse
+from llmflow.tracking import task_values
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,11 @@ def run_step(step: Callable[..., Any], argv: list[str] | None = None, entry_poin
     description = (cls.__doc__ or name).strip().splitlines()[0]
     options = parse(cls, name, description, argv)
     configure_logging()
+    task_values.hf_token_from_secret()
     try:
-        step(options)
+        result = step(options)
     except PipelineError as exc:
         print(f"error: {name}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    # What a later task of a Databricks job reads as {{tasks.<step>.values.<name>}}.
+    task_values.publish(result)

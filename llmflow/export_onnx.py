@@ -184,23 +184,17 @@ def run_builder(
 def smoke_test(
     onnx_dir: Path, question: str = SMOKE_QUESTION, max_new_tokens: int = SMOKE_MAX_NEW_TOKENS
 ) -> SmokeResult:
-    """Ask the exported model one chat question with greedy decoding, as onnxruntime-genai serves it."""
+    """Ask the exported model one chat question with greedy decoding, through the serving generation loop."""
     import onnxruntime_genai as og
+
+    from llmflow.serving.generation import greedy
 
     model = og.Model(str(onnx_dir))
     tokenizer = og.Tokenizer(model)
     prompt = tokenizer.apply_chat_template(
         json.dumps([{"role": "user", "content": question}]), add_generation_prompt=True
     )
-    ids = tokenizer.encode(prompt)
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(ids)
-    tokens: list[int] = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
+    tokens, _ = greedy(model, tokenizer.encode(prompt), max_new_tokens)
     return SmokeResult(prompt, tokenizer.decode(tokens), len(tokens))
 
 

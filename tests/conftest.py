@@ -89,15 +89,7 @@ def logged_onnx_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
     try:
         download_run = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
-        export_run = export_onnx(
-            ExportOptions(
-                download_run_id=download_run.run_id,
-                precision="int4",
-                execution_provider="cpu",
-                int4_block_size=32,
-                int4_accuracy_level=4,
-            )
-        )
+        export_run = export_onnx(ExportOptions(download_run_id=download_run.run_id))
         model_uri = log_pyfunc(LogPyfuncOptions(export_run_id=export_run.run_id, max_new_tokens=64)).model_uri
     finally:
         mp.undo()

@@ -66,15 +66,7 @@ def _log_both(model_dir: Path) -> tuple[str, str]:
     from llmflow.log_transformers import log_transformers
 
     download_run = download(DownloadOptions(model=str(model_dir), revision="main"))
-    export_run = export_onnx(
-        ExportOptions(
-            download_run_id=download_run.run_id,
-            precision="int4",
-            execution_provider="cpu",
-            int4_block_size=32,
-            int4_accuracy_level=4,
-        )
-    )
+    export_run = export_onnx(ExportOptions(download_run_id=download_run.run_id))
     onnx = log_pyfunc(LogPyfuncOptions(export_run_id=export_run.run_id, max_new_tokens=64)).model_uri
     transformers = log_transformers(
         LogTransformersOptions(download_run_id=download_run.run_id, max_new_tokens=64)

@@ -228,15 +228,7 @@ def test_bad_options_fail_before_the_download_run_is_read(store: str):
 
 def test_unknown_download_run_is_rejected(store: str):
     with pytest.raises(InputError, match="run 'no-such-run' not found"):
-        export_onnx(
-            ExportOptions(
-                download_run_id="no-such-run",
-                precision="int4",
-                execution_provider="cpu",
-                int4_block_size=32,
-                int4_accuracy_level=4,
-            )
-        )
+        export_onnx(ExportOptions(download_run_id="no-such-run"))
 
 
 def test_cuda_export_without_cuda_skips_the_smoke_test_and_says_why(
@@ -280,15 +272,7 @@ def test_onnx_dir_holds_what_onnxruntime_genai_needs(onnx_dir: Path):
 
 def test_export_step_on_the_tiny_model(store: str, tiny_model_dir: Path, onnx_dir: Path):
     dl = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
-    result = export_onnx(
-        ExportOptions(
-            download_run_id=dl.run_id,
-            precision="int4",
-            execution_provider="cpu",
-            int4_block_size=32,
-            int4_accuracy_level=4,
-        )
-    )
+    result = export_onnx(ExportOptions(download_run_id=dl.run_id))
 
     run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED"

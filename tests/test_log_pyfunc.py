@@ -90,15 +90,7 @@ def logged(tiny_model_dir: Path, onnx_dir: Path, tmp_path_factory: pytest.TempPa
         patch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
         mlflow.set_experiment(experiment_id=experiment_id)
         dl = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
-        export = export_onnx(
-            ExportOptions(
-                download_run_id=dl.run_id,
-                precision="int4",
-                execution_provider="cpu",
-                int4_block_size=32,
-                int4_accuracy_level=4,
-            )
-        )
+        export = export_onnx(ExportOptions(download_run_id=dl.run_id))
         result = log_pyfunc(LogPyfuncOptions(export_run_id=export.run_id, max_new_tokens=24))
     mlflow.set_tracking_uri(None)
     return Logged(uri, export.run_id, result.run_id, result.model_uri)
@@ -158,8 +150,10 @@ def test_signature_takes_both_request_forms_with_params():
     assert inputs["prompt"].type.name == "string"
     for name in ("temperature", "max_tokens", "top_p", "top_k", "stop"):
         assert inputs[name].type == chat_types[name]
-    # A chat request gets a dict back and a prompt a string: no output schema fits both.
-    assert signature.outputs is None
+    # The outputs are the chat completion (Unity Catalog needs outputs); a raw prompt's string is not declared.
+    outputs = {spec.name: spec for spec in signature.outputs.inputs}
+    assert list(outputs) == ["id", "object", "created", "model", "choices", "usage"]
+    assert {p.name for p in outputs["usage"].type.properties} == {"prompt_tokens", "completion_tokens", "total_tokens"}
     assert {p.name: p.default for p in signature.params} == {
         "max_new_tokens": 64,
         "temperature": 0.0,
@@ -320,20 +314,20 @@ def test_serving_refuses_bad_input_with_a_400(store: Logged, body: dict[str, Any
 
 @pytest.mark.integration
 def test_logged_model_serves_without_the_llmflow_package(store: Logged, tmp_path: Path):
-    """A fresh interpreter outside the project, as where the model is served: chat_protocol comes with the model."""
+    """A fresh interpreter outside the project, as where the model is served: the serving package comes with it."""
     script = (
         "import importlib.util, json, sys, mlflow\n"
         "assert importlib.util.find_spec('llmflow') is None\n"
         f"model = mlflow.pyfunc.load_model({store.model_uri!r})\n"
         f"[answer] = model.predict({{'messages': {ASK_SPAIN!r}}})\n"
-        "print(json.dumps([answer['choices'][0]['message']['content'], sys.modules['chat_protocol'].__file__]))\n"
+        "print(json.dumps([answer['choices'][0]['message']['content'], sys.modules['serving.generation'].__file__]))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"MLFLOW_TRACKING_URI": store.tracking_uri}
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    answer, protocol_file = json.loads(proc.stdout.splitlines()[-1])
+    answer, loop_file = json.loads(proc.stdout.splitlines()[-1])
     assert answer == "Madrid"
-    assert Path(protocol_file).parent.name == "code"
+    assert (Path(loop_file).parent.name, Path(loop_file).parent.parent.name) == ("serving", "code")
 
 
 def test_logged_requirements_are_pinned(store: Logged):
@@ -342,12 +336,14 @@ def test_logged_requirements_are_pinned(store: Logged):
     assert all("==" in line for line in requirements)
 
 
-def test_logged_model_code_is_the_pyfunc_file_and_its_protocol(store: Logged, tmp_path: Path):
+def test_logged_model_code_is_the_pyfunc_file_and_the_serving_package(store: Logged, tmp_path: Path):
     local = Path(mlflow.artifacts.download_artifacts(store.model_uri, dst_path=str(tmp_path)))
-    [code] = local.glob("**/onnx_chat_model.py")
+    [code] = [path for path in local.glob("**/onnx_chat_model.py") if path.parent.name != "serving"]
     assert "mlflow.models.set_model(OnnxChatModel())" in code.read_text()
-    [protocol] = local.glob("**/code/chat_protocol.py")
-    assert protocol.read_text() == (PROJECT_ROOT / "llmflow" / "serving" / "chat_protocol.py").read_text()
+    package = PROJECT_ROOT / "llmflow" / "serving"
+    logged = {path.name: path.read_text() for path in local.glob("code/serving/*.py")}
+    assert logged == {path.name: path.read_text() for path in package.glob("*.py")}
+    assert {"chat_protocol.py", "generation.py", "__init__.py"} <= set(logged)
     assert {"genai_config.json", "model.onnx", "model.onnx.data"} <= {p.name for p in local.glob("artifacts/**/*")}
 
 
