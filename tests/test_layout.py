@@ -142,7 +142,18 @@ def _third_party_imports(path: Path) -> set[str]:
             found.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             found.add(node.module.split(".")[0])
-    local = {"llmflow", "steps", "bench", "tests", "servers", "mlproject", "conftest", "serving", "chat_protocol"}
+    local = {
+        "llmflow",
+        "steps",
+        "bench",
+        "tests",
+        "servers",
+        "mlproject",
+        "conftest",
+        "serving",
+        "chat_protocol",
+        "scripts",
+    }
     return {name for name in found if name not in sys.stdlib_module_names and name not in local}
 
 
@@ -151,7 +162,9 @@ def test_every_imported_package_is_pinned():
     distributions = packages_distributions()
     missing = {}
     files = [
-        p for folder in ("llmflow", "steps", "bench", "tests", "deploy") for p in (PROJECT_ROOT / folder).rglob("*.py")
+        p
+        for folder in ("llmflow", "steps", "bench", "tests", "deploy", "scripts")
+        for p in (PROJECT_ROOT / folder).rglob("*.py")
     ]
     for path in files:
         for name in _third_party_imports(path):
