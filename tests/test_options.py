@@ -29,6 +29,7 @@ ENTRY_POINTS = [
     "rollback",
     "reproduce",
     "main",
+    "batch_predict",
 ]
 SCRIPT = re.compile(r"from llmflow\.(?P<module>(?!cli\b)\w+) import (?P<function>\w+)  # noqa: E402\n")
 

@@ -87,3 +87,7 @@ DECISION_FILE = "decision.json"
 COMPARISON_ARTIFACT = "comparison.json"  # reproduce
 # The name of every logged model inside its run.
 LOGGED_MODEL_NAME = "model"
+
+# batch_predict
+TAG_BATCH_MODEL_URI = "llmflow.batch_model_uri"
+PREDICTIONS_ARTIFACT_DIR = "predictions"
