@@ -314,7 +314,7 @@ def test_too_little_memory_fails_before_the_weights_are_fetched_or_the_builder_r
 ):
     from llmflow.export.memory import MemoryFound
 
-    download_run = download(str(tiny_model_dir), "main")
+    download_run = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
     fetched: list[bool] = []
     real_fetch = export_module.model_dir_from_run
     monkeypatch.setattr(
@@ -324,7 +324,7 @@ def test_too_little_memory_fails_before_the_weights_are_fetched_or_the_builder_r
     )
     monkeypatch.setattr(export_module, "memory_found", lambda: MemoryFound(1 << 20, "cgroup limit"))
     with pytest.raises(InputError, match=r"needs about .* GiB .* has 0\.0 GiB \(cgroup limit\); pass onnx_source="):
-        export_onnx(download_run.run_id, "int4", "cpu", 32, 4)
+        export_onnx(ExportOptions(download_run_id=download_run.run_id))
     assert fetched == [False]
     assert fake_builder.create_calls == []
     assert "needs about" in mlflow.last_active_run().data.tags[TAG_ERROR]

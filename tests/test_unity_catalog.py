@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store._unity_catalog.registry.rest_store import UcModelRegistryStore
 
 from llmflow import PROJECT_ROOT
+from llmflow.download import DownloadOptions
 from llmflow.tracking.unity_catalog import MAX_VALUE_LENGTH, is_three_level, tag_problems, uc_key, uc_tags
 
 
@@ -66,13 +67,15 @@ def test_both_logged_models_pass_mlflows_unity_catalog_signature_check(
     logged_onnx_model: tuple[str, str], tiny_model_dir: Path, tracking_uri: str, tmp_path: Path
 ):
     from llmflow.download import download
-    from llmflow.log_transformers import log_transformers
+    from llmflow.log_transformers import LogTransformersOptions, log_transformers
 
     store, onnx_uri = logged_onnx_model
     mlflow.set_tracking_uri(store)
     onnx_dir = Path(mlflow.artifacts.download_artifacts(onnx_uri, dst_path=str(tmp_path / "onnx")))
     mlflow.set_tracking_uri(tracking_uri)
-    transformers_uri = log_transformers(download(str(tiny_model_dir), "main").run_id, max_new_tokens=16).model_uri
+    download_run_id = download(DownloadOptions(model=str(tiny_model_dir))).run_id
+    options = LogTransformersOptions(download_run_id=download_run_id, max_new_tokens=16)
+    transformers_uri = log_transformers(options).model_uri
     transformers_dir = Path(mlflow.artifacts.download_artifacts(transformers_uri, dst_path=str(tmp_path / "tf")))
     for model_dir in (onnx_dir, transformers_dir):
         _uc_signature_check(model_dir)
