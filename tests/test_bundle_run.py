@@ -71,9 +71,9 @@ def test_pipeline_job_runs_every_step_with_the_values_of_its_upstream_tasks(
         assert name == f"tiny_phi3_{flavour}"
         assert runs[f"evaluate_{flavour}"].data.params["registered_model_name"] == name
         version = values[f"register_{flavour}"]["version"]
-        assert client.get_model_version_by_alias(name, CHALLENGER).version == version
+        assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == version
         assert values[f"evaluate_{flavour}"]["promoted"] is True
-        assert client.get_model_version_by_alias(name, CHAMPION).version == version
+        assert str(client.get_model_version_by_alias(name, CHAMPION).version) == version
     assert mlflow.get_tracking_uri() == tracking_uri
 
 
