@@ -12,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 # The demo and the tests never reach the Hugging Face Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv tiny demo test bench lint clean
+.PHONY: venv tiny demo test bench bench-scale lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: $(STAMP)
 # Speed of the ONNX pyfunc against a bare onnxruntime-genai loop, transformers and HTTP serving (figures, not a test).
 bench: $(STAMP)
 	$(BIN)/python -m bench.benchmark
+
+# main on a random model of Phi-3-mini's real shape (config and tokenizer from ../shared/phi3-mini-4k-instruct):
+# per-step wall time, peak RSS, artifact-store growth and temporary disk, and the ONNX model's speed (figures).
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale
 
 lint: $(STAMP)
 	$(BIN)/ruff check llmflow steps tests bench
