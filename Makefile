@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   creates .venv, installs the pinned dependencies, builds the tiny Phi-3 and runs `main` on it
-#   make test   creates .venv if needed and runs the test suite
+#   make test   creates .venv if needed and runs the test suite (every tier; CI runs this)
+#   make test-fast   the unit tier only: in-process tests, no servers, no `mlflow run` (under 2 minutes)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
@@ -12,7 +13,7 @@ export PATH := $(BIN):$(PATH)
 # The demo and the tests never reach the Hugging Face Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv tiny demo test bench bench-scale lint clean
+.PHONY: venv tiny demo test test-fast bench bench-scale lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +36,13 @@ demo: tiny
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit
+
 # Speed of the ONNX pyfunc against a bare onnxruntime-genai loop, transformers and HTTP serving (figures, not a test).
 bench: $(STAMP)
 	$(BIN)/python -m bench.benchmark
+	$(BIN)/python -m bench.concurrency
 
 # main on a random model of Phi-3-mini's real shape (config and tokenizer from ../shared/phi3-mini-4k-instruct):
 # per-step wall time, peak RSS, artifact-store growth and temporary disk, and the ONNX model's speed (figures).

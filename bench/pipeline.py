@@ -50,10 +50,11 @@ def run_pipeline(model_dir: Path, max_new_tokens: int, dst: Path) -> dict[str, A
     """The project's own steps on ``model_dir``; returns the model URIs, the ONNX folder and the step timings."""
     import mlflow
 
-    from llmflow.download import download
-    from llmflow.export_onnx import ONNX_ARTIFACT_DIR, export_onnx
-    from llmflow.log_pyfunc import log_pyfunc
-    from llmflow.log_transformers import log_transformers
+    from llmflow.download import DownloadOptions, download
+    from llmflow.export_onnx import ExportOptions, export_onnx
+    from llmflow.log_pyfunc import LogPyfuncOptions, log_pyfunc
+    from llmflow.log_transformers import LogTransformersOptions, log_transformers
+    from llmflow.tracking.names import ONNX_ARTIFACT_DIR
 
     timings = {}
 
@@ -65,10 +66,16 @@ def run_pipeline(model_dir: Path, max_new_tokens: int, dst: Path) -> dict[str, A
         logger.info("pipeline: %s done in %.1f s", name, timings[name])
         return result
 
-    dl = timed("download", download, str(model_dir), "main")
-    export = timed("export_onnx", export_onnx, dl.run_id, "int4", "cpu", 32, 4)
-    pyfunc = timed("log_pyfunc", log_pyfunc, export.run_id, max_new_tokens)
-    transformers = timed("log_transformers", log_transformers, dl.run_id, max_new_tokens)
+    dl = timed("download", download, DownloadOptions(model=str(model_dir)))
+    export = timed("export_onnx", export_onnx, ExportOptions(download_run_id=dl.run_id))
+    pyfunc = timed(
+        "log_pyfunc", log_pyfunc, LogPyfuncOptions(export_run_id=export.run_id, max_new_tokens=max_new_tokens)
+    )
+    transformers = timed(
+        "log_transformers",
+        log_transformers,
+        LogTransformersOptions(download_run_id=dl.run_id, max_new_tokens=max_new_tokens),
+    )
     onnx_dir = mlflow.artifacts.download_artifacts(
         run_id=export.run_id, artifact_path=ONNX_ARTIFACT_DIR, dst_path=str(dst)
     )

@@ -50,8 +50,10 @@ def request_record(
 
 def bare_loop(onnx_dir: str, max_new_tokens: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """A function that generates for one prompt with the plain onnxruntime-genai loop and returns its record:
-    encode, ``append_tokens``, ``generate_next_token`` until done, decode. TTFT is the first token's time."""
+    encode, the project's one loop (``llmflow.serving.generation.greedy``), decode. TTFT is the first token's time."""
     import onnxruntime_genai as og
+
+    from llmflow.serving.generation import greedy
 
     model = og.Model(onnx_dir)
     tokenizer = og.Tokenizer(model)
@@ -59,16 +61,9 @@ def bare_loop(onnx_dir: str, max_new_tokens: int) -> Callable[[dict[str, Any]], 
     def generate(prompt: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         ids = tokenizer.encode(prompt["templated"])
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
-        generator = og.Generator(model, params)
-        generator.append_tokens(ids)
-        tokens: list[int] = []
-        ttft = None
-        while not generator.is_done():
-            generator.generate_next_token()
-            tokens.append(int(generator.get_next_tokens()[0]))
-            ttft = ttft if ttft is not None else time.perf_counter() - started
+        encoded = time.perf_counter()
+        tokens, first = greedy(model, ids, max_new_tokens)
+        ttft = None if first is None else encoded - started + first
         text = tokenizer.decode(tokens)
         record = request_record(time.perf_counter() - started, text, len(tokens), "generator", ttft)
         return {**record, "prompt_tokens": len(ids)}
@@ -120,8 +115,9 @@ def paired(spec: dict[str, Any], bare: Callable[[dict], dict], pyfunc: Callable[
 
 def run_bare_batch(spec: dict[str, Any]) -> dict[str, Any]:
     """The plain loop with all ``batch_size`` prompts as the rows of one generator: what the engine gives a batch."""
-    import numpy as np
     import onnxruntime_genai as og
+
+    from llmflow.serving import generation
 
     model = og.Model(spec["onnx_dir"])
     tokenizer = og.Tokenizer(model)
@@ -133,15 +129,11 @@ def run_bare_batch(spec: dict[str, Any]) -> dict[str, Any]:
         ids = [tokenizer.encode(p["templated"]) for p in prompts]
         if len({len(i) for i in ids}) != 1:
             raise ValueError(f"batch prompts must have one length; got {sorted({len(i) for i in ids})} tokens")
-        params = og.GeneratorParams(model)
-        params.set_search_options(batch_size=len(ids), max_length=len(ids[0]) + spec["max_new_tokens"], do_sample=False)
-        generator = og.Generator(model, params)
-        generator.append_tokens(np.stack(ids))
+        generator = generation.start(model, ids, 0, spec["max_new_tokens"])
         rows: list[list[int]] = [[] for _ in ids]
         ended = [False] * len(ids)
-        while not generator.is_done():
-            generator.generate_next_token()
-            for row, token in enumerate(generator.get_next_tokens().tolist()):
+        for tokens in generation.steps(generator):
+            for row, token in enumerate(tokens):
                 ended[row] = ended[row] or token in eos
                 if not ended[row]:
                     rows[row].append(token)

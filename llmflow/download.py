@@ -15,6 +15,7 @@ The token comes from ``HF_TOKEN`` and is handed to huggingface_hub only; it is n
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import json
@@ -31,6 +32,7 @@ from typing import Any
 import mlflow
 
 from llmflow.errors import InputError
+from llmflow.options import StepOptions, non_empty, option
 from llmflow.tracking.names import MANIFEST_ARTIFACT, MODEL_ARTIFACT_DIR, TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE
 from llmflow.tracking.runs import get_step_run, step_run
 
@@ -44,6 +46,27 @@ REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 
+@dataclass(frozen=True, kw_only=True)
+class DownloadOptions(StepOptions):
+    """Pin a Hugging Face model to a commit and record it in MLflow."""
+
+    model: str = option(
+        "microsoft/Phi-3-mini-4k-instruct",
+        help="Hub repo id (e.g. microsoft/Phi-3-mini-4k-instruct) or a local save_pretrained folder.",
+        check=non_empty,
+    )
+    revision: str = option(
+        "main", help="Branch, tag or commit sha on the Hub; ignored for a local folder.", check=non_empty
+    )
+
+    def check_together(self) -> None:
+        if is_local_reference(self.model) and not Path(self.model).expanduser().is_dir():
+            raise InputError(
+                f"local model folder '{self.model}' not found; expected a folder saved with save_pretrained "
+                "(config.json, *.safetensors, tokenizer files) or a hub repo id"
+            )
+
+
 @dataclass(frozen=True)
 class DownloadResult:
     run_id: str
@@ -53,16 +76,43 @@ class DownloadResult:
     model_dir: Path
 
 
+class BuilderUnreadable(RuntimeError):
+    """The installed onnxruntime-genai builder's list of architectures could not be read."""
+
+
+def _compared_architectures(tree: ast.AST) -> set[str]:
+    """Every string that the builder compares with ``<...>.architectures[0]`` (by ``==`` or ``in``)."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare) or "architectures" not in ast.unparse(node.left):
+            continue
+        for op, right in zip(node.ops, node.comparators, strict=True):
+            values = (
+                right.elts if isinstance(op, ast.In) and isinstance(right, ast.Tuple | ast.List | ast.Set) else [right]
+            )
+            found.update(v.value for v in values if isinstance(v, ast.Constant) and isinstance(v.value, str))
+    return found
+
+
 @cache
 def supported_architectures() -> frozenset[str]:
     """Architectures the installed onnxruntime-genai model builder can export.
 
-    Read from the source of the builder's own dispatch, so the list follows the pinned builder version;
-    the text is read rather than imported because importing the builder costs several seconds.
+    The builder has no list of them: it dispatches on ``config.architectures[0]`` in a chain of comparisons.
+    So this reads that dispatch from the builder's syntax tree (not its text, so formatting and ``in (...)``
+    forms do not matter), without importing the builder, which costs several seconds. If the builder
+    changes how it dispatches and the reading finds nothing, it fails loudly instead of refusing every model.
     """
     spec = importlib.util.find_spec("onnxruntime_genai.models.builder")
-    source = Path(spec.origin).read_text(encoding="utf-8")
-    return frozenset(re.findall(r'architectures\[0\] == "(\w+)"', source))
+    if spec is None or spec.origin is None:
+        raise BuilderUnreadable("onnxruntime_genai.models.builder is not installed; install onnxruntime-genai")
+    found = _compared_architectures(ast.parse(Path(spec.origin).read_text(encoding="utf-8")))
+    if not found:
+        raise BuilderUnreadable(
+            f"found no architectures in {spec.origin}: the onnxruntime-genai builder no longer dispatches on "
+            "config.architectures[0]; update llmflow.download.supported_architectures for the installed version"
+        )
+    return frozenset(found)
 
 
 def check_architecture(config: dict[str, Any], where: str) -> str:
@@ -210,18 +260,14 @@ def source_fingerprint(model: str, revision: str, token: str | None = None) -> s
         return None
 
 
-def download(model: str, revision: str) -> DownloadResult:
-    """Pin ``model`` (hub id at ``revision``, or local folder) and record it in this step's MLflow run."""
+def download(options: DownloadOptions) -> DownloadResult:
+    """Pin ``options.model`` (hub id at ``revision``, or local folder) and record it in this step's MLflow run."""
     token = os.environ.get("HF_TOKEN") or None
-    with step_run("download", {"model": model, "revision": revision}) as run:
+    model, revision = options.model, options.revision
+    with step_run("download", options) as run:
         started = time.perf_counter()
         if is_local_reference(model):
             model_dir = Path(model).expanduser().resolve()
-            if not model_dir.is_dir():
-                raise InputError(
-                    f"local model folder '{model}' not found; expected a folder saved with save_pretrained "
-                    "(config.json, *.safetensors, tokenizer files) or a hub repo id"
-                )
             if not (model_dir / "config.json").is_file():
                 raise InputError(
                     f"local model folder '{model}' has no config.json; expected a folder saved with save_pretrained"

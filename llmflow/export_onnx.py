@@ -32,6 +32,7 @@ from llmflow.errors import InputError
 from llmflow.export.memory import check_export_memory, config_of, export_need, memory_found
 from llmflow.export.nbits import streaming_quantization
 from llmflow.export.stamp import package_build_stamp
+from llmflow.options import StepOptions, non_empty, one_of, option
 from llmflow.tracking.names import (
     ONNX_ARTIFACT_DIR,
     ONNX_MANIFEST_ARTIFACT,
@@ -86,28 +87,50 @@ class SmokeResult:
     tokens: int
 
 
-def _one_of(name: str, value: object, accepted: tuple[object, ...]) -> None:
-    if value not in accepted:
-        raise InputError(f"{name} '{value}' is not supported; expected one of: {', '.join(map(str, accepted))}")
+@dataclass(frozen=True, kw_only=True)
+class ExportSettings(StepOptions):
+    """How the onnxruntime-genai model builder exports: precision, execution provider, int4 quantization."""
+
+    precision: str = option("int4", help="Weight precision: int4, int8, fp16 or fp32.", check=one_of(*PRECISIONS))
+    execution_provider: str = option(
+        "cpu", help="Where the model will run: cpu or cuda (fp16 needs cuda).", check=one_of(*EXECUTION_PROVIDERS)
+    )
+    # Checked for every precision, so a bad value fails even where it would be ignored.
+    int4_block_size: int = option(
+        32, help="Block size for int4 quantization: 16, 32, 64, 128 or 256.", check=one_of(*INT4_BLOCK_SIZES)
+    )
+    int4_accuracy_level: int = option(
+        4,
+        help="int4 MatMul accuracy level: 0 to 4 (4, the default: int8 compute).",
+        check=one_of(*INT4_ACCURACY_LEVELS),
+    )
+
+    def check_together(self) -> None:
+        if (self.precision, self.execution_provider) not in SUPPORTED_PAIRS:
+            accepted = ", ".join(f"{p}/{e}" for p, e in SUPPORTED_PAIRS)
+            raise InputError(
+                f"precision '{self.precision}' with execution_provider '{self.execution_provider}' is not supported "
+                f"by the onnxruntime-genai model builder; accepted precision/execution_provider pairs: {accepted}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions(ExportSettings):
+    """Export a downloaded model to ONNX with the onnxruntime-genai model builder."""
+
+    download_run_id: str = option(help="Id of a finished `download` run whose model to export.", check=non_empty)
 
 
 def validate_export_options(
     precision: str, execution_provider: str, int4_block_size: int, int4_accuracy_level: int
 ) -> None:
-    """Raise ``InputError`` unless the options are ones the onnxruntime-genai builder accepts.
-
-    The int4 options are checked for every precision, so a bad value fails even where it would be ignored.
-    """
-    _one_of("precision", precision, PRECISIONS)
-    _one_of("execution_provider", execution_provider, EXECUTION_PROVIDERS)
-    if (precision, execution_provider) not in SUPPORTED_PAIRS:
-        accepted = ", ".join(f"{p}/{e}" for p, e in SUPPORTED_PAIRS)
-        raise InputError(
-            f"precision '{precision}' with execution_provider '{execution_provider}' is not supported by the "
-            f"onnxruntime-genai model builder; accepted precision/execution_provider pairs: {accepted}"
-        )
-    _one_of("int4_block_size", int4_block_size, INT4_BLOCK_SIZES)
-    _one_of("int4_accuracy_level", int4_accuracy_level, INT4_ACCURACY_LEVELS)
+    """Raise ``InputError`` unless the options are ones the onnxruntime-genai builder accepts."""
+    ExportSettings(
+        precision=precision,
+        execution_provider=execution_provider,
+        int4_block_size=int4_block_size,
+        int4_accuracy_level=int4_accuracy_level,
+    ).check()
 
 
 def builder_extra_options(precision: str, int4_block_size: int, int4_accuracy_level: int) -> list[str]:
@@ -172,23 +195,17 @@ def run_builder(
 def smoke_test(
     onnx_dir: Path, question: str = SMOKE_QUESTION, max_new_tokens: int = SMOKE_MAX_NEW_TOKENS
 ) -> SmokeResult:
-    """Ask the exported model one chat question with greedy decoding, as onnxruntime-genai serves it."""
+    """Ask the exported model one chat question with greedy decoding, through the serving generation loop."""
     import onnxruntime_genai as og
+
+    from llmflow.serving.generation import greedy
 
     model = og.Model(str(onnx_dir))
     tokenizer = og.Tokenizer(model)
     prompt = tokenizer.apply_chat_template(
         json.dumps([{"role": "user", "content": question}]), add_generation_prompt=True
     )
-    ids = tokenizer.encode(prompt)
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(ids)
-    tokens: list[int] = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
+    tokens, _ = greedy(model, tokenizer.encode(prompt), max_new_tokens)
     return SmokeResult(prompt, tokenizer.decode(tokens), len(tokens))
 
 
@@ -226,24 +243,20 @@ def _stage(bar: tqdm, name: str) -> Iterator[None]:
     bar.update()
 
 
-def export_onnx(
-    download_run_id: str, precision: str, execution_provider: str, int4_block_size: int, int4_accuracy_level: int
-) -> ExportResult:
-    """Export the model of download run ``download_run_id`` to ONNX and record it in this step's MLflow run."""
-    params = {
-        "download_run_id": download_run_id,
-        "precision": precision,
-        "execution_provider": execution_provider,
-        "int4_block_size": int4_block_size,
-        "int4_accuracy_level": int4_accuracy_level,
-    }
+def export_onnx(options: ExportOptions) -> ExportResult:
+    """Export the model of download run ``options.download_run_id`` to ONNX and record it in this step's run."""
+    download_run_id, precision, execution_provider = (
+        options.download_run_id,
+        options.precision,
+        options.execution_provider,
+    )
+    int4_block_size, int4_accuracy_level = options.int4_block_size, options.int4_accuracy_level
     with (
-        step_run("export_onnx", params) as run,
+        step_run("export_onnx", options) as run,
         tempfile.TemporaryDirectory(prefix="llmflow-export-") as tmp,
         tqdm(total=len(STAGES), desc="export_onnx", unit="stage") as bar,
     ):
         with _stage(bar, "validate"):
-            validate_export_options(precision, execution_provider, int4_block_size, int4_accuracy_level)
             download_run = get_step_run(download_run_id, "download")
         with _stage(bar, "fetch model"):
             preflight_memory(download_run_id, precision)

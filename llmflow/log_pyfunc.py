@@ -2,14 +2,14 @@
 
 Reads the ``onnx/`` artifacts of a finished ``export_onnx`` run (``export_run_id``).
 Writes, in its MLflow run, a logged model (``models:/<model_id>``) built from the code in
-``llmflow/onnx_chat_model.py`` (models from code) and ``llmflow/chat_protocol.py`` (its code path), with:
+``llmflow/serving/onnx_chat_model.py`` (models from code) and the ``llmflow/serving`` package (its code path), with:
 - the ONNX folder as its artifact ``onnx``;
 - a model config: the generation defaults (``max_new_tokens`` from this step, greedy decoding) and
   ``model_name``, the HF repo id that chat responses name;
 - an explicit signature that takes an OpenAI chat request (``messages``, ``temperature``, ``max_tokens``,
   ``top_p``, ``top_k``, ``stop``) or a raw ``prompt``, with the per-request params ``max_new_tokens``,
-  ``temperature``, ``top_p`` and ``top_k``; no output schema, since a chat request gets a chat completion
-  and a prompt a string;
+  ``temperature``, ``top_p`` and ``top_k``; the chat completion as its output schema (Unity Catalog
+  refuses a signature without outputs);
 - a chat request as its input example;
 - pip requirements pinned to the versions installed here.
 It tags the run with the model URI and with the lineage copied from the export run.
@@ -29,9 +29,11 @@ from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA
 from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
 from llmflow.errors import InputError
-from llmflow.export_onnx import ONNX_ARTIFACT_DIR
+from llmflow.options import GenerationSettings, non_empty, option
 from llmflow.serving.chat_protocol import find_chat_template
+from llmflow.tracking.model_cards import onnx_model_name, onnx_model_params
 from llmflow.tracking.names import (
+    ONNX_ARTIFACT_DIR,
     TAG_DOWNLOAD_RUN,
     TAG_EXECUTION_PROVIDER,
     TAG_EXPORT_RUN,
@@ -44,9 +46,11 @@ from llmflow.tracking.runs import get_step_run, pinned_requirements, step_run
 
 logger = logging.getLogger(__name__)
 
+# The serving package, logged whole as the model's code path (``code/serving``): onnx_chat_model.py imports
+# ``serving.*`` where it is served, and the package imports nothing from llmflow.
+# (The path is one string so that the code digest, which follows file names written in a module, sees the file.)
 MODEL_CODE = Path(__file__).resolve().parent / "serving/onnx_chat_model.py"
-# Logged as the model's code path: onnx_chat_model.py imports it as a top-level module where it is served.
-PROTOCOL_CODE = Path(__file__).resolve().parent / "serving/chat_protocol.py"
+SERVING_PACKAGE = MODEL_CODE.parent
 MODEL_NAME = "model"
 CHAT_EXAMPLE = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}], "max_tokens": 16}
 # The generation options of a chat request, typed as in MLflow's llm/v1/chat signature.
@@ -74,11 +78,36 @@ def generation_defaults(max_new_tokens: int) -> dict[str, Any]:
     return {"max_new_tokens": max_new_tokens, **SAMPLING_DEFAULTS}
 
 
-def build_signature(defaults: dict[str, Any]) -> ModelSignature:
-    """Optional columns for both request forms in; no output schema; params default to ``defaults``.
+def completion_schema() -> Schema:
+    """The chat completion a chat request gets, as ``chat_protocol.chat_completion`` builds it.
 
-    Every column is optional so that schema enforcement lets a chat request (``messages`` and its options)
-    and a raw ``prompt`` through; the model itself refuses a row with neither or both.
+    The fields are those of MLflow's ``llm/v1/chat`` output (what the transformers flavour declares) that this
+    model fills; ``custom_outputs`` and tool calls are left out because it never returns them, and because
+    a ``Map(str -> Any)`` has no Spark type, so ``spark_udf`` could not derive its result type from it.
+    """
+    message = Object([Property("role", "string"), Property("content", "string")])
+    choice = Object([Property("index", "long"), Property("message", message), Property("finish_reason", "string")])
+    tokens = ("prompt_tokens", "completion_tokens", "total_tokens")
+    return Schema(
+        [
+            ColSpec("string", "id"),
+            ColSpec("string", "object"),
+            ColSpec("long", "created"),
+            ColSpec("string", "model"),
+            ColSpec(Array(choice), "choices"),
+            ColSpec(Object([Property(name, "long") for name in tokens]), "usage"),
+        ]
+    )
+
+
+def build_signature(defaults: dict[str, Any]) -> ModelSignature:
+    """Optional columns for both request forms in; a chat completion out; params default to ``defaults``.
+
+    Every input column is optional so that schema enforcement lets a chat request (``messages`` and its
+    options) and a raw ``prompt`` through; the model itself refuses a row with neither or both. The outputs
+    describe the chat completion: Unity Catalog refuses a model whose signature has no outputs. A raw
+    ``prompt`` (the Phi-3 cookbook's form) gets a plain string instead, which the declared outputs do not
+    describe; MLflow does not enforce output schemas, so that form keeps working.
     """
     chat_options = {spec.name: spec for spec in CHAT_MODEL_INPUT_SCHEMA.inputs if spec.name in CHAT_OPTIONS}
     messages = Array(Object([Property("role", "string"), Property("content", "string")]))
@@ -90,6 +119,7 @@ def build_signature(defaults: dict[str, Any]) -> ModelSignature:
                 *(ColSpec(chat_options[name].type, name, required=False) for name in CHAT_OPTIONS),
             ]
         ),
+        outputs=completion_schema(),
         params=ParamSchema([ParamSpec(name, dtype, defaults[name]) for name, dtype in PARAM_DTYPES.items()]),
     )
 
@@ -103,12 +133,17 @@ def serving_requirements(execution_provider: str) -> list[str]:
     return sorted([f"{genai}=={onnxruntime_genai.__version__}", *pinned_requirements(*runtime, *COMMON_PACKAGES)])
 
 
-def log_pyfunc(export_run_id: str, max_new_tokens: int) -> LogPyfuncResult:
-    """Log the ONNX folder of export run ``export_run_id`` as a pyfunc model in this step's MLflow run."""
-    params = {"export_run_id": export_run_id, "max_new_tokens": max_new_tokens}
-    with step_run("log_pyfunc", params) as run, tempfile.TemporaryDirectory(prefix="llmflow-pyfunc-") as tmp:
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens {max_new_tokens} is not accepted; expected a whole number of 1 or more")
+@dataclass(frozen=True, kw_only=True)
+class LogPyfuncOptions(GenerationSettings):
+    """Log the ONNX export as an MLflow pyfunc model served by onnxruntime-genai."""
+
+    export_run_id: str = option(help="Id of a finished `export_onnx` run whose ONNX folder to log.", check=non_empty)
+
+
+def log_pyfunc(options: LogPyfuncOptions) -> LogPyfuncResult:
+    """Log the ONNX folder of export run ``options.export_run_id`` as a pyfunc model in this step's MLflow run."""
+    export_run_id, max_new_tokens = options.export_run_id, options.max_new_tokens
+    with step_run("log_pyfunc", options) as run, tempfile.TemporaryDirectory(prefix="llmflow-pyfunc-") as tmp:
         export_run = get_step_run(export_run_id, "export_onnx")
         onnx_dir = Path(
             mlflow.artifacts.download_artifacts(run_id=export_run_id, artifact_path=ONNX_ARTIFACT_DIR, dst_path=tmp)
@@ -126,9 +161,10 @@ def log_pyfunc(export_run_id: str, max_new_tokens: int) -> LogPyfuncResult:
         execution_provider = export_run.data.tags[TAG_EXECUTION_PROVIDER]
         defaults = generation_defaults(max_new_tokens)
         model_info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
+            name=onnx_model_name(export_run),
+            params=onnx_model_params(export_run, defaults["max_new_tokens"]),
             python_model=str(MODEL_CODE),
-            code_paths=[str(PROTOCOL_CODE)],
+            code_paths=[str(SERVING_PACKAGE)],
             artifacts={"onnx": str(onnx_dir)},
             model_config={**defaults, "model_name": export_run.data.tags.get(TAG_HF_REPO, "")},
             signature=build_signature(defaults),

@@ -17,6 +17,8 @@ import mlflow
 
 from llmflow.download import model_dir_from_run
 from llmflow.errors import InputError
+from llmflow.options import GenerationSettings, non_empty, option
+from llmflow.tracking.model_cards import transformers_model_name, transformers_model_params
 from llmflow.tracking.names import (
     TAG_DOWNLOAD_RUN,
     TAG_EXECUTION_PROVIDER,
@@ -41,20 +43,20 @@ class LogTransformersResult:
     precision: str
 
 
-def validate_max_new_tokens(max_new_tokens: int) -> None:
-    """Raise ``InputError`` unless ``max_new_tokens`` is a positive whole number."""
-    if max_new_tokens <= 0:
-        raise InputError(f"max_new_tokens {max_new_tokens} must be a positive whole number")
+@dataclass(frozen=True, kw_only=True)
+class LogTransformersOptions(GenerationSettings):
+    """Log the downloaded model as an llm/v1/chat transformers pipeline."""
+
+    download_run_id: str = option(help="Id of a finished `download` run whose model to log.", check=non_empty)
 
 
-def log_transformers(download_run_id: str, max_new_tokens: int) -> LogTransformersResult:
+def log_transformers(options: LogTransformersOptions) -> LogTransformersResult:
     """Log the downloaded model as an ``llm/v1/chat`` transformers pipeline in this step's run."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-    validate_max_new_tokens(max_new_tokens)
-    params = {"download_run_id": download_run_id, "max_new_tokens": max_new_tokens}
-    with step_run("log_transformers", params) as run:
+    download_run_id, max_new_tokens = options.download_run_id, options.max_new_tokens
+    with step_run("log_transformers", options) as run:
         download_run = get_step_run(download_run_id, "download")
         with tempfile.TemporaryDirectory(prefix="llmflow-hf-") as tmp:
             model_dir = model_dir_from_run(download_run_id, dst=Path(tmp))
@@ -71,7 +73,8 @@ def log_transformers(download_run_id: str, max_new_tokens: int) -> LogTransforme
             logger.info("logging %s (%s) as llm/v1/chat", download_run.data.tags[TAG_HF_REPO], precision)
             info = mlflow.transformers.log_model(
                 transformers_model=generator,
-                name="model",
+                name=transformers_model_name(download_run, precision),
+                params=transformers_model_params(download_run, precision, max_new_tokens),
                 task="llm/v1/chat",
                 model_config={"max_new_tokens": max_new_tokens, "do_sample": False},
                 input_example=CHAT_EXAMPLE,

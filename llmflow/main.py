@@ -19,37 +19,29 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
-from mlflow.projects.submitted_run import LocalSubmittedRun
 
 from llmflow import PROJECT_ROOT
-from llmflow.download import is_local_reference, source_fingerprint
+from llmflow.download import DownloadOptions, is_local_reference
 from llmflow.errors import InputError, StepFailed
-from llmflow.evaluate import TAG_EVALUATE_RUN, fingerprint_files, validate_evaluate_options
-from llmflow.export_onnx import validate_export_options
-from llmflow.log_transformers import validate_max_new_tokens
-from llmflow.register import validate_registered_model_name
-from llmflow.tracking.digest import code_digest
+from llmflow.evaluate import EvaluationSettings
+from llmflow.export_onnx import ExportSettings
+from llmflow.options import GenerationSettings, StepOptions, option
+from llmflow.register import check_registered_model_name
 from llmflow.tracking.names import (
     ENV_UPSTREAM,
-    TAG_CODE_DIGEST,
     TAG_ERROR,
-    TAG_HF_SHA,
     TAG_MODEL_URI,
     TAG_REGISTERED_VERSION,
     TAG_REUSED_STEPS,
-    TAG_STEP,
     TAG_STEP_RUN_PREFIX,
-    TAG_UPSTREAM,
 )
+from llmflow.tracking.reuse import end_abandoned_run, find_reusable_run, normalise, upstream_key
 from llmflow.tracking.runs import step_run
 from llmflow.tracking.summary import print_summary
 
@@ -67,116 +59,6 @@ class ChainResult:
     step_runs: dict[str, str] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
     registered: dict[str, tuple[str, str]] = field(default_factory=dict)
-
-
-def normalise(value: Any) -> str:
-    """A parameter value as the string it is compared by: whole numbers without ".0" ("32.0" -> "32")."""
-    text = str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    return str(int(number)) if number.is_integer() else repr(number)
-
-
-def _upstream_key(run_ids: list[str]) -> str:
-    return ",".join(sorted(run_ids))
-
-
-# Checks of what a step read from outside its parameters; each takes the candidate run and the step's
-# parameters and says whether the run's result still holds. A check that cannot tell says no.
-StillValid = Callable[[Run, dict[str, str]], bool]
-
-
-def _download_still_valid(run: Run, params: dict[str, str]) -> bool:
-    """The folder's content (or the hub revision's commit) is what the run recorded."""
-    current = source_fingerprint(params["model"], params["revision"], os.environ.get("HF_TOKEN") or None)
-    return current is not None and current == run.data.tags.get(TAG_HF_SHA)
-
-
-def _register_still_valid(run: Run, params: dict[str, str]) -> bool:
-    """The version it registered still exists, from the same model, and is still the challenger."""
-    tags = run.data.tags
-    name, version = params["registered_model_name"], tags.get(TAG_REGISTERED_VERSION)
-    client = MlflowClient()
-    try:
-        model_version = client.get_model_version(name, version)
-        aliases = client.get_registered_model(name).aliases or {}
-    except MlflowException:
-        return False
-    same_model = params["model_uri"] in (model_version.source, f"models:/{getattr(model_version, 'model_id', '')}")
-    return same_model and str(aliases.get("challenger")) == str(version)
-
-
-def _evaluate_still_valid(run: Run, params: dict[str, str]) -> bool:
-    """It is the latest evaluation recorded on its version, and the data files have not changed."""
-    tags = run.data.tags
-    name, version = params["registered_model_name"], tags.get(TAG_REGISTERED_VERSION)
-    try:
-        recorded = MlflowClient().get_model_version(name, version).tags.get(TAG_EVALUATE_RUN)
-    except MlflowException:
-        return False
-    try:
-        current = fingerprint_files(params["qa_path"], params["heldout_path"])
-    except InputError:
-        return False
-    return recorded == run.info.run_id and all(tags.get(key) == value for key, value in current.items())
-
-
-STILL_VALID: dict[str, StillValid] = {
-    "download": _download_still_valid,
-    "register": _register_still_valid,
-    "evaluate": _evaluate_still_valid,
-}
-
-
-def find_reusable_run(
-    experiment_id: str, entry_point: str, parameters: dict[str, str], upstream: list[str]
-) -> Run | None:
-    """The newest FINISHED run of ``entry_point`` that may stand in for running it now, or None.
-
-    It must have the same code digest and upstream runs, equal parameters after ``normalise``, and pass
-    the step's ``STILL_VALID`` check.
-    """
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.`{TAG_STEP}` = '{entry_point}' and attributes.status = 'FINISHED' "
-        f"and tags.`{TAG_CODE_DIGEST}` = '{code_digest(entry_point)}'",
-        order_by=["attributes.start_time DESC"],
-        output_format="list",
-    )
-    wanted = {k: normalise(v) for k, v in parameters.items()}
-    for run in runs:
-        stored = {k: normalise(v) for k, v in run.data.params.items()}
-        if any(stored.get(k) != v for k, v in wanted.items()):
-            continue
-        if run.data.tags.get(TAG_UPSTREAM, "") != _upstream_key(upstream):
-            continue
-        check = STILL_VALID.get(entry_point)
-        if check is None or check(run, parameters):
-            return run
-    return None
-
-
-def _end_abandoned_run(client: MlflowClient, submitted: LocalSubmittedRun) -> None:
-    """Record why a step's run ended without the step recording an error itself (killed, crashed).
-
-    A step killed by a signal cannot end its own run. MLflow's ``mlflow run`` process around it usually
-    marks the run FAILED; if it is still RUNNING, it is marked KILLED here (the shell reports a signal as
-    exit status 128 + its number), else FAILED. Either way it is never reused.
-    """
-    run = client.get_run(submitted.run_id)
-    if TAG_ERROR in run.data.tags:
-        return
-    code = submitted.command_proc.returncode
-    signalled = code is not None and (code < 0 or code > 128)
-    client.set_tag(
-        submitted.run_id,
-        TAG_ERROR,
-        f"the step's process ended (exit status {code}) without recording an error: it was killed or crashed",
-    )
-    if run.info.status in ("RUNNING", "SCHEDULED"):
-        client.set_terminated(submitted.run_id, "KILLED" if signalled else "FAILED")
 
 
 @dataclass
@@ -200,7 +82,7 @@ class Runner:
         logger.info("running step %s %s", key, parameters)
         # The child records its upstream runs itself (runs.step_run reads this), so the record is there
         # from its first moment, whatever happens to it or to this process.
-        os.environ[ENV_UPSTREAM] = _upstream_key(upstream)
+        os.environ[ENV_UPSTREAM] = upstream_key(upstream)
         try:
             submitted = mlflow.projects.run(
                 uri=str(PROJECT_ROOT),
@@ -216,7 +98,7 @@ class Runner:
         self.result.step_runs[key] = submitted.run_id
         client = MlflowClient()
         if not ok:
-            _end_abandoned_run(client, submitted)
+            end_abandoned_run(client, submitted)
             run = client.get_run(submitted.run_id)
             error = run.data.tags.get(TAG_ERROR, "see the step's log above")
             raise StepFailed(f"step '{key}' failed (run {submitted.run_id}, {run.info.status}): {error}")
@@ -232,69 +114,32 @@ def forced_steps(rerun_from: str) -> frozenset[str]:
     return frozenset({"download" if rerun_from == "all" else rerun_from})
 
 
-def validate_main_options(
-    model: str,
-    precision: str,
-    execution_provider: str,
-    int4_block_size: int,
-    int4_accuracy_level: int,
-    registered_model_name: str,
-    max_new_tokens: int,
-    qa_path: str,
-    heldout_path: str,
-    eval_max_new_tokens: int,
-    gate_metrics: str,
-    min_scores: str,
-    champion_tolerance: float,
-    min_quality_retained: float,
-    max_perplexity_ratio: float,
-    rerun_from: str,
-) -> None:
-    """Fail before any child run starts on every value that can be checked without the network."""
-    if is_local_reference(model) and not Path(model).expanduser().is_dir():
-        raise InputError(
-            f"local model folder '{model}' not found; expected a folder saved with save_pretrained or a hub repo id"
-        )
-    validate_export_options(precision, execution_provider, int4_block_size, int4_accuracy_level)
-    validate_registered_model_name(registered_model_name)
-    validate_max_new_tokens(max_new_tokens)
-    validate_evaluate_options(
-        qa_path,
-        heldout_path,
-        eval_max_new_tokens,
-        "none",
-        gate_metrics,
-        min_scores,
-        champion_tolerance,
-        min_quality_retained,
-        max_perplexity_ratio,
+@dataclass(frozen=True, kw_only=True)
+class MainOptions(StepOptions):
+    """Run the whole pipeline: download, export, log, register, evaluate, promote."""
+
+    source: DownloadOptions = field(default_factory=DownloadOptions)
+    export: ExportSettings = field(default_factory=ExportSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    registered_model_name: str = option(
+        "phi3-mini-4k-instruct",
+        help="Base registered model name; '-onnx' and '-transformers' are appended.",
+        check=check_registered_model_name,
     )
-    forced_steps(rerun_from)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    rerun_from: str = option(
+        "none",
+        help="Run this step again even if an equal run finished: none, all, or a step name.",
+        check=lambda _, value: forced_steps(value),
+    )
 
 
-def run_chain(
-    model: str,
-    revision: str,
-    precision: str,
-    execution_provider: str,
-    int4_block_size: int,
-    int4_accuracy_level: int,
-    registered_model_name: str,
-    max_new_tokens: int,
-    qa_path: str,
-    heldout_path: str,
-    eval_max_new_tokens: int,
-    gate_metrics: str,
-    min_scores: str,
-    champion_tolerance: float,
-    min_quality_retained: float,
-    max_perplexity_ratio: float,
-    rerun_from: str = "none",
-) -> ChainResult:
-    """Run the whole pipeline under this ``main`` run and print its summary."""
-    options = dict(locals())
+def run_chain(options: MainOptions) -> ChainResult:
+    """Run the whole pipeline under this ``main`` run and print its summary.
+
+    Every option is checked (inside this run) before any child run starts.
+    """
     with step_run("main", options) as parent:
-        validate_main_options(**{k: v for k, v in options.items() if k != "revision"})
         return _chain(parent, options)
 
 
@@ -303,54 +148,38 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve()) if Path(path).expanduser().exists() else path
 
 
-def _chain(parent: Run, options: dict[str, Any]) -> ChainResult:
-    """The chain itself, with ``options`` as validated by ``run_chain``."""
-    model = _absolute(options["model"]) if is_local_reference(options["model"]) else options["model"]
+def _as_params(options: StepOptions, **extra: str) -> dict[str, str]:
+    """A group's parameters as the strings a child step is given and compared by (see ``normalise``)."""
+    return {**{name: normalise(value) for name, value in options.params().items()}, **extra}
+
+
+def _chain(parent: Run, options: MainOptions) -> ChainResult:
+    """The chain itself, with ``options`` as checked by ``run_chain``."""
+    model = options.source.model
+    model = _absolute(model) if is_local_reference(model) else model
     result = ChainResult(parent.info.run_id)
-    runner = Runner(parent.info.experiment_id, result, forced_steps(options["rerun_from"]))
-    download = runner.step("download", {"model": model, "revision": options["revision"]}, [])
+    runner = Runner(parent.info.experiment_id, result, forced_steps(options.rerun_from))
+    download = runner.step("download", _as_params(options.source, model=model), [])
     download_id = download.info.run_id
-    export = runner.step(
-        "export_onnx",
-        {
-            "download_run_id": download_id,
-            "precision": options["precision"],
-            "execution_provider": options["execution_provider"],
-            "int4_block_size": normalise(options["int4_block_size"]),
-            "int4_accuracy_level": normalise(options["int4_accuracy_level"]),
-        },
-        [download_id],
-    )
-    max_new_tokens = normalise(options["max_new_tokens"])
+    export = runner.step("export_onnx", _as_params(options.export, download_run_id=download_id), [download_id])
     logged = {
         "onnx": runner.step(
             "log_pyfunc",
-            {"export_run_id": export.info.run_id, "max_new_tokens": max_new_tokens},
+            _as_params(options.generation, export_run_id=export.info.run_id),
             [export.info.run_id],
         ),
         "transformers": runner.step(
-            "log_transformers", {"download_run_id": download_id, "max_new_tokens": max_new_tokens}, [download_id]
+            "log_transformers", _as_params(options.generation, download_run_id=download_id), [download_id]
         ),
     }
     # The ONNX model is judged against the transformers model of the same download run, its reference.
     references = {"onnx": logged["transformers"], "transformers": None}
-    evaluation_options = {
-        "qa_path": _absolute(options["qa_path"]),
-        "heldout_path": _absolute(options["heldout_path"]),
-        **{
-            key: normalise(options[key])
-            for key in (
-                "eval_max_new_tokens",
-                "gate_metrics",
-                "min_scores",
-                "champion_tolerance",
-                "min_quality_retained",
-                "max_perplexity_ratio",
-            )
-        },
-    }
+    evaluation = options.evaluation
+    evaluation_params = _as_params(
+        evaluation, qa_path=_absolute(evaluation.qa_path), heldout_path=_absolute(evaluation.heldout_path)
+    )
     for flavour, log_run in logged.items():
-        name = f"{options['registered_model_name']}-{flavour}"
+        name = f"{options.registered_model_name}-{flavour}"
         register = runner.step(
             "register",
             {"model_uri": log_run.data.tags[TAG_MODEL_URI], "registered_model_name": name},
@@ -363,7 +192,7 @@ def _chain(parent: Run, options: dict[str, Any]) -> ChainResult:
             {
                 "registered_model_name": name,
                 "reference_model_uri": reference.data.tags[TAG_MODEL_URI] if reference else "none",
-                **evaluation_options,
+                **evaluation_params,
             },
             [register.info.run_id] + ([reference.info.run_id] if reference else []),
             key=f"evaluate:{flavour}",

@@ -5,6 +5,11 @@ tagged with its lineage (the logging run, upstream download and export runs, HF 
 precision, execution provider, the project's git commit) and sets alias ``challenger`` on it.
 Registering the same logged model again finds its existing version instead of creating a second one.
 ``champion`` is never touched here: only ``evaluate`` moves it.
+
+The version is made from the ``models:/<model_id>`` URI, so it is linked to its LoggedModel: its source
+names the model, and the model's ``mlflow.modelVersions`` tag names the version (MLflow 3.17's SQL registry
+keeps no ``ModelVersion.model_id``; ``llmflow.tracking.model_cards.version_model_id`` reads the link). A new
+registered model gets a description: what the model is, where it came from and how to serve it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from llmflow.errors import InputError
+from llmflow.options import StepOptions, option
+from llmflow.tracking.model_cards import registered_model_description
 from llmflow.tracking.names import (
     CHALLENGER,
     FREEZE_ARTIFACT,
@@ -68,11 +75,26 @@ class RegisterResult:
 
 def validate_registered_model_name(name: str) -> None:
     """Raise ``InputError`` unless ``name`` is a usable registered model name."""
-    if not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise InputError(
             f"registered model name '{name}' is not accepted; use letters, digits, '.', '_' or '-' "
             "(starting with a letter or digit, at most 255 characters)"
         )
+
+
+def check_registered_model_name(_: str, value: object) -> None:
+    """The options check of a registered model name (see ``validate_registered_model_name``)."""
+    validate_registered_model_name(value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegisterOptions(StepOptions):
+    """Register a logged model once, tag its lineage and alias it 'challenger'."""
+
+    model_uri: str = option(help="Logged model URI (models:/m-<id>) written by log_pyfunc or log_transformers.")
+    registered_model_name: str = option(
+        help="Name of the registered model in the Model Registry.", check=check_registered_model_name
+    )
 
 
 def lineage_tags(model_uri: str) -> dict[str, str]:
@@ -110,11 +132,10 @@ def find_version(client: MlflowClient, name: str, model_uri: str) -> ModelVersio
     return None
 
 
-def register(model_uri: str, registered_model_name: str) -> RegisterResult:
-    """Register ``model_uri`` as a version of ``registered_model_name`` (once) and alias it ``challenger``."""
-    validate_registered_model_name(registered_model_name)
-    params = {"model_uri": model_uri, "registered_model_name": registered_model_name}
-    with step_run("register", params) as run:
+def register(options: RegisterOptions) -> RegisterResult:
+    """Register ``options.model_uri`` as a version of ``registered_model_name`` (once) and alias it ``challenger``."""
+    model_uri, registered_model_name = options.model_uri, options.registered_model_name
+    with step_run("register", options) as run:
         tags = lineage_tags(model_uri)
         client = MlflowClient()
         version = find_version(client, registered_model_name, model_uri)
@@ -123,6 +144,8 @@ def register(model_uri: str, registered_model_name: str) -> RegisterResult:
             # One call creates the version with all its tags, so a failure leaves no half-tagged version.
             version = mlflow.register_model(model_uri, registered_model_name, tags=tags)
             logger.info("registered %s version %s", registered_model_name, version.version)
+            description = registered_model_description(registered_model_name, tags, tags[TAG_LOGGED_BY_STEP])
+            client.update_registered_model(registered_model_name, description=description)
         else:
             logger.info("%s is already version %s of %s", model_uri, version.version, registered_model_name)
         client.set_registered_model_alias(registered_model_name, CHALLENGER, version.version)

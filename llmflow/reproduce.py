@@ -23,8 +23,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
+from llmflow.export_onnx import ExportSettings
 from llmflow.main import ChainResult, Runner
+from llmflow.options import GenerationSettings, StepOptions, names, option
 from llmflow.tracking.names import (
     MANIFEST_ARTIFACT,
     ONNX_MANIFEST_ARTIFACT,
@@ -98,10 +101,24 @@ def _params(run: Run, *names: str) -> dict[str, str]:
     return {n: run.data.params[n] for n in names}
 
 
-def reproduce(model_uri: str) -> ReproduceResult:
-    """Re-run the chain behind registered version ``model_uri`` with its recorded parameters and compare."""
+def _check_version_uri(_: str, value: str) -> None:
+    parse_version_uri(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReproduceOptions(StepOptions):
+    """Rebuild a registered version from its lineage and compare it file by file."""
+
+    model_uri: str = option(
+        help="A registered version: models:/<name>/<version> (or models:/<name>@<alias>).", check=_check_version_uri
+    )
+
+
+def reproduce(options: ReproduceOptions) -> ReproduceResult:
+    """Re-run the chain behind registered version ``options.model_uri`` with its recorded parameters and compare."""
+    model_uri = options.model_uri
     name, version, alias = parse_version_uri(model_uri)
-    with step_run("reproduce", {"model_uri": model_uri}) as run:
+    with step_run("reproduce", options) as run:
         client = MlflowClient()
         try:
             model_version = (
@@ -118,7 +135,7 @@ def reproduce(model_uri: str) -> ReproduceResult:
                 f"version {model_version.version} of '{name}' has no lineage tags from this pipeline's register step"
             )
         download_run = get_step_run(tags[TAG_DOWNLOAD_RUN], "download")
-        download_params = _params(download_run, "model", "revision")
+        download_params = _params(download_run, *names(DownloadOptions))
         if download_run.data.tags.get(TAG_SOURCE) == "hub":
             download_params["revision"] = download_run.data.tags[TAG_HF_SHA]  # the commit, not the branch
         source_run = client.get_run(tags[TAG_SOURCE_RUN])
@@ -137,9 +154,7 @@ def reproduce(model_uri: str) -> ReproduceResult:
         original_runs = {"download": download_run.info.run_id}
         if logged_by == "log_pyfunc":
             export_run = get_step_run(tags[TAG_EXPORT_RUN], "export_onnx")
-            export_params = _params(
-                export_run, "precision", "execution_provider", "int4_block_size", "int4_accuracy_level"
-            )
+            export_params = _params(export_run, *names(ExportSettings))
             new_export = runner.step(
                 "export_onnx",
                 {"download_run_id": new_download.info.run_id, **export_params},
@@ -148,13 +163,13 @@ def reproduce(model_uri: str) -> ReproduceResult:
             original_runs["export_onnx"] = export_run.info.run_id
             runner.step(
                 "log_pyfunc",
-                {"export_run_id": new_export.info.run_id, **_params(source_run, "max_new_tokens")},
+                {"export_run_id": new_export.info.run_id, **_params(source_run, *names(GenerationSettings))},
                 [new_export.info.run_id],
             )
         else:
             runner.step(
                 "log_transformers",
-                {"download_run_id": new_download.info.run_id, **_params(source_run, "max_new_tokens")},
+                {"download_run_id": new_download.info.run_id, **_params(source_run, *names(GenerationSettings))},
                 [new_download.info.run_id],
             )
         step, artifact = MANIFESTS[logged_by]

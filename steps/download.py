@@ -1,18 +1,20 @@
-"""Entry point ``download``: see :mod:`llmflow.download`."""
+"""Entry point ``download``: see :mod:`llmflow.download`; `--help` lists its parameters."""
 
-from llmflow.cli import StepParser, run_step
-from llmflow.download import download
+import inspect
+import sys
+from pathlib import Path
+
+# Run as a plain file, the project root is not on the path. Databricks runs a script task as
+# exec(compile(source, path)), with no __file__ (the code object keeps the path); MLflow's Databricks Spark
+# job runs a copy of this file from elsewhere, in the project folder it changes into.
+_root = Path(inspect.currentframe().f_code.co_filename).resolve().parents[1]
+sys.path.insert(0, str(_root if (_root / "llmflow").is_dir() else Path.cwd()))
+from llmflow.cli import run_step  # noqa: E402
+from llmflow.download import download  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = StepParser("download", "Pin a Hugging Face model to a commit and record it in MLflow.")
-    parser.add(
-        "model",
-        str,
-        "Hub repo id (e.g. microsoft/Phi-3-mini-4k-instruct) or a local save_pretrained folder.",
-    )
-    parser.add("revision", str, "Branch, tag or commit sha on the Hub; ignored for a local folder.")
-    run_step(download, parser, argv)
+    run_step(download, argv)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,20 @@
-"""Entry point `export_onnx`: see llmflow.export_onnx."""
+"""Entry point ``export_onnx``: see :mod:`llmflow.export_onnx`; `--help` lists its parameters."""
 
-from llmflow.cli import StepParser, run_step, whole_number
-from llmflow.export_onnx import export_onnx
+import inspect
+import sys
+from pathlib import Path
 
-
-def build_parser() -> StepParser:
-    parser = StepParser("export_onnx", "Export a downloaded model to ONNX with the onnxruntime-genai model builder.")
-    parser.add("download_run_id", str, "Id of a finished `download` run whose model to export.")
-    parser.add("precision", str, "Weight precision: int4, int8, fp16 or fp32.")
-    parser.add("execution_provider", str, "Where the model will run: cpu or cuda (fp16 needs cuda).")
-    parser.add("int4_block_size", whole_number, "Block size for int4 quantization: 16, 32, 64, 128 or 256.")
-    parser.add("int4_accuracy_level", whole_number, "int4 MatMul accuracy level 0-4 (4: int8 compute).")
-    return parser
+# Run as a plain file, the project root is not on the path. Databricks runs a script task as
+# exec(compile(source, path)), with no __file__ (the code object keeps the path); MLflow's Databricks Spark
+# job runs a copy of this file from elsewhere, in the project folder it changes into.
+_root = Path(inspect.currentframe().f_code.co_filename).resolve().parents[1]
+sys.path.insert(0, str(_root if (_root / "llmflow").is_dir() else Path.cwd()))
+from llmflow.cli import run_step  # noqa: E402
+from llmflow.export_onnx import export_onnx  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_step(export_onnx, build_parser(), argv)
+    run_step(export_onnx, argv)
 
 
 if __name__ == "__main__":

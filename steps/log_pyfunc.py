@@ -1,18 +1,20 @@
-"""Entry point `log_pyfunc`: see llmflow.log_pyfunc."""
+"""Entry point ``log_pyfunc``: see :mod:`llmflow.log_pyfunc`; `--help` lists its parameters."""
 
-from llmflow.cli import StepParser, run_step, whole_number
-from llmflow.log_pyfunc import log_pyfunc
+import inspect
+import sys
+from pathlib import Path
 
-
-def build_parser() -> StepParser:
-    parser = StepParser("log_pyfunc", "Log the ONNX export as an MLflow pyfunc model served by onnxruntime-genai.")
-    parser.add("export_run_id", str, "Id of a finished `export_onnx` run whose ONNX folder to log.")
-    parser.add("max_new_tokens", whole_number, "Default number of new tokens per answer (a request may override it).")
-    return parser
+# Run as a plain file, the project root is not on the path. Databricks runs a script task as
+# exec(compile(source, path)), with no __file__ (the code object keeps the path); MLflow's Databricks Spark
+# job runs a copy of this file from elsewhere, in the project folder it changes into.
+_root = Path(inspect.currentframe().f_code.co_filename).resolve().parents[1]
+sys.path.insert(0, str(_root if (_root / "llmflow").is_dir() else Path.cwd()))
+from llmflow.cli import run_step  # noqa: E402
+from llmflow.log_pyfunc import log_pyfunc  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_step(log_pyfunc, build_parser(), argv)
+    run_step(log_pyfunc, argv)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,20 @@
-"""Entry point ``log_transformers``: see :mod:`llmflow.log_transformers`."""
+"""Entry point ``log_transformers``: see :mod:`llmflow.log_transformers`; `--help` lists its parameters."""
 
-from llmflow.cli import StepParser, run_step, whole_number
-from llmflow.log_transformers import log_transformers
+import inspect
+import sys
+from pathlib import Path
+
+# Run as a plain file, the project root is not on the path. Databricks runs a script task as
+# exec(compile(source, path)), with no __file__ (the code object keeps the path); MLflow's Databricks Spark
+# job runs a copy of this file from elsewhere, in the project folder it changes into.
+_root = Path(inspect.currentframe().f_code.co_filename).resolve().parents[1]
+sys.path.insert(0, str(_root if (_root / "llmflow").is_dir() else Path.cwd()))
+from llmflow.cli import run_step  # noqa: E402
+from llmflow.log_transformers import log_transformers  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = StepParser("log_transformers", "Log the downloaded model as an llm/v1/chat transformers pipeline.")
-    parser.add("download_run_id", str, "Run id of a finished download step.")
-    parser.add("max_new_tokens", whole_number, "Default number of new tokens per answer (model_config).")
-    run_step(log_transformers, parser, argv)
+    run_step(log_transformers, argv)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,20 @@
-"""Entry point ``register``: see :mod:`llmflow.register`."""
+"""Entry point ``register``: see :mod:`llmflow.register`; `--help` lists its parameters."""
 
-from llmflow.cli import StepParser, run_step
-from llmflow.register import register
+import inspect
+import sys
+from pathlib import Path
+
+# Run as a plain file, the project root is not on the path. Databricks runs a script task as
+# exec(compile(source, path)), with no __file__ (the code object keeps the path); MLflow's Databricks Spark
+# job runs a copy of this file from elsewhere, in the project folder it changes into.
+_root = Path(inspect.currentframe().f_code.co_filename).resolve().parents[1]
+sys.path.insert(0, str(_root if (_root / "llmflow").is_dir() else Path.cwd()))
+from llmflow.cli import run_step  # noqa: E402
+from llmflow.register import register  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = StepParser("register", "Register a logged model once, tag its lineage and alias it 'challenger'.")
-    parser.add("model_uri", str, "Logged model URI (models:/m-<id>) written by log_pyfunc or log_transformers.")
-    parser.add("registered_model_name", str, "Name of the registered model in the Model Registry.")
-    run_step(register, parser, argv)
+    run_step(register, argv)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,20 @@
-"""Entry point `reproduce`: see llmflow.reproduce."""
+"""Entry point ``reproduce``: see :mod:`llmflow.reproduce`; `--help` lists its parameters."""
 
-from llmflow.cli import StepParser, run_step
-from llmflow.reproduce import reproduce
+import inspect
+import sys
+from pathlib import Path
+
+# Run as a plain file, the project root is not on the path. Databricks runs a script task as
+# exec(compile(source, path)), with no __file__ (the code object keeps the path); MLflow's Databricks Spark
+# job runs a copy of this file from elsewhere, in the project folder it changes into.
+_root = Path(inspect.currentframe().f_code.co_filename).resolve().parents[1]
+sys.path.insert(0, str(_root if (_root / "llmflow").is_dir() else Path.cwd()))
+from llmflow.cli import run_step  # noqa: E402
+from llmflow.reproduce import reproduce  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = StepParser("reproduce", "Rebuild a registered version from its lineage and compare it file by file.")
-    parser.add("model_uri", str, "A registered version: models:/<name>/<version> (or models:/<name>@<alias>).")
-    run_step(reproduce, parser, argv)
+    run_step(reproduce, argv)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,20 @@
-"""Entry point `rollback`: see llmflow.rollback."""
+"""Entry point ``rollback``: see :mod:`llmflow.rollback`; `--help` lists its parameters."""
 
-from llmflow.cli import StepParser, run_step
-from llmflow.rollback import rollback
+import inspect
+import sys
+from pathlib import Path
+
+# Run as a plain file, the project root is not on the path. Databricks runs a script task as
+# exec(compile(source, path)), with no __file__ (the code object keeps the path); MLflow's Databricks Spark
+# job runs a copy of this file from elsewhere, in the project folder it changes into.
+_root = Path(inspect.currentframe().f_code.co_filename).resolve().parents[1]
+sys.path.insert(0, str(_root if (_root / "llmflow").is_dir() else Path.cwd()))
+from llmflow.cli import run_step  # noqa: E402
+from llmflow.rollback import rollback  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = StepParser("rollback", "Move 'champion' back to the version it replaced (alias 'previous').")
-    parser.add("registered_model_name", str, "Registered model whose champion is rolled back.")
-    run_step(rollback, parser, argv)
+    run_step(rollback, argv)
 
 
 if __name__ == "__main__":

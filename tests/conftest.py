@@ -20,6 +20,9 @@ import mlflow  # noqa: E402
 import pytest  # noqa: E402
 
 from llmflow.demo.tiny import build_tiny_phi3  # noqa: E402
+from llmflow.download import DownloadOptions
+from llmflow.export_onnx import ExportOptions
+from llmflow.log_pyfunc import LogPyfuncOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,10 +88,20 @@ def logged_onnx_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
     try:
-        download_run = download(str(tiny_model_dir), "main")
-        export_run = export_onnx(download_run.run_id, "int4", "cpu", 32, 4)
-        model_uri = log_pyfunc(export_run.run_id, max_new_tokens=64).model_uri
+        download_run = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
+        export_run = export_onnx(ExportOptions(download_run_id=download_run.run_id))
+        model_uri = log_pyfunc(LogPyfuncOptions(export_run_id=export_run.run_id, max_new_tokens=64)).model_uri
     finally:
         mp.undo()
         mlflow.set_tracking_uri(previous)
     return uri, model_uri
+
+
+TIERS = ("integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that is neither ``integration`` nor ``e2e`` is a ``unit`` test: ``make test-fast`` runs those."""
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(pytest.mark.unit)

@@ -10,12 +10,13 @@ import mlflow
 import pytest
 
 from llmflow import download as dl
+from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
 from llmflow.tracking.names import TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE
 
 
 def test_local_folder_is_content_hashed_and_logged(tiny_model_dir: Path, tracking_uri: str):
-    result = dl.download(str(tiny_model_dir), "main")
+    result = dl.download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
     run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags[TAG_SOURCE] == "local"
@@ -29,7 +30,7 @@ def test_local_folder_is_content_hashed_and_logged(tiny_model_dir: Path, trackin
 
 
 def test_model_dir_from_run_returns_verified_copy(tiny_model_dir: Path, tracking_uri: str, tmp_path: Path):
-    result = dl.download(str(tiny_model_dir), "main")
+    result = dl.download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
     copy = dl.model_dir_from_run(result.run_id, dst=tmp_path / "copy")
     assert copy != tiny_model_dir
     assert dl.build_manifest(copy) == dl.build_manifest(tiny_model_dir)
@@ -37,14 +38,14 @@ def test_model_dir_from_run_returns_verified_copy(tiny_model_dir: Path, tracking
 
 def test_a_local_artifact_store_is_read_in_place(tiny_model_dir: Path, tracking_uri: str, tmp_path: Path):
     """No second copy of the weights: the folder returned is the run's own ``model/`` artifact folder."""
-    result = dl.download(str(tiny_model_dir), "main")
+    result = dl.download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
     artifact_dir = Path(mlflow.get_run(result.run_id).info.artifact_uri.removeprefix("file://")) / "model"
     assert dl.model_dir_from_run(result.run_id, dst=tmp_path / "copy") == artifact_dir
     assert not (tmp_path / "copy").exists()
 
 
 def test_tampered_artifact_is_refused(tiny_model_dir: Path, tracking_uri: str, tmp_path: Path):
-    result = dl.download(str(tiny_model_dir), "main")
+    result = dl.download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
     artifact_dir = Path(mlflow.get_run(result.run_id).info.artifact_uri.removeprefix("file://")) / "model"
     (artifact_dir / "config.json").write_text("{}")
     with pytest.raises(InputError, match="config.json.*does not match its manifest"):
@@ -54,7 +55,7 @@ def test_tampered_artifact_is_refused(tiny_model_dir: Path, tracking_uri: str, t
 def test_missing_local_folder_names_it(tracking_uri: str, tmp_path: Path):
     missing = tmp_path / "nope"
     with pytest.raises(InputError, match=f"local model folder '{missing}' not found"):
-        dl.download(str(missing), "main")
+        dl.download(DownloadOptions(model=str(missing), revision="main"))
     failed = mlflow.search_runs(output_format="list")[0]
     assert failed.info.status == "FAILED"
     assert "not found" in failed.data.tags["llmflow.error"]
@@ -66,7 +67,7 @@ def test_unsupported_architecture_fails_in_download(tiny_model_dir: Path, tracki
     config["architectures"] = ["BertForMaskedLM"]
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match="architecture 'BertForMaskedLM'.*not supported.*Phi3ForCausalLM"):
-        dl.download(str(folder), "main")
+        dl.download(DownloadOptions(model=str(folder), revision="main"))
 
 
 def test_supported_architectures_come_from_the_builder():
@@ -118,7 +119,7 @@ def test_hub_path_pins_the_resolved_commit(tiny_model_dir: Path, tracking_uri: s
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     monkeypatch.setenv("HF_TOKEN", "hf_secret_marker")
-    result = dl.download("microsoft/Phi-3-mini-4k-instruct", "main")
+    result = dl.download(DownloadOptions(model="microsoft/Phi-3-mini-4k-instruct", revision="main"))
 
     assert calls["model_info"] == ("microsoft/Phi-3-mini-4k-instruct", "main")
     assert calls["token"] == "hf_secret_marker"
@@ -152,7 +153,7 @@ def test_unknown_hub_model_is_one_clear_line(tracking_uri: str, monkeypatch: pyt
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     with pytest.raises(InputError) as excinfo:
-        dl.download("nobody/nothing", "main")
+        dl.download(DownloadOptions(model="nobody/nothing", revision="main"))
     message = str(excinfo.value)
     assert "\n" not in message
     assert "model 'nobody/nothing' not found on the Hugging Face Hub" in message
@@ -160,13 +161,13 @@ def test_unknown_hub_model_is_one_clear_line(tracking_uri: str, monkeypatch: pyt
 
 def test_offline_hub_lookup_says_so(tracking_uri: str):
     with pytest.raises(InputError, match="HF_HUB_OFFLINE is set"):
-        dl.download("microsoft/Phi-3-mini-4k-instruct", "main")
+        dl.download(DownloadOptions(model="microsoft/Phi-3-mini-4k-instruct", revision="main"))
 
 
 def test_without_weights_only_configs_and_tokenizer_are_fetched(tiny_model_dir: Path, tracking_uri: str, tmp_path):
     from transformers import AutoTokenizer
 
-    result = dl.download(str(tiny_model_dir), "main")
+    result = dl.download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
     copy = dl.model_dir_from_run(result.run_id, dst=tmp_path / "light", weights=False)
     names = {p.name for p in copy.iterdir()}
     assert "model.safetensors" not in names

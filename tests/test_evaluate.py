@@ -8,6 +8,7 @@ each exported to int4 ONNX (log_pyfunc) and logged as an ``llm/v1/chat`` transfo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -19,9 +20,15 @@ from mlflow import MlflowClient
 
 import steps.evaluate as evaluate_step
 from llmflow import PROJECT_ROOT
+from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
-from llmflow.evaluate import evaluate, validate_evaluate_options
-from llmflow.rollback import rollback
+from llmflow.evaluate import EvaluateOptions, EvaluationSettings, evaluate, validate_evaluate_options
+from llmflow.export_onnx import ExportOptions
+from llmflow.log_pyfunc import LogPyfuncOptions
+from llmflow.log_transformers import LogTransformersOptions
+from llmflow.options import build
+from llmflow.register import RegisterOptions
+from llmflow.rollback import RollbackOptions, rollback
 from llmflow.tracking.names import TAG_ERROR
 
 QA_ROWS = [json.loads(line) for line in (PROJECT_ROOT / "data" / "qa.jsonl").read_text().splitlines()]
@@ -58,10 +65,12 @@ def _log_both(model_dir: Path) -> tuple[str, str]:
     from llmflow.log_pyfunc import log_pyfunc
     from llmflow.log_transformers import log_transformers
 
-    download_run = download(str(model_dir), "main")
-    export_run = export_onnx(download_run.run_id, "int4", "cpu", 32, 4)
-    onnx = log_pyfunc(export_run.run_id, max_new_tokens=64).model_uri
-    transformers = log_transformers(download_run.run_id, max_new_tokens=64).model_uri
+    download_run = download(DownloadOptions(model=str(model_dir), revision="main"))
+    export_run = export_onnx(ExportOptions(download_run_id=download_run.run_id))
+    onnx = log_pyfunc(LogPyfuncOptions(export_run_id=export_run.run_id, max_new_tokens=64)).model_uri
+    transformers = log_transformers(
+        LogTransformersOptions(download_run_id=download_run.run_id, max_new_tokens=64)
+    ).model_uri
     return onnx, transformers
 
 
@@ -98,18 +107,27 @@ def qa_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _register(name: str, model_uri: str) -> str:
     from llmflow.register import register
 
-    return str(register(model_uri, name).version)
+    return str(register(RegisterOptions(model_uri=model_uri, registered_model_name=name)).version)
 
 
 def _evaluate(name: str, qa_file: Path, reference: str = "auto", **gate):
     return evaluate(
-        registered_model_name=name,
-        qa_path=str(qa_file),
-        heldout_path="data/heldout.txt",
-        eval_max_new_tokens=16,
-        reference_model_uri=reference,
-        **{**GATE, **gate},
+        EvaluateOptions(
+            registered_model_name=name,
+            qa_path=str(qa_file),
+            heldout_path="data/heldout.txt",
+            eval_max_new_tokens=16,
+            reference_model_uri=reference,
+            **{**GATE, **gate},
+        )
     )
+
+
+def _inputs(values: dict):
+    """``validate_evaluate_options`` on flat values, as the step checks them."""
+    settings = build(EvaluationSettings, {k: v for k, v in values.items() if k != "reference_model_uri"})
+    settings.check()
+    return validate_evaluate_options(settings, values["reference_model_uri"])
 
 
 def _aliases(name: str) -> dict[str, str]:
@@ -144,8 +162,8 @@ def test_bad_options_name_the_value(changes, message):
         **GATE,
     }
     with pytest.raises(InputError, match=message):
-        validate_evaluate_options(**{**options, **changes})
-    inputs = validate_evaluate_options(**options)
+        _inputs({**options, **changes})
+    inputs = _inputs(options)
     assert len(inputs.pairs) == len(QA_ROWS)
     assert inputs.config.min_scores == {"contains_answer": 0.5}
 
@@ -162,16 +180,36 @@ def test_bad_eval_files_are_refused(tmp_path: Path, content: str, message: str):
     qa = tmp_path / "qa.jsonl"
     qa.write_text(content)
     with pytest.raises(InputError, match=message):
-        validate_evaluate_options(qa, "data/heldout.txt", 8, "auto", *GATE.values())
+        _inputs(
+            {
+                "qa_path": qa,
+                "heldout_path": "data/heldout.txt",
+                "eval_max_new_tokens": 8,
+                "reference_model_uri": "auto",
+                **GATE,
+            }
+        )
     heldout = tmp_path / "empty.txt"
     heldout.write_text(" \n")
     with pytest.raises(InputError, match=r"empty"):
-        validate_evaluate_options("data/qa.jsonl", heldout, 8, "auto", *GATE.values())
+        _inputs(
+            {
+                "qa_path": "data/qa.jsonl",
+                "heldout_path": heldout,
+                "eval_max_new_tokens": 8,
+                "reference_model_uri": "auto",
+                **GATE,
+            }
+        )
 
 
 def test_step_script_takes_its_defaults_from_mlproject(monkeypatch):
     calls = []
-    monkeypatch.setattr(evaluate_step, "evaluate", lambda **kwargs: calls.append(kwargs))
+
+    def fake_evaluate(options: EvaluateOptions) -> None:
+        calls.append(options.params())
+
+    monkeypatch.setattr(evaluate_step, "evaluate", fake_evaluate)
     evaluate_step.main(["--registered-model-name", "tiny"])
     evaluate_step.main(["--registered-model-name", "tiny", "--eval-max-new-tokens", "16.0", "--min-scores", "none"])
     assert calls[0] == {
@@ -274,6 +312,68 @@ def test_onnx_challenger_is_judged_against_its_reference_and_reported(models: Mo
     decision = json.loads((report_dir / "decision.json").read_text())
     assert decision["passed"] is True
     assert decision["table"][f"challenger v{v1}"]["perplexity"] == metrics["perplexity"]
+    # The version's description is its report: the decision, the criteria with their figures, the metrics.
+    description = client.get_model_version(name, v1).description
+    assert description.startswith("**PASSED**: version 1 is now champion.")
+    assert "| perplexity ratio | pass |" in description and "## Metrics" in description
+    assert "![metrics]" not in description and result.run_id in description
+    assert "llmflow.decision_reason" not in client.get_model_version(name, v1).tags  # long text: in the description
+    assert mlflow.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_champions_logged_model_holds_its_figures_traces_and_params(models: Models, qa_file: Path):
+    from llmflow.tracking.model_cards import version_model_id
+
+    client = MlflowClient()
+    name = "linked-onnx"
+    _register(name, models.onnx)  # the model of reported-onnx too: a model may be registered under two names
+    result = _evaluate(name, qa_file)
+    assert result.promoted, result.reason
+    run = mlflow.get_run(result.run_id)
+    model_id = version_model_id(client.get_model_version_by_alias(name, "champion"))
+    assert f"models:/{model_id}" == models.onnx
+
+    logged = mlflow.get_logged_model(model_id)
+    assert logged.name == "tiny-phi3-int4-cpu"
+    assert logged.params["precision"] == "int4" and logged.params["int4_block_size"] == "32"
+    assert logged.params["hf_repo_id"] == "local/tiny-phi3" and logged.params["max_new_tokens"] == "64"
+    on_model = {m.key: m for m in logged.metrics if m.run_id == result.run_id}
+    for metric in ("exact_match", "exact_match/mean", "token_f1", "latency_p50_s", "tokens_per_second", "speedup"):
+        assert on_model[metric].value == run.data.metrics[metric], metric
+    assert on_model["perplexity"].value == run.data.metrics["perplexity"]
+    assert (on_model["token_f1"].dataset_name, on_model["perplexity"].dataset_name) == ("qa.jsonl", "heldout.txt")
+    # One trace per question of this evaluation, linked to the model.
+    traces = mlflow.search_traces(model_id=model_id, return_type="list")
+    assert {t.info.request_metadata["mlflow.modelId"] for t in traces} == {model_id}
+    this_run = [t for t in traces if t.info.request_metadata["mlflow.sourceRun"] == result.run_id]
+    assert sorted(t.info.request_metadata["mlflow.traceInputs"] for t in this_run) == sorted(
+        json.dumps({"question": q}) for q in PICKED
+    )
+    # The experiment's models can be filtered on a metric and a param.
+    found = mlflow.search_logged_models(
+        filter_string="metrics.contains_answer >= 1 AND params.precision = 'int4'", output_format="list"
+    )
+    assert model_id in {m.model_id for m in found}
+    assert all(m.params["precision"] == "int4" for m in found)
+    assert not mlflow.search_logged_models(filter_string="params.precision = 'int8'", output_format="list")
+    # The reference's figures are on the reference's LoggedModel, from its nested run.
+    (reference_run,) = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'", output_format="list"
+    )
+    reference = mlflow.get_logged_model(models.transformers.removeprefix("models:/"))
+    assert reference.name == "tiny-phi3-fp32-transformers"
+    assert {m.key: m.value for m in reference.metrics if m.run_id == reference_run.info.run_id}["perplexity"] == (
+        reference_run.data.metrics["perplexity"]
+    )
+    # The QA set is one evaluation dataset with its file and digest; each run lists each data file once.
+    for scored in (run, reference_run):
+        assert sorted(d.dataset.name for d in scored.inputs.dataset_inputs) == ["heldout.txt", "qa.jsonl"]
+    (qa,) = [d.dataset for d in run.inputs.dataset_inputs if d.dataset.name == "qa.jsonl"]
+    assert qa.source_type == "mlflow_evaluation_dataset"
+    (dataset,) = mlflow.genai.datasets.search_datasets(filter_string="name = 'qa.jsonl'")
+    assert dataset.tags["llmflow.qa_sha256"] == hashlib.sha256(qa_file.read_bytes()).hexdigest()
+    assert dataset.tags["llmflow.qa_source"] == qa_file.resolve().as_posix()
+    assert len(dataset.to_df()) == len(PICKED)
 
 
 def test_a_collapsed_export_is_refused_even_with_no_champion(models: Models, qa_file: Path):
@@ -338,10 +438,10 @@ def test_better_challenger_is_promoted_and_rollback_restores_the_previous_champi
     )
     assert set(decision["table"]) == {f"challenger v{v2}", f"champion v{v1}"}
 
-    restored = rollback(name)
+    restored = rollback(RollbackOptions(registered_model_name=name))
 
     assert (restored.restored, restored.replaced, restored.previous) == (v1, v2, None)
     assert _aliases(name) == {"challenger": v2, "champion": v1}
     assert client.get_model_version(name, v2).tags["llmflow.rolled_back_by_run"] == restored.run_id
     with pytest.raises(InputError, match=r"^registered model 'improving' has no 'previous' alias"):
-        rollback(name)
+        rollback(RollbackOptions(registered_model_name=name))

@@ -10,20 +10,22 @@ from pathlib import Path
 import mlflow
 import onnxruntime_genai as og
 import pytest
+from mlproject import mlproject_parameters
 from onnxruntime_genai.models import builder
 
 from llmflow import export_onnx as export_module
-from llmflow.cli import mlproject_parameters
-from llmflow.download import build_manifest, download
+from llmflow.download import DownloadOptions, build_manifest, download
 from llmflow.errors import InputError
 from llmflow.export_onnx import (
     SUPPORTED_PAIRS,
     TAG_SMOKE_TEST,
+    ExportOptions,
     builder_extra_options,
     export_onnx,
     run_builder,
     validate_export_options,
 )
+from llmflow.options import names, parse
 from llmflow.tracking.names import (
     TAG_DOWNLOAD_RUN,
     TAG_ERROR,
@@ -187,10 +189,11 @@ def test_run_builder_lets_unexpected_errors_through(fake_builder: FakeBuilder, t
 
 
 def test_step_parser_has_exactly_the_mlproject_parameters():
-    parser = export_step.build_parser()
-    flags = {action.dest for action in parser.parser._actions if action.dest != "help"}
+    flags = set(names(ExportOptions))
     assert flags == set(mlproject_parameters("export_onnx"))
-    assert parser.parse(["--download-run-id", "abc", "--int4-block-size", "64.0"]) == {
+    assert parse(
+        ExportOptions, "export_onnx", "", ["--download-run-id", "abc", "--int4-block-size", "64.0"]
+    ).params() == {
         "download_run_id": "abc",
         "precision": "int4",
         "execution_provider": "cpu",
@@ -209,7 +212,15 @@ def test_step_script_rejects_a_bad_pair_with_one_line(store: str, capsys: pytest
 
 def test_bad_options_fail_before_the_download_run_is_read(store: str):
     with pytest.raises(InputError, match="int4_accuracy_level '9'"):
-        export_onnx("no-such-run", "int4", "cpu", 32, 9)
+        export_onnx(
+            ExportOptions(
+                download_run_id="no-such-run",
+                precision="int4",
+                execution_provider="cpu",
+                int4_block_size=32,
+                int4_accuracy_level=9,
+            )
+        )
     run = mlflow.last_active_run()
     assert run.info.status == "FAILED"
     assert "int4_accuracy_level '9'" in run.data.tags[TAG_ERROR]
@@ -217,7 +228,7 @@ def test_bad_options_fail_before_the_download_run_is_read(store: str):
 
 def test_unknown_download_run_is_rejected(store: str):
     with pytest.raises(InputError, match="run 'no-such-run' not found"):
-        export_onnx("no-such-run", "int4", "cpu", 32, 4)
+        export_onnx(ExportOptions(download_run_id="no-such-run"))
 
 
 def test_cuda_export_without_cuda_skips_the_smoke_test_and_says_why(
@@ -229,8 +240,16 @@ def test_cuda_export_without_cuda_skips_the_smoke_test_and_says_why(
 
     monkeypatch.setattr(export_module, "run_builder", copy_export)
     monkeypatch.setattr(og, "is_cuda_available", lambda: False)
-    dl = download(str(tiny_model_dir), "main")
-    result = export_onnx(dl.run_id, "int4", "cuda", 32, 4)
+    dl = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
+    result = export_onnx(
+        ExportOptions(
+            download_run_id=dl.run_id,
+            precision="int4",
+            execution_provider="cuda",
+            int4_block_size=32,
+            int4_accuracy_level=4,
+        )
+    )
     run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags[TAG_SMOKE_TEST].startswith("skipped: the installed onnxruntime-genai")
@@ -252,8 +271,8 @@ def test_onnx_dir_holds_what_onnxruntime_genai_needs(onnx_dir: Path):
 
 
 def test_export_step_on_the_tiny_model(store: str, tiny_model_dir: Path, onnx_dir: Path):
-    dl = download(str(tiny_model_dir), "main")
-    result = export_onnx(dl.run_id, "int4", "cpu", 32, 4)
+    dl = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
+    result = export_onnx(ExportOptions(download_run_id=dl.run_id))
 
     run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -295,7 +314,7 @@ def test_too_little_memory_fails_before_the_weights_are_fetched_or_the_builder_r
 ):
     from llmflow.export.memory import MemoryFound
 
-    download_run = download(str(tiny_model_dir), "main")
+    download_run = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
     fetched: list[bool] = []
     real_fetch = export_module.model_dir_from_run
     monkeypatch.setattr(
@@ -305,7 +324,7 @@ def test_too_little_memory_fails_before_the_weights_are_fetched_or_the_builder_r
     )
     monkeypatch.setattr(export_module, "memory_found", lambda: MemoryFound(1 << 20, "cgroup limit"))
     with pytest.raises(InputError, match=r"needs about .* GiB .* has 0\.0 GiB \(cgroup limit\); pass onnx_source="):
-        export_onnx(download_run.run_id, "int4", "cpu", 32, 4)
+        export_onnx(ExportOptions(download_run_id=download_run.run_id))
     assert fetched == [False]
     assert fake_builder.create_calls == []
     assert "needs about" in mlflow.last_active_run().data.tags[TAG_ERROR]

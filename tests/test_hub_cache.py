@@ -11,6 +11,7 @@ import mlflow
 import pytest
 
 from llmflow import download as dl
+from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
 from llmflow.tracking.names import TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE
 from tests.hf_cache import DEFAULT_REPO, seed_cache
@@ -30,7 +31,7 @@ def hf_cache(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPat
 
 def test_default_model_resolves_main_to_the_cached_sha_offline(hf_cache: tuple[Path, str], tracking_uri: str):
     cache, sha = hf_cache
-    result = dl.download(DEFAULT_REPO, "main")
+    result = dl.download(DownloadOptions(model=DEFAULT_REPO, revision="main"))
     run = mlflow.get_run(result.run_id)
     assert (run.data.tags[TAG_SOURCE], run.data.tags[TAG_HF_REPO], run.data.tags[TAG_HF_SHA]) == (
         "hub",
@@ -44,7 +45,7 @@ def test_default_model_resolves_main_to_the_cached_sha_offline(hf_cache: tuple[P
 
 def test_a_revision_not_in_the_cache_is_one_line_naming_repo_and_revision(hf_cache, tracking_uri: str):
     with pytest.raises(InputError) as error:
-        dl.download(DEFAULT_REPO, "v2")
+        dl.download(DownloadOptions(model=DEFAULT_REPO, revision="v2"))
     message = str(error.value)
     assert "\n" not in message
     assert f"model '{DEFAULT_REPO}' at revision 'v2' is not in the Hugging Face cache" in message
@@ -52,7 +53,7 @@ def test_a_revision_not_in_the_cache_is_one_line_naming_repo_and_revision(hf_cac
 
 def test_a_repo_not_in_the_cache_is_one_line(hf_cache, tracking_uri: str):
     with pytest.raises(InputError, match="model 'nobody/nothing' at revision 'main' is not in the Hugging Face cache"):
-        dl.download("nobody/nothing", "main")
+        dl.download(DownloadOptions(model="nobody/nothing", revision="main"))
 
 
 @pytest.mark.e2e

@@ -23,14 +23,22 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.models import convert_input_example_to_serving_input, validate_serving_input
 from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA
+from mlproject import mlproject_parameters
 
 from llmflow import PROJECT_ROOT
 from llmflow import export_onnx as export_module
-from llmflow.cli import mlproject_parameters
-from llmflow.download import download
+from llmflow.download import DownloadOptions, download
 from llmflow.errors import InputError
-from llmflow.export_onnx import export_onnx
-from llmflow.log_pyfunc import CHAT_EXAMPLE, build_signature, generation_defaults, log_pyfunc, serving_requirements
+from llmflow.export_onnx import ExportOptions, export_onnx
+from llmflow.log_pyfunc import (
+    CHAT_EXAMPLE,
+    LogPyfuncOptions,
+    build_signature,
+    generation_defaults,
+    log_pyfunc,
+    serving_requirements,
+)
+from llmflow.options import names, parse
 from llmflow.tracking.names import (
     TAG_DOWNLOAD_RUN,
     TAG_EXECUTION_PROVIDER,
@@ -40,7 +48,6 @@ from llmflow.tracking.names import (
     TAG_MODEL_URI,
     TAG_PRECISION,
 )
-from steps import log_pyfunc as log_pyfunc_step
 
 
 def phi3(question: str) -> str:
@@ -82,9 +89,9 @@ def logged(tiny_model_dir: Path, onnx_dir: Path, tmp_path_factory: pytest.TempPa
         experiment_id = mlflow.create_experiment("pyfunc", artifact_location=(root / "artifacts").as_uri())
         patch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
         mlflow.set_experiment(experiment_id=experiment_id)
-        dl = download(str(tiny_model_dir), "main")
-        export = export_onnx(dl.run_id, "int4", "cpu", 32, 4)
-        result = log_pyfunc(export.run_id, 24)
+        dl = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
+        export = export_onnx(ExportOptions(download_run_id=dl.run_id))
+        result = log_pyfunc(LogPyfuncOptions(export_run_id=export.run_id, max_new_tokens=24))
     mlflow.set_tracking_uri(None)
     return Logged(uri, export.run_id, result.run_id, result.model_uri)
 
@@ -143,8 +150,10 @@ def test_signature_takes_both_request_forms_with_params():
     assert inputs["prompt"].type.name == "string"
     for name in ("temperature", "max_tokens", "top_p", "top_k", "stop"):
         assert inputs[name].type == chat_types[name]
-    # A chat request gets a dict back and a prompt a string: no output schema fits both.
-    assert signature.outputs is None
+    # The outputs are the chat completion (Unity Catalog needs outputs); a raw prompt's string is not declared.
+    outputs = {spec.name: spec for spec in signature.outputs.inputs}
+    assert list(outputs) == ["id", "object", "created", "model", "choices", "usage"]
+    assert {p.name for p in outputs["usage"].type.properties} == {"prompt_tokens", "completion_tokens", "total_tokens"}
     assert {p.name: p.default for p in signature.params} == {
         "max_new_tokens": 64,
         "temperature": 0.0,
@@ -167,22 +176,26 @@ def test_requirements_are_pinned_to_installed_versions():
 
 
 def test_step_parser_has_exactly_the_mlproject_parameters():
-    parser = log_pyfunc_step.build_parser()
-    flags = {action.dest for action in parser.parser._actions if action.dest != "help"}
-    assert flags == set(mlproject_parameters("log_pyfunc"))
-    assert parser.parse(["--export-run-id", "abc"]) == {"export_run_id": "abc", "max_new_tokens": 256}
-    assert parser.parse(["--export-run-id", "abc", "--max-new-tokens", "32.0"])["max_new_tokens"] == 32
+    assert set(names(LogPyfuncOptions)) == set(mlproject_parameters("log_pyfunc"))
+    assert parse(LogPyfuncOptions, "log_pyfunc", "", ["--export-run-id", "abc"]).params() == {
+        "export_run_id": "abc",
+        "max_new_tokens": 256,
+    }
+    assert (
+        parse(LogPyfuncOptions, "log_pyfunc", "", ["--export-run-id", "abc", "--max-new-tokens", "32.0"]).max_new_tokens
+        == 32
+    )
 
 
 def test_a_run_of_another_step_is_refused(store: Logged):
     download_run_id = mlflow.get_run(store.export_run_id).data.tags[TAG_DOWNLOAD_RUN]
     with pytest.raises(InputError, match=f"run '{download_run_id}' is a 'download' run; expected .* 'export_onnx'"):
-        log_pyfunc(download_run_id, 16)
+        log_pyfunc(LogPyfuncOptions(export_run_id=download_run_id, max_new_tokens=16))
 
 
 def test_max_new_tokens_below_one_is_refused(store: Logged):
     with pytest.raises(InputError, match="max_new_tokens 0 is not accepted; expected a whole number of 1 or more"):
-        log_pyfunc(store.export_run_id, 0)
+        log_pyfunc(LogPyfuncOptions(export_run_id=store.export_run_id, max_new_tokens=0))
 
 
 def test_an_onnx_folder_without_a_chat_template_is_refused(store: Logged):
@@ -193,7 +206,7 @@ def test_an_onnx_folder_without_a_chat_template_is_refused(store: Logged):
     with pytest.raises(
         InputError, match=f"export run '{run_id}' has no chat template .* expected the export of a chat"
     ):
-        log_pyfunc(run_id, 8)
+        log_pyfunc(LogPyfuncOptions(export_run_id=run_id, max_new_tokens=8))
 
 
 # --- integration tier: the logged model ---------------------------------------------------------------------
@@ -299,21 +312,22 @@ def test_serving_refuses_bad_input_with_a_400(store: Logged, body: dict[str, Any
     assert caught.value.get_http_status_code() == 400
 
 
+@pytest.mark.integration
 def test_logged_model_serves_without_the_llmflow_package(store: Logged, tmp_path: Path):
-    """A fresh interpreter outside the project, as where the model is served: chat_protocol comes with the model."""
+    """A fresh interpreter outside the project, as where the model is served: the serving package comes with it."""
     script = (
         "import importlib.util, json, sys, mlflow\n"
         "assert importlib.util.find_spec('llmflow') is None\n"
         f"model = mlflow.pyfunc.load_model({store.model_uri!r})\n"
         f"[answer] = model.predict({{'messages': {ASK_SPAIN!r}}})\n"
-        "print(json.dumps([answer['choices'][0]['message']['content'], sys.modules['chat_protocol'].__file__]))\n"
+        "print(json.dumps([answer['choices'][0]['message']['content'], sys.modules['serving.generation'].__file__]))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"MLFLOW_TRACKING_URI": store.tracking_uri}
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    answer, protocol_file = json.loads(proc.stdout.splitlines()[-1])
+    answer, loop_file = json.loads(proc.stdout.splitlines()[-1])
     assert answer == "Madrid"
-    assert Path(protocol_file).parent.name == "code"
+    assert (Path(loop_file).parent.name, Path(loop_file).parent.parent.name) == ("serving", "code")
 
 
 def test_logged_requirements_are_pinned(store: Logged):
@@ -322,17 +336,21 @@ def test_logged_requirements_are_pinned(store: Logged):
     assert all("==" in line for line in requirements)
 
 
-def test_logged_model_code_is_the_pyfunc_file_and_its_protocol(store: Logged, tmp_path: Path):
+def test_logged_model_code_is_the_pyfunc_file_and_the_serving_package(store: Logged, tmp_path: Path):
     local = Path(mlflow.artifacts.download_artifacts(store.model_uri, dst_path=str(tmp_path)))
-    [code] = local.glob("**/onnx_chat_model.py")
+    [code] = [path for path in local.glob("**/onnx_chat_model.py") if path.parent.name != "serving"]
     assert "mlflow.models.set_model(OnnxChatModel())" in code.read_text()
-    [protocol] = local.glob("**/code/chat_protocol.py")
-    assert protocol.read_text() == (PROJECT_ROOT / "llmflow" / "serving" / "chat_protocol.py").read_text()
+    package = PROJECT_ROOT / "llmflow" / "serving"
+    logged = {path.name: path.read_text() for path in local.glob("code/serving/*.py")}
+    assert logged == {path.name: path.read_text() for path in package.glob("*.py")}
+    assert {"chat_protocol.py", "generation.py", "__init__.py"} <= set(logged)
     assert {"genai_config.json", "model.onnx", "model.onnx.data"} <= {p.name for p in local.glob("artifacts/**/*")}
 
 
 def test_a_cuda_export_is_logged_with_the_cuda_runtime(store: Logged):
-    result = log_pyfunc(export_like(store, {TAG_EXECUTION_PROVIDER: "cuda"}), 8)
+    result = log_pyfunc(
+        LogPyfuncOptions(export_run_id=export_like(store, {TAG_EXECUTION_PROVIDER: "cuda"}), max_new_tokens=8)
+    )
     assert mlflow.get_run(result.run_id).data.tags[TAG_EXECUTION_PROVIDER] == "cuda"
     requirements = Path(mlflow.pyfunc.get_model_dependencies(result.model_uri)).read_text().split()
     assert sorted(requirements) == serving_requirements("cuda")

@@ -7,16 +7,18 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from llmflow.download import download
+from llmflow.download import DownloadOptions, download
 from llmflow.errors import InputError
-from llmflow.log_transformers import log_transformers
+from llmflow.log_transformers import LogTransformersOptions, log_transformers
 from llmflow.tracking.names import TAG_DOWNLOAD_RUN, TAG_HF_SHA, TAG_MODEL_URI, TAG_PRECISION
 
 
 @pytest.fixture
 def logged(tiny_model_dir: Path, tracking_uri: str):
-    download_run = download(str(tiny_model_dir), "main")
-    return download_run, log_transformers(download_run.run_id, max_new_tokens=24)
+    download_run = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
+    return download_run, log_transformers(
+        LogTransformersOptions(download_run_id=download_run.run_id, max_new_tokens=24)
+    )
 
 
 def test_logged_chat_model_answers_in_openai_format(logged):
@@ -55,9 +57,9 @@ def test_logged_model_records_defaults_example_and_pins(logged):
 
 def test_bad_download_run_id_is_refused(tracking_uri: str):
     with pytest.raises(InputError, match="run 'nope' not found in tracking store"):
-        log_transformers("nope", max_new_tokens=8)
+        log_transformers(LogTransformersOptions(download_run_id="nope", max_new_tokens=8))
 
 
 def test_non_positive_max_new_tokens_is_refused(tracking_uri: str):
-    with pytest.raises(InputError, match="max_new_tokens 0 must be a positive"):
-        log_transformers("whatever", max_new_tokens=0)
+    with pytest.raises(InputError, match="max_new_tokens 0 is not accepted; expected a whole number of 1 or more"):
+        log_transformers(LogTransformersOptions(download_run_id="whatever", max_new_tokens=0))

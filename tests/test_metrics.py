@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmflow.evaluation.metrics import (
+    SCORERS,
     Example,
     contains_answer,
     exact_match,
@@ -57,7 +58,9 @@ def test_exact_match_and_contains_answer(prediction, answer, exact, contains):
 
 
 def _example(prediction: str, answer: str = "Madrid", latency: float = 1.0, tokens: int = 2) -> Example:
-    return Example("What is the capital of Spain?", answer, prediction, latency, tokens)
+    # In evaluate the scores are the assessments mlflow.genai.evaluate recorded; here the same scorers give them.
+    scores = {name: score(prediction, answer) for name, score in SCORERS.items()}
+    return Example("What is the capital of Spain?", answer, prediction, latency, tokens, scores)
 
 
 def test_summarize_means_percentiles_and_throughput():

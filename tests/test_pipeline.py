@@ -9,6 +9,8 @@ import pytest
 
 from llmflow import main as pipeline
 from llmflow.errors import InputError
+from llmflow.options import build
+from llmflow.tracking import reuse
 from llmflow.tracking.digest import code_digest, step_sources
 from llmflow.tracking.names import TAG_CODE_DIGEST, TAG_HF_SHA, TAG_STEP, TAG_UPSTREAM
 
@@ -33,7 +35,7 @@ GOOD = {
 
 
 def test_defaults_validate():
-    pipeline.validate_main_options(**GOOD)
+    build(pipeline.MainOptions, GOOD).check()
 
 
 @pytest.mark.parametrize(
@@ -55,7 +57,7 @@ def test_defaults_validate():
 )
 def test_bad_values_fail_before_any_step(change: dict, message: str):
     with pytest.raises(InputError, match=message.replace(".", r"\.")) as excinfo:
-        pipeline.validate_main_options(**{**GOOD, **change})
+        build(pipeline.MainOptions, {**GOOD, **change}).check()
     assert "\n" not in str(excinfo.value)
 
 
@@ -63,7 +65,7 @@ def test_empty_qa_file_fails_up_front(tmp_path: Path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(InputError, match="is empty"):
-        pipeline.validate_main_options(**{**GOOD, "qa_path": str(empty)})
+        build(pipeline.MainOptions, {**GOOD, "qa_path": str(empty)}).check()
 
 
 @pytest.mark.parametrize(
@@ -87,15 +89,15 @@ def _experiment() -> str:
 def test_reuse_needs_the_same_step_parameters_code_and_upstream(tracking_uri: str):
     params = {"export_run_id": "e1", "max_new_tokens": "256"}
     run_id = _finished_run("log_pyfunc", params, upstream="e1")
-    found = pipeline.find_reusable_run(_experiment(), "log_pyfunc", {**params, "max_new_tokens": "256.0"}, ["e1"])
+    found = reuse.find_reusable_run(_experiment(), "log_pyfunc", {**params, "max_new_tokens": "256.0"}, ["e1"])
     assert found.info.run_id == run_id
-    assert pipeline.find_reusable_run(_experiment(), "log_pyfunc", {**params, "max_new_tokens": "128"}, ["e1"]) is None
-    assert pipeline.find_reusable_run(_experiment(), "log_pyfunc", params, ["e2"]) is None
-    assert pipeline.find_reusable_run(_experiment(), "log_transformers", params, ["e1"]) is None
+    assert reuse.find_reusable_run(_experiment(), "log_pyfunc", {**params, "max_new_tokens": "128"}, ["e1"]) is None
+    assert reuse.find_reusable_run(_experiment(), "log_pyfunc", params, ["e2"]) is None
+    assert reuse.find_reusable_run(_experiment(), "log_transformers", params, ["e1"]) is None
     with mlflow.start_run():
         mlflow.log_params(params)
         mlflow.set_tags({TAG_STEP: "log_pyfunc", TAG_CODE_DIGEST: "other-code", TAG_UPSTREAM: "e1"})
-    assert pipeline.find_reusable_run(_experiment(), "log_pyfunc", params, ["e1"]).info.run_id == run_id
+    assert reuse.find_reusable_run(_experiment(), "log_pyfunc", params, ["e1"]).info.run_id == run_id
 
 
 def test_failed_and_killed_runs_are_never_reused(tracking_uri: str):
@@ -112,7 +114,7 @@ def test_failed_and_killed_runs_are_never_reused(tracking_uri: str):
     )
     mlflow.end_run("KILLED")
     assert mlflow.get_run(killed.info.run_id).info.status == "KILLED"
-    assert pipeline.find_reusable_run(_experiment(), "log_transformers", params, ["d1"]) is None
+    assert reuse.find_reusable_run(_experiment(), "log_transformers", params, ["d1"]) is None
 
 
 def test_a_download_is_reused_only_while_the_folder_holds_the_same_content(tracking_uri: str, tmp_path: Path):
@@ -123,9 +125,9 @@ def test_a_download_is_reused_only_while_the_folder_holds_the_same_content(track
     (folder / "config.json").write_text("{}")
     params = {"model": str(folder), "revision": "main"}
     run_id = _finished_run("download", params, tags={TAG_HF_SHA: source_fingerprint(str(folder), "main")})
-    assert pipeline.find_reusable_run(_experiment(), "download", params, []).info.run_id == run_id
+    assert reuse.find_reusable_run(_experiment(), "download", params, []).info.run_id == run_id
     (folder / "config.json").write_text('{"changed": true}')
-    assert pipeline.find_reusable_run(_experiment(), "download", params, []) is None
+    assert reuse.find_reusable_run(_experiment(), "download", params, []) is None
 
 
 def test_a_step_digest_covers_its_own_code_and_not_other_steps(tmp_path: Path):
@@ -140,16 +142,16 @@ def test_a_step_digest_covers_its_own_code_and_not_other_steps(tmp_path: Path):
     assert {"steps/log_pyfunc.py", "llmflow/log_pyfunc.py", "llmflow/serving/onnx_chat_model.py"} <= names
     assert "llmflow/serving/chat_protocol.py" in names
     assert "llmflow/evaluate.py" not in names
-    before = {step: pipeline.code_digest.__wrapped__(step, root) for step in ("download", "log_pyfunc", "evaluate")}
+    before = {step: code_digest.__wrapped__(step, root) for step in ("download", "log_pyfunc", "evaluate")}
     with (root / "llmflow" / "log_pyfunc.py").open("a") as handle:
         handle.write("\n# an edit\n")
-    after = {step: pipeline.code_digest.__wrapped__(step, root) for step in before}
+    after = {step: code_digest.__wrapped__(step, root) for step in before}
     assert after["log_pyfunc"] != before["log_pyfunc"]
     assert after["download"] == before["download"]
     assert after["evaluate"] == before["evaluate"]
     with (root / "requirements.txt").open("a") as handle:
         handle.write("\n")
-    assert all(pipeline.code_digest.__wrapped__(step, root) != after[step] for step in before)
+    assert all(code_digest.__wrapped__(step, root) != after[step] for step in before)
 
 
 @pytest.mark.parametrize(

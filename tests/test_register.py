@@ -7,8 +7,15 @@ import pytest
 from mlflow import MlflowClient
 
 from llmflow.errors import InputError
-from llmflow.register import register
-from llmflow.tracking.names import TAG_DOWNLOAD_RUN, TAG_HF_REPO, TAG_HF_SHA, TAG_PRECISION, TAG_STEP
+from llmflow.register import RegisterOptions, register
+from llmflow.tracking.names import (
+    TAG_DOWNLOAD_RUN,
+    TAG_EXECUTION_PROVIDER,
+    TAG_HF_REPO,
+    TAG_HF_SHA,
+    TAG_PRECISION,
+    TAG_STEP,
+)
 
 
 class Echo(mlflow.pyfunc.PythonModel):
@@ -27,7 +34,7 @@ LINEAGE = {TAG_HF_REPO: "local/tiny-phi3", TAG_HF_SHA: "sha256:abc", TAG_PRECISI
 
 def test_register_tags_lineage_and_sets_challenger(tracking_uri: str):
     uri = _logged_model(LINEAGE)
-    result = register(uri, "tiny-onnx")
+    result = register(RegisterOptions(model_uri=uri, registered_model_name="tiny-onnx"))
     client = MlflowClient()
     version = client.get_model_version("tiny-onnx", result.version)
     assert result.created and result.version == "1"
@@ -42,8 +49,8 @@ def test_register_tags_lineage_and_sets_challenger(tracking_uri: str):
 
 def test_registering_the_same_model_twice_keeps_one_version(tracking_uri: str):
     uri = _logged_model(LINEAGE)
-    first = register(uri, "tiny-onnx")
-    second = register(uri, "tiny-onnx")
+    first = register(RegisterOptions(model_uri=uri, registered_model_name="tiny-onnx"))
+    second = register(RegisterOptions(model_uri=uri, registered_model_name="tiny-onnx"))
     assert (first.version, second.version) == ("1", "1")
     assert not second.created
     assert len(MlflowClient().search_model_versions("name='tiny-onnx'")) == 1
@@ -51,9 +58,9 @@ def test_registering_the_same_model_twice_keeps_one_version(tracking_uri: str):
 
 def test_a_new_model_moves_challenger_only(tracking_uri: str):
     client = MlflowClient()
-    register(_logged_model(LINEAGE), "tiny-onnx")
+    register(RegisterOptions(model_uri=_logged_model(LINEAGE), registered_model_name="tiny-onnx"))
     client.set_registered_model_alias("tiny-onnx", "champion", "1")
-    result = register(_logged_model(LINEAGE), "tiny-onnx")
+    result = register(RegisterOptions(model_uri=_logged_model(LINEAGE), registered_model_name="tiny-onnx"))
     assert result.version == "2"
     assert str(client.get_model_version_by_alias("tiny-onnx", "challenger").version) == "2"
     assert str(client.get_model_version_by_alias("tiny-onnx", "champion").version) == "1"
@@ -69,6 +76,31 @@ def test_a_new_model_moves_challenger_only(tracking_uri: str):
 )
 def test_bad_input_is_one_line_and_registers_nothing(tracking_uri: str, uri: str, name: str, message: str):
     with pytest.raises(InputError, match=message) as excinfo:
-        register(uri, name)
+        register(RegisterOptions(model_uri=uri, registered_model_name=name))
     assert "\n" not in str(excinfo.value)
     assert MlflowClient().search_registered_models() == []
+
+
+def test_the_version_is_linked_to_its_logged_model_and_the_name_has_a_card(tracking_uri: str):
+    import json
+
+    from llmflow.tracking.model_cards import version_model_id
+
+    uri = _logged_model({**LINEAGE, TAG_EXECUTION_PROVIDER: "cpu"})
+    result = register(RegisterOptions(model_uri=uri, registered_model_name="tiny-onnx"))
+    client = MlflowClient()
+    version = client.get_model_version("tiny-onnx", result.version)
+    model_id = uri.removeprefix("models:/")
+    # The version leads to its LoggedModel, and the LoggedModel names the version.
+    assert version.source == uri
+    assert version_model_id(version) == model_id
+    assert json.loads(mlflow.get_logged_model(model_id).tags["mlflow.modelVersions"]) == [
+        {"name": "tiny-onnx", "version": int(result.version)}
+    ]
+    # The registered model says what it is, where it came from and how to serve it.
+    description = client.get_registered_model("tiny-onnx").description
+    assert "`local/tiny-phi3`" in description and "`sha256:abc`" in description
+    assert "ONNX int4 export for cpu" in description
+    assert 'mlflow models serve -m "models:/tiny-onnx@champion"' in description
+    # Every tag fits the 1,000 characters Unity Catalog allows.
+    assert all(len(value) <= 1000 for value in version.tags.values())

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from servers import free_port, running
 
+# Every test here starts a real server process.
+pytestmark = pytest.mark.integration
+
 SPAIN = [{"role": "user", "content": "What is the capital of Spain?"}]
 PROMPT = "<|user|>\nWhat is the capital of Spain?<|end|>\n<|assistant|>\n"
 QUESTIONS = {

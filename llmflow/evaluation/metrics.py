@@ -1,5 +1,9 @@
 """Answer scoring and summary figures for the ``evaluate`` step.
 
+The scorers (``SCORERS``) run once per answer, inside ``mlflow.genai.evaluate``, which records each score
+as an assessment on the answer's trace. An ``Example`` carries those recorded scores, so the summary and
+the per-example table are computed from the same assessments the MLflow UI shows, never by scoring again.
+
 Scoring is SQuAD-style: both texts are lowercased and stripped of punctuation, of the articles
 "a", "an" and "the", and of extra whitespace before they are compared. Token F1 (SQuAD's) and ROUGE-L
 come from torchmetrics, the well-kept implementations, not from code of ours.
@@ -9,7 +13,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,17 +76,17 @@ QUALITY_METRICS = tuple(SCORERS)
 
 @dataclass(frozen=True)
 class Example:
-    """One scored question: what was asked, expected and generated, and how long it took."""
+    """One scored question: what was asked, expected and generated, how long it took, and its scores.
+
+    ``scores`` holds the assessments ``mlflow.genai.evaluate`` recorded on the answer's trace, by metric name.
+    """
 
     question: str
     answer: str
     prediction: str
     latency_s: float
     completion_tokens: int
-
-    def scores(self) -> dict[str, float]:
-        """Every quality score of this example, by metric name."""
-        return {name: score(self.prediction, self.answer) for name, score in SCORERS.items()}
+    scores: Mapping[str, float]
 
 
 def summarize(examples: Sequence[Example]) -> dict[str, float]:
@@ -96,9 +100,8 @@ def summarize(examples: Sequence[Example]) -> dict[str, float]:
     latencies = np.array([e.latency_s for e in examples], dtype=float)
     total_seconds = float(latencies.sum())
     total_tokens = sum(e.completion_tokens for e in examples)
-    scores = [e.scores() for e in examples]
     return {
-        **{name: float(np.mean([s[name] for s in scores])) for name in QUALITY_METRICS},
+        **{name: float(np.mean([e.scores[name] for e in examples])) for name in QUALITY_METRICS},
         "latency_p50_s": float(np.percentile(latencies, 50)),
         "latency_p95_s": float(np.percentile(latencies, 95)),
         "tokens_per_second": total_tokens / total_seconds if total_seconds > 0 else 0.0,
@@ -108,12 +111,11 @@ def summarize(examples: Sequence[Example]) -> dict[str, float]:
 
 def example_table(examples: Sequence[Example]) -> dict[str, list]:
     """The per-example columns logged as ``eval_table.json``."""
-    scores = [e.scores() for e in examples]
     return {
         "question": [e.question for e in examples],
         "answer": [e.answer for e in examples],
         "prediction": [e.prediction for e in examples],
-        **{name: [s[name] for s in scores] for name in QUALITY_METRICS},
+        **{name: [e.scores[name] for e in examples] for name in QUALITY_METRICS},
         "latency_s": [e.latency_s for e in examples],
         "completion_tokens": [e.completion_tokens for e in examples],
     }

@@ -1,0 +1,16 @@
+"""Serving: the files that run where the model is served, where the ``llmflow`` package is not installed.
+
+``log_pyfunc`` logs this whole folder as the ONNX model's code path, so a served model has it as ``code/serving``
+and imports it as the top-level package ``serving``. Its files therefore import each other with relative imports
+only and import nothing from ``llmflow`` outside this package (``tests/test_serving_package.py`` checks it); the
+one exception is ``onnx_chat_model.py``, the models-from-code file, which is loaded as a script and imports
+``serving.*``, falling back on ``llmflow.serving.*`` inside the project. They import only the standard library,
+mlflow, numpy, pandas and onnxruntime_genai, plus, for the OpenAI endpoint, fastapi, uvicorn, starlette and
+prometheus_client.
+
+- ``chat_protocol``: the pyfunc's request and response formats, as pure functions.
+- ``generation``: the one onnxruntime-genai generation loop (the pyfunc, the export smoke test, the endpoint and the
+  benchmark use it).
+- ``onnx_chat_model``: the pyfunc (models from code).
+- ``openai_server`` and the modules it uses: the OpenAI-compatible ``/v1/chat/completions`` endpoint.
+"""

@@ -1,11 +1,12 @@
 """The request and response formats of the ONNX chat pyfunc, as pure functions (no model needed).
 
-Logged with the model (``code_paths``) next to ``onnx_chat_model.py``, so, like it, this file imports only
-the standard library, mlflow, numpy and pandas.
+Logged with the model as part of the ``serving`` package (its ``code_paths``), so, like every file of the package,
+it imports only the standard library, mlflow, numpy and pandas. It is over 300 lines because it is the whole
+request format, read top to bottom: fields, their checks, the token budget, stop strings and the response shapes.
 
 A request is one or more rows. Each row is either
 - a chat request, as for an ``llm/v1/chat`` model: ``messages`` (``system``, ``user`` and ``assistant``
-  turns), with the optional fields ``temperature``, ``max_tokens``, ``top_p``, ``top_k`` and ``stop``;
+  turns), with the optional fields ``temperature``, ``max_tokens``, ``top_p``, ``top_k``, ``stop`` and ``seed``;
   it gets an OpenAI ``chat.completion`` dict back; or
 - a raw prompt, the cookbook's form: ``prompt``, text already in the model's chat format; it gets the
   generated string back. It takes the same optional fields.
@@ -38,7 +39,7 @@ CHAT, PROMPT = "messages", "prompt"
 GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "top_k": 50}
 # A row's field for each setting; the chat field ``max_tokens`` is the params' ``max_new_tokens``.
 ROW_FIELD_OF_PARAM = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k"}
-ROW_FIELDS = (CHAT, PROMPT, *ROW_FIELD_OF_PARAM.values(), "stop")
+ROW_FIELDS = (CHAT, PROMPT, *ROW_FIELD_OF_PARAM.values(), "stop", "seed")
 
 
 def invalid(message: str) -> MlflowException:
@@ -79,6 +80,7 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], Any], Callable[[Any], bool], str]
     "top_p": (_real, lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "top_k": (_whole, lambda v: v >= 1, "a whole number of 1 or more"),
     "stop": (_stops, lambda v: len(v) > 0, "a non-empty string or a list of non-empty strings"),
+    "seed": (_whole, lambda v: 0 <= v < 2**31, "a whole number from 0 to 2147483647"),
 }
 
 
@@ -103,7 +105,8 @@ def generation_options(defaults: dict[str, Any], params: dict[str, Any] | None) 
 
 @dataclass(frozen=True)
 class Settings:
-    """How one row is generated. ``explicit_max_tokens``: the row set ``max_tokens`` itself."""
+    """How one row is generated. ``explicit_max_tokens``: the row set ``max_tokens`` itself. ``seed``: the random
+    seed of a sampled row, which then runs in a generator of its own so the same seed gives the same answer."""
 
     max_tokens: int
     temperature: float
@@ -111,11 +114,21 @@ class Settings:
     top_k: int
     stop: tuple[str, ...] = ()
     explicit_max_tokens: bool = False
+    seed: int | None = None
 
     @property
     def sampling_key(self) -> tuple[float, float, int] | None:
         """Rows with the same key can share one generator; every greedy row shares ``None``."""
         return (self.temperature, self.top_p, self.top_k) if self.temperature > 0 else None
+
+    @property
+    def alone(self) -> bool:
+        """A seeded sampled row shares no generator: another row would change the random draws it gets."""
+        return self.temperature > 0 and self.seed is not None
+
+    def sampling(self) -> dict[str, Any]:
+        """The keyword arguments of ``generation.search_options`` for this row."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -224,11 +237,12 @@ def parse_row(row: dict[str, Any], options: dict[str, Any], where: str = "") -> 
         for param, field in ROW_FIELD_OF_PARAM.items()
     }
     stop = checked("stop", row["stop"], where) if "stop" in row else ()
+    seed = checked("seed", row["seed"], where) if "seed" in row else None
     return Request(
         form=form,
         messages=_messages(row[CHAT], where) if form == CHAT else None,
         prompt=_prompt(row[PROMPT], where) if form == PROMPT else None,
-        settings=Settings(**settings, stop=stop, explicit_max_tokens="max_tokens" in row),
+        settings=Settings(**settings, stop=stop, explicit_max_tokens="max_tokens" in row, seed=seed),
     )
 
 

@@ -2,8 +2,8 @@
 
 This file is the model: MLflow copies it next to the ONNX folder and runs it where the model is served,
 where the ``llmflow`` package may be absent. It therefore imports only the standard library, mlflow,
-numpy, pandas, onnxruntime_genai and ``chat_protocol`` (the request and response formats), which is
-logged with it through ``code_paths``.
+numpy, pandas, onnxruntime_genai and the ``serving`` package it is part of (``chat_protocol``, the request and
+response formats; ``generation``, the generation loop), which is logged with it as its ``code_paths``.
 
 - Artifacts: ``onnx``, the folder written by the onnxruntime-genai model builder, with its chat template.
 - Model config: generation defaults ``max_new_tokens``, ``temperature`` (0: greedy), ``top_p``, ``top_k``;
@@ -28,11 +28,14 @@ import numpy as np
 import onnxruntime_genai as og
 import pandas as pd
 
-# The logged model has chat_protocol at the top level of its code path; the project has it in llmflow.
+# The logged model carries this package as ``code/serving`` (its code path); the project has it in llmflow.
+# This file is loaded as a script, not as a member of the package, so it cannot import relatively.
 try:
-    import chat_protocol as protocol
+    from serving import chat_protocol as protocol
+    from serving import generation
 except ModuleNotFoundError:
     from llmflow.serving import chat_protocol as protocol
+    from llmflow.serving import generation
 
 GENERATION_DEFAULTS = protocol.GENERATION_DEFAULTS
 MAX_BATCH_SIZE = 16
@@ -158,8 +161,9 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         """Rows that can share a generator: same sampling settings, padded prompt plus budget within the
         context, at most ``max_batch_size``; shorter prompts first, so padding stays small."""
         groups: dict[Any, list[Row]] = {}
-        for row in rows:
-            groups.setdefault(row.request.settings.sampling_key, []).append(row)
+        for number, row in enumerate(rows):
+            settings = row.request.settings
+            groups.setdefault(("alone", number) if settings.alone else settings.sampling_key, []).append(row)
         for group in groups.values():
             batch: list[Row] = []
             for row in sorted(group, key=lambda r: len(r.ids)):
@@ -174,28 +178,14 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
     def generate(self, batch: list[Row]) -> Iterator[tuple[int, str]]:
         """Generate every row of ``batch`` in one generator; yield ``(row index, text)`` as text comes.
 
-        Prompts are padded on the right with the pad token: onnxruntime-genai 0.18 masks trailing pad
-        tokens and continues each row from its last real token (left padding changes greedy answers).
+        A row whose ``finish_reason`` is set from outside (a client that left) takes no more tokens, and the
+        generator stops before its next step once every row has ended.
         """
-        width = max(len(row.ids) for row in batch)
-        padded = np.full((len(batch), width), self.pad, dtype=np.int32)
-        for index, row in enumerate(batch):
-            padded[index, : len(row.ids)] = row.ids
-        settings = batch[0].request.settings
-        search: dict[str, Any] = {
-            "batch_size": len(batch),
-            "max_length": width + max(row.budget for row in batch),
-            "do_sample": settings.temperature > 0,
-        }
-        if search["do_sample"]:
-            search.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
-        params = og.GeneratorParams(self.model)
-        params.set_search_options(**search)
-        generator = og.Generator(self.model, params)
-        generator.append_tokens(padded)
-        while not all(row.finish_reason for row in batch) and not generator.is_done():
-            generator.generate_next_token()
-            for index, (row, token) in enumerate(zip(batch, generator.get_next_tokens().tolist(), strict=True)):
+        budget = max(row.budget for row in batch)
+        sampling = batch[0].request.settings.sampling()
+        generator = generation.start(self.model, [row.ids for row in batch], self.pad, budget, **sampling)
+        for tokens in generation.steps(generator, lambda: all(row.finish_reason for row in batch)):
+            for index, (row, token) in enumerate(zip(batch, tokens, strict=True)):
                 if row.finish_reason is None and (text := row.push(token, self.eos)):
                     yield index, text
         for index, row in enumerate(batch):

@@ -87,3 +87,18 @@ DECISION_FILE = "decision.json"
 COMPARISON_ARTIFACT = "comparison.json"  # reproduce
 # The name of every logged model inside its run.
 LOGGED_MODEL_NAME = "model"
+
+# Datasets (evaluate): the QA set is one MLflow GenAI evaluation dataset, tagged with the file it came from
+# and its sha256 (TAG_QA_SHA).
+TAG_QA_SOURCE = "llmflow.qa_source"
+# MLflow's own experiment tag that picks the UI's tabs (not ours: no prefix).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+# promote: on the copy, where it was promoted from (registry without credentials, name and version).
+TAG_PROMOTED_FROM = "llmflow.promoted_from"
+TAG_PROMOTE_TARGET = "llmflow.promote_target"
+
+# batch_predict
+TAG_BATCH_MODEL_URI = "llmflow.batch_model_uri"
+PREDICTIONS_ARTIFACT_DIR = "predictions"

@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 
 from llmflow import PROJECT_ROOT
 from llmflow.errors import InputError, PipelineError
+from llmflow.options import StepOptions
 from llmflow.tracking.digest import code_digest
 from llmflow.tracking.names import (
     ENV_UPSTREAM,
@@ -100,13 +101,15 @@ def seed_everything(seed: int = SEED) -> None:
 
 
 @contextmanager
-def step_run(step: str, params: dict[str, Any]) -> Iterator[Run]:
-    """Run the body inside this step's MLflow run and record its parameters.
+def step_run(step: str, options: StepOptions | dict[str, Any]) -> Iterator[Run]:
+    """Run the body inside this step's MLflow run, record its parameters, and check its options there.
 
     Under ``mlflow run`` the run already exists (``MLFLOW_RUN_ID``) and MLflow has logged the entry
-    point's parameters as given; those are kept, and only the missing ones are added. An
-    ``PipelineError`` is recorded as the ``llmflow.error`` tag before the run ends as FAILED.
+    point's parameters as given; those are kept, and only the missing ones are added. Options are checked
+    inside the run, so a bad value is recorded on the run that refused it: a ``PipelineError`` is
+    recorded as the ``llmflow.error`` tag before the run ends as FAILED.
     """
+    params = options.params() if isinstance(options, StepOptions) else options
     with mlflow.start_run() as run:
         existing = mlflow.get_run(run.info.run_id).data.params
         missing = {k: str(v) for k, v in params.items() if k not in existing}
@@ -125,6 +128,8 @@ def step_run(step: str, params: dict[str, Any]) -> Iterator[Run]:
         mlflow.log_text(frozen_environment(), FREEZE_ARTIFACT)
         seed_everything()
         try:
+            if isinstance(options, StepOptions):
+                options.check()
             yield run
         except PipelineError as exc:
             mlflow.set_tag(TAG_ERROR, str(exc))

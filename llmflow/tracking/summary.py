@@ -19,7 +19,7 @@ SAMPLE_QUESTION = "What is the capital of Spain?"
 
 def ask_champion(name: str, question: str = SAMPLE_QUESTION, max_new_tokens: int = 32) -> str:
     """Load ``models:/<name>@champion`` and answer one chat question with it, as evaluate asks."""
-    from llmflow.evaluate import chat_answer
+    from llmflow.evaluation.scoring import chat_answer
 
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     return chat_answer(model, question, max_new_tokens)[0].strip()
@@ -27,7 +27,7 @@ def ask_champion(name: str, question: str = SAMPLE_QUESTION, max_new_tokens: int
 
 def report_lines(run_id: str) -> list[str]:
     """The evaluate run's ``report/report.md`` (decision first, then its tables), without the plot links."""
-    from llmflow.evaluate import REPORT_DIR
+    from llmflow.tracking.names import REPORT_DIR
 
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{REPORT_DIR}/report.md")
     text = Path(path).read_text(encoding="utf-8")

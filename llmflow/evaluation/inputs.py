@@ -1,0 +1,174 @@
+"""What ``evaluate`` reads besides the models: its options, the QA set, the held-out text and the gate settings.
+
+Everything here is checked before any model loads, so ``main`` can refuse a bad value before its first
+child run. ``fingerprint`` says what must match for two evaluations to be comparable (the sha256 of both
+files and the answer length); ``main`` uses it to decide whether an earlier evaluate run can be reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmflow import PROJECT_ROOT
+from llmflow.errors import InputError
+from llmflow.evaluation.gate import GateConfig, parse_gate_metrics, parse_min_scores, validate_gate_config
+from llmflow.evaluation.perplexity import load_heldout
+from llmflow.evaluation.qa import QAPair, load_qa
+from llmflow.options import StepOptions, fraction, non_empty, option
+from llmflow.tracking.names import TAG_EVAL_MAX_NEW_TOKENS, TAG_HELDOUT_SHA, TAG_QA_SHA
+
+# reference_model_uri values that are not URIs.
+AUTO, NONE = "auto", "none"
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """Everything ``evaluate`` reads besides the models, checked before any model loads."""
+
+    pairs: list[QAPair]
+    qa_file: Path
+    heldout: str
+    heldout_file: Path
+    max_new_tokens: int
+    reference_model_uri: str
+    config: GateConfig
+
+    def fingerprint(self) -> dict[str, str]:
+        """What must match for two evaluations to be comparable."""
+        return {
+            **fingerprint_files(self.qa_file, self.heldout_file),
+            TAG_EVAL_MAX_NEW_TOKENS: str(self.max_new_tokens),
+        }
+
+
+def resolve_data_path(path: str | Path) -> Path:
+    """``path`` as given when it exists, else relative to the project root (where ``data/`` lives)."""
+    resolved = Path(path).expanduser()
+    if not resolved.exists() and not resolved.is_absolute() and (PROJECT_ROOT / resolved).exists():
+        return PROJECT_ROOT / resolved
+    return resolved
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def fingerprint_files(qa_path: str | Path, heldout_path: str | Path) -> dict[str, str]:
+    """sha256 of the QA file and the held-out text, as tags; ``InputError`` when one is missing."""
+    digests = {}
+    for tag, path in ((TAG_QA_SHA, qa_path), (TAG_HELDOUT_SHA, heldout_path)):
+        resolved = resolve_data_path(path)
+        if not resolved.is_file():
+            raise InputError(f"evaluation file '{path}' not found")
+        digests[tag] = file_sha256(resolved)
+    return digests
+
+
+def validate_reference_uri(uri: str) -> str:
+    """``auto``, ``none``, or a model URI MLflow can load (``models:/``, ``runs:/`` or a local folder)."""
+    text = str(uri).strip()
+    if text.lower() in (AUTO, NONE):
+        return text.lower()
+    if text.startswith(("models:/", "runs:/")) or "://" in text or Path(text).expanduser().is_dir():
+        return text
+    raise InputError(
+        f"reference_model_uri {uri!r} is not accepted; expected 'auto' (the transformers model of the same "
+        "download run), 'none', or a model URI such as models:/<name>/<version> or runs:/<run_id>/<path>"
+    )
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InputError(f"{name} {value!r} is not accepted; expected a positive whole number")
+
+
+def _check_metrics(name: str, value: str) -> None:
+    parse_gate_metrics(value)
+
+
+def _check_floors(name: str, value: str) -> None:
+    parse_min_scores(value)
+
+
+def _check_ratio(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value < 1:
+        raise InputError(f"{name} {value!r} is not accepted; expected a number >= 1 (e.g. 1.2 allows 20% more)")
+
+
+def _check_reference(name: str, value: str) -> None:
+    validate_reference_uri(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationSettings(StepOptions):
+    """What evaluate scores on and how its gate decides; ``main`` hands the same settings to evaluate."""
+
+    qa_path: str = option(
+        "data/qa.jsonl", help="JSONL of {question, answer} rows; a relative path may also be from the project root."
+    )
+    heldout_path: str = option(
+        "data/heldout.txt", help="Held-out text for perplexity; a relative path may also be from the project root."
+    )
+    eval_max_new_tokens: int = option(32, help="Most tokens generated per question.", check=_check_positive)
+    gate_metrics: str = option(
+        "exact_match,contains_answer,token_f1,rouge_l",
+        help="Comma-separated metrics compared with the champion and the reference.",
+        check=_check_metrics,
+    )
+    min_scores: str = option(
+        "contains_answer=0.5",
+        help="Absolute floors, e.g. 'contains_answer=0.5,token_f1=0.3'; 'none' for none.",
+        check=_check_floors,
+    )
+    champion_tolerance: float = option(
+        0.02, help="How far (0-1) below the champion a gated metric may fall.", check=fraction
+    )
+    min_quality_retained: float = option(
+        0.9, help="Least share (0-1) of the reference's score kept on each gated metric.", check=fraction
+    )
+    max_perplexity_ratio: float = option(
+        1.2, help="Highest perplexity ratio, challenger / reference (>= 1).", check=_check_ratio
+    )
+
+    def check_together(self) -> None:
+        validate_evaluate_options(self)  # the gate's settings together, and the data files load
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateOptions(EvaluationSettings):
+    """Score the 'challenger' against champion and reference; gate its promotion."""
+
+    registered_model_name: str = option(help="Registered model whose 'challenger' alias is evaluated.", check=non_empty)
+    reference_model_uri: str = option(
+        AUTO,
+        help="Reference model: 'auto' (transformers model of the same download run), 'none', or a model URI.",
+        check=_check_reference,
+    )
+
+
+def validate_evaluate_options(settings: EvaluationSettings, reference_model_uri: str = NONE) -> EvalInputs:
+    """Check the data files and every gate setting without touching a model; load the data.
+
+    Raises ``InputError`` with one line naming the bad value, so ``main`` can fail before any child run.
+    """
+    config = GateConfig(
+        gate_metrics=parse_gate_metrics(settings.gate_metrics),
+        min_scores=parse_min_scores(settings.min_scores),
+        champion_tolerance=settings.champion_tolerance,
+        min_quality_retained=settings.min_quality_retained,
+        max_perplexity_ratio=settings.max_perplexity_ratio,
+    )
+    validate_gate_config(config)
+    qa_file, heldout_file = resolve_data_path(settings.qa_path), resolve_data_path(settings.heldout_path)
+    return EvalInputs(
+        pairs=load_qa(qa_file),
+        qa_file=qa_file,
+        heldout=load_heldout(heldout_file),
+        heldout_file=heldout_file,
+        max_new_tokens=settings.eval_max_new_tokens,
+        reference_model_uri=validate_reference_uri(reference_model_uri),
+        config=config,
+    )

@@ -1,0 +1,148 @@
+"""When ``main`` may reuse a finished step instead of running it again, and how it ends a step's abandoned run.
+
+A finished step is reused only when all of these match (``find_reusable_run``): the entry point; its
+parameters, normalised to strings; the digest of the code it runs (``llmflow.tracking.digest``); the ids
+of its upstream runs; and what the step read from outside its parameters (``STILL_VALID``: the model
+folder's content or the hub commit for download, the registry state for register and evaluate, the data
+files for evaluate). Failed and killed runs are never reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.projects.submitted_run import LocalSubmittedRun
+
+from llmflow.download import source_fingerprint
+from llmflow.errors import InputError
+from llmflow.evaluate import fingerprint_files
+from llmflow.tracking.digest import code_digest
+from llmflow.tracking.names import (
+    CHALLENGER,
+    TAG_CODE_DIGEST,
+    TAG_ERROR,
+    TAG_EVALUATE_RUN,
+    TAG_HF_SHA,
+    TAG_REGISTERED_VERSION,
+    TAG_STEP,
+    TAG_UPSTREAM,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def normalise(value: Any) -> str:
+    """A parameter value as the string it is compared by: whole numbers without ".0" ("32.0" -> "32")."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def upstream_key(run_ids: list[str]) -> str:
+    return ",".join(sorted(run_ids))
+
+
+# Checks of what a step read from outside its parameters; each takes the candidate run and the step's
+# parameters and says whether the run's result still holds. A check that cannot tell says no.
+StillValid = Callable[[Run, dict[str, str]], bool]
+
+
+def _download_still_valid(run: Run, params: dict[str, str]) -> bool:
+    """The folder's content (or the hub revision's commit) is what the run recorded."""
+    current = source_fingerprint(params["model"], params["revision"], os.environ.get("HF_TOKEN") or None)
+    return current is not None and current == run.data.tags.get(TAG_HF_SHA)
+
+
+def _register_still_valid(run: Run, params: dict[str, str]) -> bool:
+    """The version it registered still exists, from the same model, and is still the challenger."""
+    tags = run.data.tags
+    name, version = params["registered_model_name"], tags.get(TAG_REGISTERED_VERSION)
+    client = MlflowClient()
+    try:
+        model_version = client.get_model_version(name, version)
+        aliases = client.get_registered_model(name).aliases or {}
+    except MlflowException:
+        return False
+    same_model = params["model_uri"] in (model_version.source, f"models:/{getattr(model_version, 'model_id', '')}")
+    return same_model and str(aliases.get(CHALLENGER)) == str(version)
+
+
+def _evaluate_still_valid(run: Run, params: dict[str, str]) -> bool:
+    """It is the latest evaluation recorded on its version, and the data files have not changed."""
+    tags = run.data.tags
+    name, version = params["registered_model_name"], tags.get(TAG_REGISTERED_VERSION)
+    try:
+        recorded = MlflowClient().get_model_version(name, version).tags.get(TAG_EVALUATE_RUN)
+    except MlflowException:
+        return False
+    try:
+        current = fingerprint_files(params["qa_path"], params["heldout_path"])
+    except InputError:
+        return False
+    return recorded == run.info.run_id and all(tags.get(key) == value for key, value in current.items())
+
+
+STILL_VALID: dict[str, StillValid] = {
+    "download": _download_still_valid,
+    "register": _register_still_valid,
+    "evaluate": _evaluate_still_valid,
+}
+
+
+def find_reusable_run(
+    experiment_id: str, entry_point: str, parameters: dict[str, str], upstream: list[str]
+) -> Run | None:
+    """The newest FINISHED run of ``entry_point`` that may stand in for running it now, or None.
+
+    It must have the same code digest and upstream runs, equal parameters after ``normalise``, and pass
+    the step's ``STILL_VALID`` check.
+    """
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{TAG_STEP}` = '{entry_point}' and attributes.status = 'FINISHED' "
+        f"and tags.`{TAG_CODE_DIGEST}` = '{code_digest(entry_point)}'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    wanted = {k: normalise(v) for k, v in parameters.items()}
+    for run in runs:
+        stored = {k: normalise(v) for k, v in run.data.params.items()}
+        if any(stored.get(k) != v for k, v in wanted.items()):
+            continue
+        if run.data.tags.get(TAG_UPSTREAM, "") != upstream_key(upstream):
+            continue
+        check = STILL_VALID.get(entry_point)
+        if check is None or check(run, parameters):
+            return run
+    return None
+
+
+def end_abandoned_run(client: MlflowClient, submitted: LocalSubmittedRun) -> None:
+    """Record why a step's run ended without the step recording an error itself (killed, crashed).
+
+    A step killed by a signal cannot end its own run. MLflow's ``mlflow run`` process around it usually
+    marks the run FAILED; if it is still RUNNING, it is marked KILLED here (the shell reports a signal as
+    exit status 128 + its number), else FAILED. Either way it is never reused.
+    """
+    run = client.get_run(submitted.run_id)
+    if TAG_ERROR in run.data.tags:
+        return
+    code = submitted.command_proc.returncode
+    signalled = code is not None and (code < 0 or code > 128)
+    client.set_tag(
+        submitted.run_id,
+        TAG_ERROR,
+        f"the step's process ended (exit status {code}) without recording an error: it was killed or crashed",
+    )
+    if run.info.status in ("RUNNING", "SCHEDULED"):
+        client.set_terminated(submitted.run_id, "KILLED" if signalled else "FAILED")

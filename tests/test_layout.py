@@ -1,0 +1,174 @@
+"""The layout's rules: names in one module, no import cycles, small modules, every import declared."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+
+from llmflow import PROJECT_ROOT
+
+LIBRARY = PROJECT_ROOT / "llmflow"
+NAMES_MODULE = LIBRARY / "tracking" / "names.py"
+MAX_LINES = 300
+
+
+def _modules() -> dict[str, Path]:
+    return {
+        ".".join(path.relative_to(PROJECT_ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in sorted(LIBRARY.rglob("*.py"))
+    }
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the docstring nodes of the module, its classes and functions."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def tag_literals(path: Path) -> list[str]:
+    """String literals (and f-string parts) in ``path`` that start with ``llmflow.``, docstrings aside."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = _docstrings(tree)
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value.startswith("llmflow.")
+        and id(node) not in docstrings
+    ]
+
+
+@pytest.mark.parametrize("module", sorted(_modules()))
+def test_no_tag_literal_outside_the_names_module(module: str):
+    path = _modules()[module]
+    if path == NAMES_MODULE:
+        return
+    assert tag_literals(path) == [], f"{module}: move these names to llmflow/tracking/names.py"
+
+
+def test_the_names_check_catches_a_literal(tmp_path: Path):
+    sample = tmp_path / "sample.py"
+    sample.write_text('"""llmflow.docstring is fine."""\nTAG = "llmflow.new_tag"\nkey = f"llmflow.run.{1}"\n')
+    assert tag_literals(sample) == ["llmflow.new_tag", "llmflow.run."]
+
+
+def _top_level_imports(module: str, path: Path) -> set[str]:
+    """Project modules that ``module`` imports when it is imported (not the lazy imports inside functions)."""
+    found = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in _modules()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle in ``graph`` as a list of nodes, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = 2
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_circular_imports():
+    graph = {module: _top_level_imports(module, path) - {module} for module, path in _modules().items()}
+    # A package's __init__ runs before its modules: importing a.b imports a too, which is not a cycle.
+    graph = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
+
+
+def test_the_cycle_check_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+@pytest.mark.parametrize("module", sorted(_modules()))
+def test_modules_are_small_or_say_why(module: str):
+    text = _modules()[module].read_text(encoding="utf-8")
+    if len(text.splitlines()) > MAX_LINES:
+        docstring = ast.get_docstring(ast.parse(text)) or ""
+        assert re.search(r"over \d+ lines", docstring, re.IGNORECASE), (
+            f"{module} has {len(text.splitlines())} lines; split it, or say at its top why it is "
+            f"'over {MAX_LINES} lines'"
+        )
+
+
+def _declared() -> set[str]:
+    names = set()
+    for requirements in ("requirements.txt", "requirements-dev.txt"):
+        for line in (PROJECT_ROOT / requirements).read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                names.add(re.split(r"[=<>\[ ]", line.strip())[0].lower().replace("_", "-"))
+    return names
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    local = {
+        "llmflow",
+        "steps",
+        "bench",
+        "tests",
+        "servers",
+        "mlproject",
+        "conftest",
+        "serving",
+        "chat_protocol",
+        "scripts",
+    }
+    return {name for name in found if name not in sys.stdlib_module_names and name not in local}
+
+
+def test_every_imported_package_is_pinned():
+    """What the code imports comes from requirements*.txt, not from another package's dependencies."""
+    distributions = packages_distributions()
+    missing = {}
+    files = [
+        p
+        for folder in ("llmflow", "steps", "bench", "tests", "deploy", "scripts")
+        for p in (PROJECT_ROOT / folder).rglob("*.py")
+    ]
+    for path in files:
+        for name in _third_party_imports(path):
+            dists = {d.lower().replace("_", "-") for d in distributions.get(name, [name])}
+            if not dists & _declared():
+                missing.setdefault(name, []).append(path.relative_to(PROJECT_ROOT).as_posix())
+    assert missing == {}, f"imported but not pinned in requirements*.txt: {missing}"
