@@ -13,7 +13,7 @@ export PATH := $(BIN):$(PATH)
 # The demo and the tests never reach the Hugging Face Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv tiny demo test test-fast bench lint clean
+.PHONY: venv tiny demo test test-fast bench bench-scale lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.benchmark
 	$(BIN)/python -m bench.concurrency
+
+# main on a random model of Phi-3-mini's real shape (config and tokenizer from ../shared/phi3-mini-4k-instruct):
+# per-step wall time, peak RSS, artifact-store growth and temporary disk, and the ONNX model's speed (figures).
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale
 
 lint: $(STAMP)
 	$(BIN)/ruff check llmflow steps tests bench

@@ -185,9 +185,37 @@ def _hub_errors() -> list[tuple[type[Exception], str]]:
     ]
 
 
+def resolve_in_cache(model: str, revision: str) -> tuple[str, dict[str, Any]]:
+    """Resolve ``revision`` of ``model`` through the local Hugging Face cache alone (``refs/<revision>`` or a sha).
+
+    This is what an air-gapped machine with a filled ``HF_HOME`` does: no request leaves the machine.
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        snapshot = Path(
+            snapshot_download(model, revision=revision, allow_patterns=["config.json"], local_files_only=True)
+        )
+    except LocalEntryNotFoundError:
+        raise InputError(
+            f"model '{model}' at revision '{revision}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+            "and HF_HUB_OFFLINE is set; fill the cache on a connected machine (README, air-gapped) or pass a local "
+            "folder"
+        ) from None
+    config = snapshot / "config.json"
+    return snapshot.name, json.loads(config.read_text()) if config.is_file() else {}
+
+
 def resolve_hub(model: str, revision: str, token: str | None) -> tuple[str, dict[str, Any]]:
-    """Resolve ``revision`` of hub repo ``model`` to a commit sha and return it with the repo's config."""
-    from huggingface_hub import HfApi
+    """Resolve ``revision`` of hub repo ``model`` to a commit sha and return it with the repo's config.
+
+    With ``HF_HUB_OFFLINE`` set, the local Hugging Face cache answers (``resolve_in_cache``).
+    """
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return resolve_in_cache(model, revision)
 
     known = _hub_errors()
     try:

@@ -114,6 +114,8 @@ def test_hub_path_pins_the_resolved_commit(tiny_model_dir: Path, tracking_uri: s
 
     import huggingface_hub
 
+    # The online path: HF_HUB_OFFLINE (set for every test) would send download to the local cache instead.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     monkeypatch.setenv("HF_TOKEN", "hf_secret_marker")
@@ -148,6 +150,7 @@ def test_unknown_hub_model_is_one_clear_line(tracking_uri: str, monkeypatch: pyt
         def model_info(self, repo_id: str, revision: str) -> None:
             raise errors.RepositoryNotFoundError("404 Client Error. Repository Not Found", response=response)
 
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     with pytest.raises(InputError) as excinfo:
         dl.download(DownloadOptions(model="nobody/nothing", revision="main"))
