@@ -15,9 +15,6 @@ The token comes from ``HF_TOKEN`` and is handed to huggingface_hub only; it is n
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -25,14 +22,15 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import mlflow
 
 from llmflow.errors import InputError
+from llmflow.export.architectures import check_architecture, supported_architectures  # noqa: F401
 from llmflow.options import StepOptions, non_empty, option
+from llmflow.sources.manifest import build_manifest, manifest_digest, sha256_file  # noqa: F401
 from llmflow.tracking.names import MANIFEST_ARTIFACT, MODEL_ARTIFACT_DIR, TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE
 from llmflow.tracking.runs import get_step_run, step_run
 
@@ -76,84 +74,9 @@ class DownloadResult:
     model_dir: Path
 
 
-class BuilderUnreadable(RuntimeError):
-    """The installed onnxruntime-genai builder's list of architectures could not be read."""
-
-
-def _compared_architectures(tree: ast.AST) -> set[str]:
-    """Every string that the builder compares with ``<...>.architectures[0]`` (by ``==`` or ``in``)."""
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Compare) or "architectures" not in ast.unparse(node.left):
-            continue
-        for op, right in zip(node.ops, node.comparators, strict=True):
-            values = (
-                right.elts if isinstance(op, ast.In) and isinstance(right, ast.Tuple | ast.List | ast.Set) else [right]
-            )
-            found.update(v.value for v in values if isinstance(v, ast.Constant) and isinstance(v.value, str))
-    return found
-
-
-@cache
-def supported_architectures() -> frozenset[str]:
-    """Architectures the installed onnxruntime-genai model builder can export.
-
-    The builder has no list of them: it dispatches on ``config.architectures[0]`` in a chain of comparisons.
-    So this reads that dispatch from the builder's syntax tree (not its text, so formatting and ``in (...)``
-    forms do not matter), without importing the builder, which costs several seconds. If the builder
-    changes how it dispatches and the reading finds nothing, it fails loudly instead of refusing every model.
-    """
-    spec = importlib.util.find_spec("onnxruntime_genai.models.builder")
-    if spec is None or spec.origin is None:
-        raise BuilderUnreadable("onnxruntime_genai.models.builder is not installed; install onnxruntime-genai")
-    found = _compared_architectures(ast.parse(Path(spec.origin).read_text(encoding="utf-8")))
-    if not found:
-        raise BuilderUnreadable(
-            f"found no architectures in {spec.origin}: the onnxruntime-genai builder no longer dispatches on "
-            "config.architectures[0]; update llmflow.download.supported_architectures for the installed version"
-        )
-    return frozenset(found)
-
-
-def check_architecture(config: dict[str, Any], where: str) -> str:
-    """Return the model's architecture, or raise ``InputError`` when the ONNX builder cannot export it."""
-    architectures = config.get("architectures") or []
-    if not architectures:
-        raise InputError(
-            f"{where} names no 'architectures'; expected one of: {', '.join(sorted(supported_architectures()))}"
-        )
-    arch = architectures[0]
-    if arch not in supported_architectures():
-        raise InputError(
-            f"architecture '{arch}' of {where} is not supported by the onnxruntime-genai model builder; "
-            f"supported: {', '.join(sorted(supported_architectures()))}"
-        )
-    return arch
-
-
 def is_local_reference(model: str) -> bool:
     """A value that is an existing path, or looks like one, names a local folder; anything else a hub id."""
     return Path(model).expanduser().exists() or model.startswith(("/", ".", "~")) or not REPO_ID_PATTERN.match(model)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def build_manifest(model_dir: Path) -> list[dict[str, Any]]:
-    """Every file under ``model_dir`` (sorted, symlinks followed) with its size and sha256."""
-    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
-    return [
-        {"file": p.relative_to(model_dir).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)} for p in files
-    ]
-
-
-def manifest_digest(manifest: list[dict[str, Any]]) -> str:
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
 def _hub_errors() -> list[tuple[type[Exception], str]]:

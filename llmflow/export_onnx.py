@@ -15,7 +15,6 @@ Writes, in its MLflow run:
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -31,6 +30,7 @@ from llmflow.download import WEIGHT_SUFFIXES, build_manifest, model_dir_from_run
 from llmflow.errors import InputError
 from llmflow.export.memory import check_export_memory, config_of, export_need, memory_found
 from llmflow.export.nbits import streaming_quantization
+from llmflow.export.smoke import SMOKE_QUESTION, smoke_test, smoke_test_skip_reason
 from llmflow.export.stamp import package_build_stamp
 from llmflow.options import StepOptions, non_empty, one_of, option
 from llmflow.tracking.names import (
@@ -65,8 +65,6 @@ INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 # What the builder raises for a model or option it cannot handle; anything else is a bug and keeps its traceback.
 BUILDER_INPUT_ERRORS = (NotImplementedError, ValueError, OSError)
-SMOKE_QUESTION = "What is the capital of Spain?"
-SMOKE_MAX_NEW_TOKENS = 16
 STAGES = ("validate", "fetch model", "build", "smoke test", "log")
 
 
@@ -78,13 +76,6 @@ class ExportResult:
     execution_provider: str
     onnx_size_bytes: int
     smoke_test: str
-
-
-@dataclass(frozen=True)
-class SmokeResult:
-    prompt: str
-    answer: str
-    tokens: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,36 +181,6 @@ def run_builder(
                 f"{precision}/{execution_provider}: {reason}"
             ) from exc
     return out_dir
-
-
-def smoke_test(
-    onnx_dir: Path, question: str = SMOKE_QUESTION, max_new_tokens: int = SMOKE_MAX_NEW_TOKENS
-) -> SmokeResult:
-    """Ask the exported model one chat question with greedy decoding, through the serving generation loop."""
-    import onnxruntime_genai as og
-
-    from llmflow.serving.generation import greedy
-
-    model = og.Model(str(onnx_dir))
-    tokenizer = og.Tokenizer(model)
-    prompt = tokenizer.apply_chat_template(
-        json.dumps([{"role": "user", "content": question}]), add_generation_prompt=True
-    )
-    tokens, _ = greedy(model, tokenizer.encode(prompt), max_new_tokens)
-    return SmokeResult(prompt, tokenizer.decode(tokens), len(tokens))
-
-
-def smoke_test_skip_reason(execution_provider: str) -> str | None:
-    """Why this machine cannot run a model exported for ``execution_provider``, or ``None`` when it can."""
-    import onnxruntime_genai as og
-
-    available = {"cpu": lambda: True, "cuda": og.is_cuda_available}
-    if available[execution_provider]():
-        return None
-    return (
-        f"the installed onnxruntime-genai {og.__version__} has no {execution_provider.upper()} provider on this "
-        "machine; run the exported model where it has one"
-    )
 
 
 def preflight_memory(download_run_id: str, precision: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmflow import download as dl
+from llmflow.export import architectures as dl
 
 
 def test_the_installed_builder_lists_phi3_and_its_peers():

@@ -1,6 +1,6 @@
 """The one onnxruntime-genai generation loop of the project.
 
-The pyfunc (``onnx_chat_model``), the export's smoke test (``llmflow.export_onnx.smoke_test``), the endpoint's
+The pyfunc (``onnx_chat_model``), the export's smoke test (``llmflow.export.smoke``), the endpoint's
 batching scheduler and the benchmark's bare loop (``bench.workers``) all generate through ``start`` and ``steps``,
 so the way a generator is built and driven is written once. Like every file of this package it imports only the
 standard library, numpy and onnxruntime_genai: it runs where the ``llmflow`` package is absent.

@@ -1,0 +1,1 @@
+"""Where a model's files come from and how they are pinned: manifests of files with their sha256."""
