@@ -42,6 +42,7 @@ test-fast: $(STAMP)
 # Speed of the ONNX pyfunc against a bare onnxruntime-genai loop, transformers and HTTP serving (figures, not a test).
 bench: $(STAMP)
 	$(BIN)/python -m bench.benchmark
+	$(BIN)/python -m bench.concurrency
 
 lint: $(STAMP)
 	$(BIN)/ruff check llmflow steps tests bench

@@ -269,19 +269,38 @@ def download(options: DownloadOptions) -> DownloadResult:
         return DownloadResult(run.info.run_id, source, repo_id, commit_sha, model_dir)
 
 
+def _local_artifact_dir(artifact_uri: str) -> Path:
+    """The folder of a run's artifacts when the store is a local folder (``file://`` or a plain path), else ``/-``."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme not in ("", "file") or parsed.netloc not in ("", "localhost"):
+        return Path("/-")
+    return Path(unquote(parsed.path))
+
+
+def read_manifest(download_run_id: str) -> dict[str, Any]:
+    """The ``manifest.json`` of a download run: repo id, commit sha and every file with its size and sha256."""
+    path = mlflow.artifacts.download_artifacts(run_id=download_run_id, artifact_path=MANIFEST_ARTIFACT)
+    return json.loads(Path(path).read_text())
+
+
 def model_dir_from_run(download_run_id: str, dst: Path | None = None, weights: bool = True) -> Path:
     """Materialise the model folder of a finished download run, and check it against its manifest.
 
-    A local source comes from the run's ``model/`` artifacts; a hub source from the HF cache (or the Hub)
-    at the recorded commit sha. With ``weights=False`` only the configs and tokenizer files are fetched
+    A local source comes from the run's ``model/`` artifacts, read in place when the artifact store is a local
+    folder (no copy of the weights) and downloaded into ``dst`` otherwise; a hub source from the HF cache (or the
+    Hub) at the recorded commit sha. With ``weights=False`` only the configs and tokenizer files are fetched
     and checked, which is all a step that templates or counts tokens needs.
     """
     run = get_step_run(download_run_id, "download")
-    manifest = json.loads(
-        Path(mlflow.artifacts.download_artifacts(run_id=download_run_id, artifact_path=MANIFEST_ARTIFACT)).read_text()
-    )
+    manifest = read_manifest(download_run_id)
     expected = [f for f in manifest["files"] if weights or not f["file"].endswith(WEIGHT_SUFFIXES)]
-    if run.data.tags[TAG_SOURCE] == "local":
+    in_place = _local_artifact_dir(run.info.artifact_uri) / MODEL_ARTIFACT_DIR
+    if run.data.tags[TAG_SOURCE] == "local" and weights and in_place.is_dir():
+        # The artifact store is a folder on this machine: read the weights where they are, checked below.
+        model_dir = in_place
+    elif run.data.tags[TAG_SOURCE] == "local":
         dst = dst or Path(tempfile.mkdtemp(prefix="llmflow-model-"))
         if weights:
             mlflow.artifacts.download_artifacts(

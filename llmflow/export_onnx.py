@@ -27,8 +27,11 @@ from pathlib import Path
 import mlflow
 from tqdm.auto import tqdm
 
-from llmflow.download import build_manifest, model_dir_from_run
+from llmflow.download import WEIGHT_SUFFIXES, build_manifest, model_dir_from_run, read_manifest
 from llmflow.errors import InputError
+from llmflow.export.memory import check_export_memory, config_of, export_need, memory_found
+from llmflow.export.nbits import streaming_quantization
+from llmflow.export.stamp import package_build_stamp
 from llmflow.options import StepOptions, non_empty, one_of, option
 from llmflow.tracking.names import (
     ONNX_ARTIFACT_DIR,
@@ -159,6 +162,9 @@ def run_builder(
     """Export the HF model folder ``model_dir`` into ``out_dir`` with the onnxruntime-genai builder; return ``out_dir``.
 
     This is the one place that calls the builder. A model or option it rejects becomes an ``InputError``.
+    Quantization runs one MatMul at a time (``llmflow.export.nbits``): the same files as the builder's own pass,
+    without its whole-graph fp32 copy. The build stamp in ``model.onnx`` is the installed wheel's commit
+    (``llmflow.export.stamp``), so the same input gives the same files at any commit of this project.
     """
     validate_export_options(precision, execution_provider, int4_block_size, int4_accuracy_level)
     # Imported here: the builder pulls in torch and transformers, which validation alone does not need.
@@ -166,7 +172,12 @@ def run_builder(
 
     extra = builder_extra_options(precision, int4_block_size, int4_accuracy_level)
     out_dir = Path(out_dir)
-    with tempfile.TemporaryDirectory(prefix="llmflow-builder-cache-") as cache_dir, _quiet_quantizer():
+    with (
+        tempfile.TemporaryDirectory(prefix="llmflow-builder-cache-") as cache_dir,
+        _quiet_quantizer(),
+        streaming_quantization(),
+        package_build_stamp(),
+    ):
         try:
             # (model_name, input_path, output_dir, precision, execution_provider, cache_dir), as the builder's CLI
             # passes them; no model_name, so the builder reads the local folder and never asks the Hub.
@@ -211,6 +222,20 @@ def smoke_test_skip_reason(execution_provider: str) -> str | None:
     )
 
 
+def preflight_memory(download_run_id: str, precision: str) -> None:
+    """Fail at once, in one line, when this machine has too little memory to export the download run's model.
+
+    Reads only the run's manifest and config.json, so it runs before any weight is fetched.
+    """
+    weight_bytes = sum(
+        f["size"] for f in read_manifest(download_run_id)["files"] if f["file"].endswith(WEIGHT_SUFFIXES)
+    )
+    config = config_of(model_dir_from_run(download_run_id, weights=False))
+    need, found = export_need(config, weight_bytes, precision), memory_found()
+    logger.info("export_onnx: needs about %.1f GiB, %.1f GiB available", need.needed / 2**30, found.available / 2**30)
+    check_export_memory(need, found, precision)
+
+
 @contextmanager
 def _stage(bar: tqdm, name: str) -> Iterator[None]:
     bar.set_postfix_str(name)
@@ -234,6 +259,7 @@ def export_onnx(options: ExportOptions) -> ExportResult:
         with _stage(bar, "validate"):
             download_run = get_step_run(download_run_id, "download")
         with _stage(bar, "fetch model"):
+            preflight_memory(download_run_id, precision)
             model_dir = model_dir_from_run(download_run_id, dst=Path(tmp) / "hf")
         with _stage(bar, "build"):
             started = time.perf_counter()

@@ -8,9 +8,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmflow import PROJECT_ROOT
@@ -22,13 +24,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class Server:
+    """A started server: its base URL, its process and the ``/health`` statuses seen while it started."""
+
+    base: str
+    proc: subprocess.Popen
+    health_seen: list[int] = field(default_factory=list)
+
+
 @contextmanager
 def running(command: list[str], port: int, tracking_uri: str, log: Path, timeout: float = 180) -> Iterator[str]:
     """Run ``command`` until it answers ``GET /health`` on ``port``; yield its base URL; always stop it."""
+    with started(command, port, tracking_uri, log, timeout) as server:
+        yield server.base
+
+
+@contextmanager
+def started(
+    command: list[str], port: int, tracking_uri: str, log: Path, timeout: float = 180, env: dict | None = None
+) -> Iterator[Server]:
+    """Run ``command`` until ``GET /health`` on ``port`` answers 200; yield the ``Server``; always stop it."""
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking_uri,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        **(env or {}),
     }
     base = f"http://127.0.0.1:{port}"
     with log.open("w") as out:
@@ -36,6 +57,7 @@ def running(command: list[str], port: int, tracking_uri: str, log: Path, timeout
         proc = subprocess.Popen(
             command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+        server = Server(base, proc)
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -43,14 +65,17 @@ def running(command: list[str], port: int, tracking_uri: str, log: Path, timeout
                     raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
                 try:
                     with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                        server.health_seen.append(response.status)
                         if response.status == 200:
                             break
+                except urllib.error.HTTPError as error:
+                    server.health_seen.append(error.code)
                 except OSError:
                     pass
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
-                time.sleep(0.5)
-            yield base
+                time.sleep(0.2)
+            yield server
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -58,3 +83,31 @@ def running(command: list[str], port: int, tracking_uri: str, log: Path, timeout
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def rss_mb(pid: int) -> float:
+    """The resident memory of process ``pid`` now, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def metric(base: str, name: str) -> float:
+    """The value of the sample ``name`` (with its labels, as written) in the server's ``/metrics``."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def idle(base: str, timeout: float = 60) -> bool:
+    """Wait until no request runs or waits; whether that happened within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metric(base, "llmflow_requests_running") == 0 and metric(base, "llmflow_requests_waiting") == 0:
+            return True
+        time.sleep(0.1)
+    return False

@@ -107,6 +107,28 @@ def test_task_values_come_from_upstream_tasks_and_name_what_the_step_publishes(k
     assert "/dbfs" not in json.dumps(job["tasks"]) and "/Volumes" not in json.dumps(job["tasks"])
 
 
+@pytest.mark.parametrize("key", sorted(PIPELINES))
+def test_every_task_parameter_parses_with_its_steps_options(key: str):
+    """What each task passes is read by the step's own parser, with every job parameter at its default."""
+    from llmflow.cli import options_class
+    from llmflow.options import parse
+
+    job = PIPELINES[key]
+    defaults = {param["name"]: str(param["default"]) for param in job["parameters"]}
+    values = {
+        task["task_key"]: {"run_id": "0" * 32, "model_uri": "models:/m-0", "name": "c.s.m"} for task in job["tasks"]
+    }
+    for task in job["tasks"]:
+        step = _step(task)
+        function = getattr(__import__(f"llmflow.{step}", fromlist=[step]), step)
+        argv = [local_job.fill(arg, defaults, values) for arg in task["spark_python_task"]["parameters"]]
+        options = parse(options_class(function), step, step, argv)
+        given = {arg.removeprefix("--").replace("-", "_") for arg in argv if arg.startswith("--")}
+        assert given <= set(vars(options)), (task["task_key"], given - set(vars(options)))
+        if "registered_model_name" in given:
+            assert options.registered_model_name.startswith(("main.llmflow.", "c.s.m"))
+
+
 def test_serverless_variant_has_the_same_task_graph_and_pins_every_dependency():
     def graph(job: dict[str, Any]) -> list[tuple[Any, ...]]:
         return sorted(
@@ -240,3 +262,22 @@ def test_hf_token_comes_from_the_secret_scope_only_on_databricks(monkeypatch: py
     task_values.hf_token_from_secret()
     assert asked == [("team", "hf")]
     assert os.environ["HF_TOKEN"] == "hf_secret_value"
+
+
+def test_batch_predict_job_scores_the_champion_on_a_cluster_with_workers():
+    from llmflow.batch_predict import BatchPredictOptions
+    from llmflow.options import parse
+
+    job = JOBS["llmflow_batch_predict"]
+    (task,) = job["tasks"]
+    assert task["spark_python_task"]["python_file"] == "steps/batch_predict.py"
+    defaults = {param["name"]: str(param["default"]) for param in job["parameters"]}
+    argv = [local_job.fill(arg, defaults, {}) for arg in task["spark_python_task"]["parameters"]]
+    options = parse(BatchPredictOptions, "batch_predict", "batch_predict", argv)
+    assert options.model_uri == "models:/main.llmflow.phi3_mini_4k_instruct_onnx@champion"
+    assert options.output_dir.startswith("/Volumes/"), "executors and driver must share the output folder"
+    (cluster,) = job["job_clusters"]
+    assert cluster["new_cluster"]["num_workers"] >= 1
+    # The runtime's Spark is the one to use: installing pyspark over it would replace it.
+    assert not any("pyspark" in library["pypi"]["package"] for library in task["libraries"])
+    assert "schedule" not in job

@@ -8,48 +8,35 @@ API); that call is replaced, and the tests assert what MLflow would have sent.
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import kubernetes
 import mlflow
 import mlflow.projects.kubernetes as mlflow_kubernetes
 import pytest
 import yaml
-from databricks.sdk.service.compute import ClusterSpec, Library
-from databricks.sdk.service.jobs import JobSettings
-from mlflow.cli import run as mlflow_run_cli
 from mlflow.projects import _parse_kubernetes_config, env_type
-from mlflow.projects import databricks as mlflow_databricks
 from mlflow.projects._project_spec import load_project
 from mlflow.projects.docker import validate_docker_env
-from mlflow.utils.mlflow_tags import MLFLOW_DATABRICKS_RUN_URL, MLFLOW_DOCKER_IMAGE_ID, MLFLOW_PROJECT_BACKEND
-from mlflow.utils.rest_utils import MlflowHostCreds
-from mlflow.version import VERSION as MLFLOW_VERSION
+from mlflow.utils.mlflow_tags import MLFLOW_DOCKER_IMAGE_ID, MLFLOW_PROJECT_BACKEND
 from mlproject import mlproject_parameters
-from servers import free_port, running
 
 from llmflow import PROJECT_ROOT
 from llmflow.cli import options_class
-from llmflow.main import MainOptions
-from llmflow.options import build, parse
+from llmflow.options import parse
 from llmflow.tracking.digest import CODE_ROOTS, code_digest
 from llmflow.tracking.names import TAG_CODE_DIGEST, TAG_STEP
 
 DATABRICKS = PROJECT_ROOT / "deploy" / "databricks"
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
-CLUSTER_SPEC = json.loads((DATABRICKS / "cluster-spec.json").read_text())
-JOB = json.loads((DATABRICKS / "job.json").read_text())
 KUBE_CONFIG = json.loads((KUBERNETES / "kubernetes_config.json").read_text())
 ROOT_PROJECT = load_project(str(PROJECT_ROOT))
 ROOT_ENTRY_POINTS = list(ROOT_PROJECT._entry_points)
@@ -94,25 +81,6 @@ def _step_argv(command: str, entry_point: str) -> list[str]:
 # --- Databricks ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.integration
-def test_cluster_spec_is_a_new_cluster_with_the_pinned_requirements():
-    mlflow_databricks.before_run_validations("databricks", CLUSTER_SPEC)
-    assert set(CLUSTER_SPEC) == {"new_cluster", "libraries"}
-    new_cluster = CLUSTER_SPEC["new_cluster"]
-    # Every field is one the Databricks SDK knows: a misspelt key would be dropped by the round trip.
-    assert ClusterSpec.from_dict(new_cluster).as_dict() == new_cluster
-    assert [Library.from_dict(lib).as_dict() for lib in CLUSTER_SPEC["libraries"]] == CLUSTER_SPEC["libraries"]
-    # A CPU runtime for machine learning (15.4 LTS ML: Python 3.11, which pyproject.toml requires).
-    assert "-cpu-ml-" in new_cluster["spark_version"]
-    # MLflow adds mlflow==<its own version>, the pinned one; the rest is requirements.txt exactly.
-    assert _packages(CLUSTER_SPEC["libraries"]) == [r for r in REQUIREMENTS if not r.startswith("mlflow==")]
-    assert f"mlflow=={MLFLOW_VERSION}" in REQUIREMENTS
-    _assert_torch_from_cpu_index(CLUSTER_SPEC["libraries"])
-    env = new_cluster["spark_env_vars"]
-    assert re.fullmatch(r"\{\{secrets/[\w-]+/[\w-]+\}\}", env["HF_TOKEN"]), "HF_TOKEN must be a secret reference"
-    assert env["MLFLOW_TRACKING_URI"] == "databricks"
-
-
 def _tracked_files_copy(dst: Path) -> Path:
     """The project as a Git URL gives it to ``mlflow run``: tracked and new unignored files, no .venv or store."""
     listing = subprocess.run(
@@ -127,158 +95,6 @@ def _tracked_files_copy(dst: Path) -> Path:
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / name)
     return dst
-
-
-class FakeDatabricksWorkspace:
-    """Answers the requests ``mlflow.projects.databricks.DatabricksJobRunner`` makes, and keeps them."""
-
-    def __init__(self) -> None:
-        self.uploads: dict[str, list[str]] = {}
-        self.submitted: list[dict[str, Any]] = []
-
-    def request(self, endpoint: str, method: str, **kwargs: Any) -> SimpleNamespace:
-        if endpoint.startswith("/dbfs/"):
-            with tarfile.open(fileobj=io.BytesIO(kwargs["data"].read()), mode="r:gz") as tar:
-                self.uploads[endpoint] = tar.getnames()
-            return SimpleNamespace(text="{}")
-        if endpoint == "/api/2.0/jobs/runs/submit":
-            self.submitted.append(kwargs["json"])
-            return SimpleNamespace(text=json.dumps({"run_id": 4242}))
-        if endpoint == "/api/2.0/jobs/runs/get":
-            page = "https://example.cloud.databricks.com/#job/7/run/4242"
-            return SimpleNamespace(text=json.dumps({"run_page_url": page, "job_id": 7, "state": {}}))
-        raise AssertionError(f"unexpected Databricks request {method} {endpoint}")
-
-
-@pytest.fixture
-def tracking_server(tmp_path: Path, _empty_store: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A real ``mlflow server`` on loopback: the Databricks backend refuses a local tracking store."""
-    shutil.copyfile(_empty_store, tmp_path / "server.db")
-    # No server jobs here: the job runner would start seven more processes.
-    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
-    command += ["--artifacts-destination", (tmp_path / "server-artifacts").as_uri()]
-    with running(command, port, f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server.log") as url:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        mlflow.set_tracking_uri(url)
-        yield url
-        mlflow.set_tracking_uri(None)
-
-
-@pytest.mark.integration
-def test_mlflow_run_backend_databricks_submits_main_with_the_cluster_spec(
-    tracking_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    workspace = FakeDatabricksWorkspace()
-    monkeypatch.setattr(mlflow_databricks.DatabricksJobRunner, "_databricks_api_request", workspace.request)
-    monkeypatch.setattr(mlflow_databricks.DatabricksJobRunner, "_dbfs_path_exists", lambda runner, path: False)
-    monkeypatch.setattr(
-        mlflow_databricks.databricks_utils,
-        "get_databricks_host_creds",
-        lambda profile=None: MlflowHostCreds("https://example.cloud.databricks.com"),
-    )
-    checkout = _tracked_files_copy(tmp_path / "checkout")
-    experiment_id = mlflow.create_experiment("databricks")
-    parameters = {"model": "microsoft/Phi-3-mini-4k-instruct", "registered_model_name": "phi3-mini-4k-instruct"}
-
-    submitted = mlflow.projects.run(
-        str(checkout),
-        entry_point="main",
-        parameters=parameters,
-        experiment_id=experiment_id,
-        backend="databricks",
-        backend_config=str(DATABRICKS / "cluster-spec.json"),
-        env_manager="local",
-        synchronous=False,
-    )
-
-    (request,) = workspace.submitted
-    assert request["new_cluster"] == CLUSTER_SPEC["new_cluster"]
-    assert _packages(request["libraries"]) == [r for r in REQUIREMENTS if not r.startswith("mlflow==")] + [
-        f"mlflow=={MLFLOW_VERSION}"
-    ]
-    task = request["shell_command_task"]
-    assert task["env_vars"] == {"MLFLOW_TRACKING_URI": tracking_server, "MLFLOW_EXPERIMENT_ID": experiment_id}
-    # The cluster runs `mlflow run <the uploaded project> -e main --env-manager local -P ...` in the same run.
-    shell_lines = [line.strip() for line in task["command"][2].splitlines()]
-    mlflow_line = next(line for line in shell_lines if line.startswith("mlflow run"))
-    context = mlflow_run_cli.make_context("run", shlex.split(mlflow_line)[2:])
-    assert context.params["entry_point"] == "main"
-    assert context.params["env_manager"] == "local"
-    assert dict(p.split("=", 1) for p in context.params["param_list"]) == parameters
-    assert json.loads(context.params["backend_config"]) == {"_mlflow_local_backend_run_id": submitted.run_id}
-    # What was uploaded to DBFS is the project, with no virtual environment or tracking store in it.
-    (names,) = workspace.uploads.values()
-    for needed in ("MLproject", "conda.yaml", "steps/main.py", "llmflow/main.py", "data/qa.jsonl"):
-        assert f"mlflow-project/{needed}" in names
-    assert not any(part in {".venv", "mlflow.db", "mlruns"} for name in names for part in Path(name).parts)
-    run = mlflow.get_run(submitted.run_id)
-    assert parameters.items() <= run.data.params.items()
-    assert run.data.tags[MLFLOW_PROJECT_BACKEND] == "databricks"
-    assert run.data.tags[MLFLOW_DATABRICKS_RUN_URL].endswith("/run/4242")
-
-
-def _quartz_fields(expression: str) -> list[str]:
-    fields = expression.split()
-    assert len(fields) in (6, 7), f"a Quartz expression has 6 or 7 fields: {expression!r}"
-    day_of_month, day_of_week = fields[3], fields[5]
-    assert (day_of_month == "?") != (day_of_week == "?"), "Quartz needs '?' in exactly one of the day fields"
-    return fields
-
-
-def test_job_definition_is_a_jobs_api_2_1_job_on_the_cluster_spec():
-    assert JobSettings.from_dict(JOB).as_dict() == JOB
-    assert JOB["name"]
-    git = JOB["git_source"]
-    assert git["git_provider"] == "gitHub"
-    assert git["git_branch"] == "main"
-    assert re.fullmatch(r"https://github\.com/<your-org>/llmflow", git["git_url"]), "keep the placeholder marked"
-    schedule = JOB["schedule"]
-    assert _quartz_fields(schedule["quartz_cron_expression"])[0] == "0"
-    assert ZoneInfo(schedule["timezone_id"])
-    assert JOB["max_concurrent_runs"] == 1
-    (cluster,) = JOB["job_clusters"]
-    assert cluster["new_cluster"] == CLUSTER_SPEC["new_cluster"]
-    (task,) = JOB["tasks"]
-    assert task["task_key"] and task["job_cluster_key"] == cluster["job_cluster_key"]
-    # A job cluster holds no libraries; the task installs requirements.txt, mlflow included.
-    assert _packages(task["libraries"]) == REQUIREMENTS
-    _assert_torch_from_cpu_index(task["libraries"])
-
-
-def _run_main_module() -> dict[str, Any]:
-    """deploy/databricks/run_main.py loaded as Databricks runs a script task: exec of compiled source, no __file__."""
-    path = DATABRICKS / "run_main.py"
-    namespace: dict[str, Any] = {"__name__": "run_main"}
-    exec(compile(path.read_text(), str(path), "exec"), namespace)
-    assert "__file__" not in namespace
-    return namespace
-
-
-def test_job_task_runs_entry_point_main_of_this_project(monkeypatch: pytest.MonkeyPatch):
-    (task,) = JOB["tasks"]
-    python_task = task["spark_python_task"]
-    assert python_task["source"] == "GIT"
-    assert python_task["python_file"] == "deploy/databricks/run_main.py"
-    assert (PROJECT_ROOT / python_task["python_file"]).is_file()
-    run_main = _run_main_module()
-    assert run_main["project_root"]() == PROJECT_ROOT
-
-    command = run_main["mlflow_run_command"](python_task["parameters"])
-    assert command[:4] == [sys.executable, "-m", "mlflow", "run"]
-    options = mlflow_run_cli.make_context("run", command[4:]).params
-    assert options["uri"] == str(PROJECT_ROOT)
-    assert options["entry_point"] == "main"
-    assert options["env_manager"] == "local"
-    assert options["experiment_name"].startswith("/"), "a Databricks experiment is a workspace path"
-    parameters = dict(p.split("=", 1) for p in options["param_list"])
-    assert parameters and set(parameters) <= set(mlproject_parameters("main"))
-    # The values pass the checks `main` makes before its first child run.
-    argv = [word for key, value in parameters.items() for word in (f"--{key}", value)]
-    args = _parsed_step_args("main", argv, monkeypatch)
-    build(MainOptions, args).check()
 
 
 # --- Kubernetes -------------------------------------------------------------------------------------

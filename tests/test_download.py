@@ -36,6 +36,14 @@ def test_model_dir_from_run_returns_verified_copy(tiny_model_dir: Path, tracking
     assert dl.build_manifest(copy) == dl.build_manifest(tiny_model_dir)
 
 
+def test_a_local_artifact_store_is_read_in_place(tiny_model_dir: Path, tracking_uri: str, tmp_path: Path):
+    """No second copy of the weights: the folder returned is the run's own ``model/`` artifact folder."""
+    result = dl.download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
+    artifact_dir = Path(mlflow.get_run(result.run_id).info.artifact_uri.removeprefix("file://")) / "model"
+    assert dl.model_dir_from_run(result.run_id, dst=tmp_path / "copy") == artifact_dir
+    assert not (tmp_path / "copy").exists()
+
+
 def test_tampered_artifact_is_refused(tiny_model_dir: Path, tracking_uri: str, tmp_path: Path):
     result = dl.download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
     artifact_dir = Path(mlflow.get_run(result.run_id).info.artifact_uri.removeprefix("file://")) / "model"

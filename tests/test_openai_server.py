@@ -1,19 +1,31 @@
-"""The OpenAI-compatible endpoint, called by the official ``openai`` client against a real server process."""
+"""The OpenAI-compatible endpoint, called by the official ``openai`` client against a real server process.
+
+One server (with two API keys, traces of every request and a small body limit) answers the protocol tests here;
+tests/test_serving_limits.py covers the queue, the timeout and disconnects on a slowed model.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import mlflow
 import openai
 import pytest
-from servers import free_port, running
+from servers import Server, free_port, metric, started
 
+from llmflow.serving.openai_protocol import read_call
 from llmflow.serving.openai_server import BadRequest, model_request
 
-# Every test here starts a real server process.
+# The protocol's pure functions are tested here too, beside the server that speaks it.
 pytestmark = pytest.mark.integration
+
+KEY, FILE_KEY = "test-key-1", "test-key-2"
 
 SPAIN = [{"role": "user", "content": "What is the capital of Spain?"}]
 
@@ -46,15 +58,95 @@ def test_requests_the_endpoint_cannot_honour_are_refused(body: dict, param: str)
     assert excinfo.value.param == param
 
 
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": SPAIN, "logprobs": True}, "logprobs"),
+        ({"messages": SPAIN, "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": SPAIN, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": SPAIN, "tool_choice": "auto"}, "tool_choice"),
+        ({"messages": SPAIN, "presence_penalty": 0.5}, "presence_penalty"),
+        ({"messages": SPAIN, "stream_options": {"include_usage": True}}, "stream_options"),
+    ],
+)
+def test_fields_that_would_change_the_answer_are_refused_not_ignored(body: dict, param: str):
+    with pytest.raises(BadRequest) as excinfo:
+        read_call(body)
+    assert excinfo.value.param == param
+    assert param in str(excinfo.value)
+
+
+def test_fields_at_their_default_are_accepted_and_seed_reaches_the_model():
+    body = {"messages": SPAIN, "n": 1, "logprobs": False, "response_format": {"type": "text"}, "seed": 3}
+    call = read_call({**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert call.request == {"messages": SPAIN, "seed": 3}
+    assert (call.stream, call.include_usage) == (True, True)
+
+
 @pytest.fixture(scope="module")
-def client(logged_onnx_model: tuple[str, str], tmp_path_factory: pytest.TempPathFactory):
+def server(logged_onnx_model: tuple[str, str], tmp_path_factory: pytest.TempPathFactory):
     tracking_uri, model_uri = logged_onnx_model
+    folder = Path(tmp_path_factory.mktemp("openai"))
+    (folder / "keys.txt").write_text(f"# one key a line\n{FILE_KEY}\n")
     port = free_port()
     command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri, "--port", str(port)]
-    command += ["--served-name", "tiny-phi3-onnx"]
-    log = Path(tmp_path_factory.mktemp("openai")) / "server.log"
-    with running(command, port, tracking_uri, log) as base:
-        yield openai.OpenAI(base_url=f"{base}/v1", api_key="not-needed", max_retries=0, timeout=60)
+    command += ["--served-name", "tiny-phi3-onnx", "--api-key", KEY, "--api-key-file", str(folder / "keys.txt")]
+    command += ["--trace-ratio", "1", "--max-body-bytes", "4096"]
+    with started(
+        command, port, tracking_uri, folder / "server.log", env={"MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false"}
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: Server):
+    return openai.OpenAI(base_url=f"{server.base}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def post(base: str, raw: bytes, key: str | None = KEY) -> tuple[int, dict, dict]:
+    """POST ``raw`` to the chat route; (status, JSON body, headers)."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(f"{base}/v1/chat/completions", data=raw, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), dict(error.headers)
+
+
+def test_health_was_503_while_loading_then_names_the_model(server: Server, logged_onnx_model: tuple[str, str]):
+    assert server.health_seen[0] == 503 and server.health_seen[-1] == 200
+    with urllib.request.urlopen(f"{server.base}/health", timeout=10) as response:
+        health = json.loads(response.read())
+    assert health["status"] == "ok"
+    assert health["model_uri"] == logged_onnx_model[1]
+    assert health["model_id"] == logged_onnx_model[1].removeprefix("models:/")
+
+
+def test_a_key_is_needed_except_for_health_and_metrics(server: Server, client: openai.OpenAI):
+    body = json.dumps({"messages": SPAIN, "max_tokens": 8}).encode()
+    status, answer, headers = post(server.base, body, key=None)
+    assert status == 401 and answer["error"]["code"] == "invalid_api_key"
+    assert post(server.base, body, key="wrong")[0] == 401
+    assert post(server.base, body, key=FILE_KEY)[0] == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=client.base_url, api_key="wrong", max_retries=0).models.list()
+    with urllib.request.urlopen(f"{server.base}/metrics", timeout=10) as response:
+        assert b"llmflow_requests_total" in response.read()
+
+
+def test_a_body_over_the_limit_is_a_413(server: Server):
+    raw = json.dumps({"messages": [{"role": "user", "content": "x" * 5000}]}).encode()
+    status, answer, _ = post(server.base, raw)
+    assert status == 413 and "4096" in answer["error"]["message"]
+
+
+def test_a_prompt_longer_than_the_context_is_a_400_before_it_takes_a_place(server: Server):
+    prompt_tokens = metric(server.base, "llmflow_prompt_tokens_total")
+    raw = json.dumps({"messages": [{"role": "user", "content": "Spain " * 600}]}).encode()
+    status, answer, _ = post(server.base, raw)
+    assert status == 400 and "context length is 512" in answer["error"]["message"]
+    assert metric(server.base, "llmflow_prompt_tokens_total") == prompt_tokens
 
 
 def test_chat_completion_with_usage(client: openai.OpenAI):
@@ -66,6 +158,7 @@ def test_chat_completion_with_usage(client: openai.OpenAI):
     assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert [m.id for m in client.models.list().data] == ["tiny-phi3-onnx"]
+    assert response.model == "tiny-phi3-onnx"  # a logged model without a registered version
 
 
 def test_multi_turn_history_reaches_the_model(client: openai.OpenAI):
@@ -117,3 +210,59 @@ def test_concurrent_clients_get_their_own_answers(client: openai.OpenAI):
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(ask, asked))
     assert [a.strip() for a in answers] == [questions[q] for q in asked]
+
+
+def test_usage_is_streamed_only_when_asked_in_a_last_chunk_without_choices(client: openai.OpenAI):
+    plain = list(client.chat.completions.create(model="m", messages=SPAIN, max_tokens=16, stream=True))
+    assert all(chunk.usage is None and chunk.choices for chunk in plain)
+    asked = list(
+        client.chat.completions.create(
+            model="m", messages=SPAIN, max_tokens=16, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert asked[-1].choices == [] and asked[-1].usage.completion_tokens > 0
+    assert all(chunk.usage is None for chunk in asked[:-1])
+    assert "".join(c.choices[0].delta.content or "" for c in asked[:-1]).strip() == "Madrid"
+
+
+def test_the_same_seed_gives_the_same_sampled_answer(client: openai.OpenAI):
+    def sampled(seed: int) -> str:
+        response = client.chat.completions.create(
+            model="m", messages=SPAIN, max_tokens=24, temperature=1.8, seed=seed, extra_body={"top_k": 400}
+        )
+        return response.choices[0].message.content
+
+    assert sampled(7) == sampled(7) == sampled(7)
+    assert len({sampled(seed) for seed in range(8)}) > 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"logprobs": True}, "logprobs"),
+        ({"n": 2}, "n"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+    ],
+)
+def test_the_client_gets_a_400_naming_a_refused_field(client: openai.OpenAI, extra: dict, param: str):
+    with pytest.raises(openai.BadRequestError, match=param):
+        client.chat.completions.create(model="m", messages=SPAIN, max_tokens=8, **extra)
+
+
+def test_every_request_is_a_trace_linked_to_the_logged_model(client: openai.OpenAI, logged_onnx_model: tuple[str, str]):
+    tracking_uri, model_uri = logged_onnx_model
+    marker = "Trace me: what is the capital of Spain?"
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": marker}], max_tokens=8)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        found = []
+        for _ in range(50):  # the server writes its traces synchronously; allow for the store's commit
+            traces = mlflow.search_traces(model_id=model_uri.removeprefix("models:/"), return_type="list")
+            found = [t for t in traces if marker in json.dumps(t.data.spans[0].inputs)]
+            if found:
+                break
+            time.sleep(0.2)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert len(found) == 1
+    assert found[0].data.spans[0].outputs["choices"][0]["message"]["content"]

@@ -30,6 +30,7 @@ ENTRY_POINTS = [
     "reproduce",
     "promote",
     "main",
+    "batch_predict",
 ]
 SCRIPT = re.compile(r"from llmflow\.(?P<module>(?!cli\b)\w+) import (?P<function>\w+)  # noqa: E402\n")
 

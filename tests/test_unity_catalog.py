@@ -20,13 +20,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.store._unity_catalog.registry.rest_store import UcModelRegistryStore
 
 from llmflow import PROJECT_ROOT
+from llmflow.download import DownloadOptions
 from llmflow.tracking.unity_catalog import MAX_VALUE_LENGTH, is_three_level, tag_problems, uc_key, uc_tags
 
 
 def test_tag_problems_names_each_breach():
     tags = {"llmflow.decision_reason": "x" * 4900, "ok_key": "fine", "k" * 300: "v"}
     problems = tag_problems(tags, "m/1")
-    assert any("'llmflow.decision_reason' contains ." in p for p in problems)
+    assert any("'llmflow.decision_reason' has ." in p for p in problems)
     assert any("value has 4900 characters; at most 1000" in p for p in problems)
     assert any("has 300 characters; at most 255" in p for p in problems)
     assert not any("ok_key" in p for p in problems)
@@ -66,13 +67,15 @@ def test_both_logged_models_pass_mlflows_unity_catalog_signature_check(
     logged_onnx_model: tuple[str, str], tiny_model_dir: Path, tracking_uri: str, tmp_path: Path
 ):
     from llmflow.download import download
-    from llmflow.log_transformers import log_transformers
+    from llmflow.log_transformers import LogTransformersOptions, log_transformers
 
     store, onnx_uri = logged_onnx_model
     mlflow.set_tracking_uri(store)
     onnx_dir = Path(mlflow.artifacts.download_artifacts(onnx_uri, dst_path=str(tmp_path / "onnx")))
     mlflow.set_tracking_uri(tracking_uri)
-    transformers_uri = log_transformers(download(str(tiny_model_dir), "main").run_id, max_new_tokens=16).model_uri
+    download_run_id = download(DownloadOptions(model=str(tiny_model_dir))).run_id
+    options = LogTransformersOptions(download_run_id=download_run_id, max_new_tokens=16)
+    transformers_uri = log_transformers(options).model_uri
     transformers_dir = Path(mlflow.artifacts.download_artifacts(transformers_uri, dst_path=str(tmp_path / "tf")))
     for model_dir in (onnx_dir, transformers_dir):
         _uc_signature_check(model_dir)
@@ -123,7 +126,7 @@ def test_every_registry_tag_of_a_main_run_is_checked_against_unity_catalog_limit
     assert {"tiny-phi3-onnx/1", "tiny-phi3-transformers/1"} <= set(objects)
     problems = [line for where, tags in sorted(objects.items()) for line in tag_problems(tags, where)]
     print("\n".join(["Unity Catalog tag problems of a main run:", *problems]))
-    offenders = {line.split("tag key ")[-1].split(" ")[0] for line in problems if " contains " in line}
+    offenders = {line.split("tag key ")[-1].split(" ")[0] for line in problems if "; not allowed" in line}
     long_values = {line.split("tag ")[-1].split(" value")[0] for line in problems if " value has " in line}
     assert offenders and all(key.strip("'").startswith(KNOWN_KEY_OFFENDERS_PREFIX) for key in offenders)
     assert long_values <= {"'llmflow.decision_reason'"} | {f"'llmflow.criterion.{i:02d}'" for i in range(100)}

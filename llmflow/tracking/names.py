@@ -98,3 +98,7 @@ EXPERIMENT_KIND = "custom_model_development"
 # promote: on the copy, where it was promoted from (registry without credentials, name and version).
 TAG_PROMOTED_FROM = "llmflow.promoted_from"
 TAG_PROMOTE_TARGET = "llmflow.promote_target"
+
+# batch_predict
+TAG_BATCH_MODEL_URI = "llmflow.batch_model_uri"
+PREDICTIONS_ARTIFACT_DIR = "predictions"

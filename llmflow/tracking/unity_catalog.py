@@ -36,7 +36,7 @@ def tag_problems(tags: dict[str, str], where: str) -> list[str]:
         if len(key) > MAX_KEY_LENGTH:
             problems.append(f"{where}: tag key {key!r} has {len(key)} characters; at most {MAX_KEY_LENGTH}")
         if bad := sorted(set(_FORBIDDEN.findall(key))):
-            problems.append(f"{where}: tag key {key!r} contains {' '.join(bad)}; keys may not contain {FORBIDDEN_KEY_CHARACTERS}")
+            problems.append(f"{where}: tag key {key!r} has {' '.join(bad)}; not allowed: {FORBIDDEN_KEY_CHARACTERS}")
         if len(value or "") > MAX_VALUE_LENGTH:
             problems.append(f"{where}: tag {key!r} value has {len(value)} characters; at most {MAX_VALUE_LENGTH}")
     return problems

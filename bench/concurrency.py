@@ -1,0 +1,182 @@
+"""Concurrent clients against the OpenAI endpoint: ``python -m bench.concurrency``.
+
+Builds the random Phi-3 of ``--shape`` (``bench.model``; ``mid`` is the 168 M benchmark model), exports it to
+int4 for CPU, logs it as the project's ONNX pyfunc in a temporary SQLite store, starts
+``python -m llmflow.serving.openai_server`` on loopback, then, for each client count, runs that many clients at once,
+each sending ``--requests`` streamed greedy chat requests one after another with the real ``openai`` client.
+It reports aggregate generated tokens/s (all clients' tokens over the wall time), time to first token p50/p99, and
+whether every answer equals the answer the same prompt got alone (the 1-client round). Writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.model import SHAPES, build_random_phi3, make_prompts
+from bench.pipeline import tracking_store
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = Path("bench-results/concurrency.json")
+
+
+def log_model(onnx_dir: Path, max_new_tokens: int) -> str:
+    import mlflow
+
+    from llmflow.log_pyfunc import MODEL_CODE, SERVING_PACKAGE
+
+    config = {"max_new_tokens": max_new_tokens, "temperature": 0.0, "top_p": 1.0, "top_k": 50, "model_name": "bench"}
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            code_paths=[str(SERVING_PACKAGE)],
+            artifacts={"onnx": str(onnx_dir)},
+            model_config=config,
+        )
+    return info.model_uri
+
+
+def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the server was not ready within {timeout} s")
+
+
+def one_request(client: Any, content: str, max_tokens: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    stream = client.chat.completions.create(
+        model="bench",
+        messages=[{"role": "user", "content": content}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    first, pieces, tokens = None, [], 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first if first is not None else time.perf_counter() - started
+            pieces.append(chunk.choices[0].delta.content)
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    return {"ttft": first, "seconds": time.perf_counter() - started, "tokens": tokens, "text": "".join(pieces)}
+
+
+def run_round(client: Any, prompts: list[str], clients: int, requests: int, max_tokens: int) -> dict[str, Any]:
+    """``clients`` threads, each sending ``requests`` requests in turn; prompt ``(client * requests + i) % len``."""
+
+    def worker(number: int) -> list[dict[str, Any]]:
+        indexes = [(number * requests + i) % len(prompts) for i in range(requests)]
+        return [{**one_request(client, prompts[i], max_tokens), "prompt_index": i} for i in indexes]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        records = [r for batch in pool.map(worker, range(clients)) for r in batch]
+    wall = time.perf_counter() - started
+    ttfts = sorted(r["ttft"] for r in records if r["ttft"] is not None)
+    return {
+        "clients": clients,
+        "requests": len(records),
+        "wall_seconds": wall,
+        "tokens": sum(r["tokens"] for r in records),
+        "tokens_per_second": sum(r["tokens"] for r in records) / wall,
+        "ttft_p50": statistics.median(ttfts),
+        "ttft_p99": ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))],
+        "records": records,
+    }
+
+
+def run(shape: str, clients: list[int], requests: int, max_tokens: int, max_concurrent: int, out: Path) -> dict:
+    import openai
+
+    from llmflow.export_onnx import run_builder
+
+    with tempfile.TemporaryDirectory(prefix="llmflow-conc-") as tmp_name:
+        tmp = Path(tmp_name)
+        with tracking_store(tmp) as uri:
+            built = build_random_phi3(tmp / "model", SHAPES[shape])
+            prompts = [p.content for p in make_prompts(built.path, 16, 32)]
+            onnx_dir = run_builder(built.path, tmp / "onnx", "int4", "cpu", 32, 4)
+            model_uri = log_model(onnx_dir, max_tokens)
+            port = 18000 + int(time.time()) % 1000
+            command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri]
+            command += ["--port", str(port), "--max-concurrent", str(max_concurrent), "--max-queue", "256"]
+            command += ["--log-level", "warning"]
+            env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}
+            with (tmp / "server.log").open("w") as log:
+                proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                try:
+                    base = f"http://127.0.0.1:{port}"
+                    wait_ready(base, proc)
+                    client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=600)
+                    one_request(client, prompts[0], max_tokens)  # warm-up
+                    alone = {i: one_request(client, p, max_tokens)["text"] for i, p in enumerate(prompts)}
+                    rounds = [run_round(client, prompts, n, requests, max_tokens) for n in clients]
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+    for r in rounds:
+        r["alone_equal"] = all(rec["text"] == alone[rec["prompt_index"]] for rec in r["records"])
+        del r["records"]
+    base_rate = rounds[0]["tokens_per_second"]
+    result = {
+        "model": {"shape": shape, "parameters": built.parameters},
+        "max_tokens": max_tokens,
+        "max_concurrent": max_concurrent,
+        "rounds": rounds,
+        "speedup_vs_first": {str(r["clients"]): r["tokens_per_second"] / base_rate for r in rounds},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Concurrent clients against the OpenAI endpoint.")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="mid", help="Model shape: mid (168 M) or tiny.")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="Client counts, first the base.")
+    parser.add_argument("--requests", type=int, default=4, help="Requests each client sends in turn.")
+    parser.add_argument("--max-tokens", type=int, default=64, help="New tokens per request (greedy).")
+    parser.add_argument("--max-concurrent", type=int, default=16, help="The server's --max-concurrent.")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write the results to.")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    result = run(args.shape, args.clients, args.requests, args.max_tokens, args.max_concurrent, args.out)
+    print(f"\n{result['model']['parameters'] / 1e6:.0f} M random Phi-3, {args.max_tokens} greedy tokens per request")
+    print("| clients | requests | tokens/s (aggregate) | x 1 client | TTFT p50 | TTFT p99 | answers = alone |")
+    print("|---|---|---|---|---|---|---|")
+    for r in result["rounds"]:
+        speedup = result["speedup_vs_first"][str(r["clients"])]
+        print(
+            f"| {r['clients']} | {r['requests']} | {r['tokens_per_second']:.1f} | {speedup:.2f} | "
+            f"{r['ttft_p50'] * 1000:.0f} ms | {r['ttft_p99'] * 1000:.0f} ms | {r['alone_equal']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

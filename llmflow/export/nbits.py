@@ -1,0 +1,194 @@
+"""Weight-only int4/int8 quantization of the builder's graph, one MatMul at a time, in the builder's own IR.
+
+The onnxruntime-genai builder (0.18) quantizes in ``Model.to_nbits``: it turns the whole graph into one
+``ModelProto`` (``ir.to_proto``), which materialises every weight as fp32 at once, and then runs onnxruntime's
+``MatMulNBitsQuantizer`` over it. For Phi-3-mini that is 15.3 GB of fp32 next to the 7.6 GB bf16 model: a 22.5 GiB
+peak. Here each eligible ``MatMul`` is quantized in the IR graph, with the quantizer's own kernel
+(``DefaultWeightOnlyQuantizer.qbits_block_quant``), and its float weight is dropped at once, which also frees the
+bf16 torch tensor that the builder's lazy initializer pointed at. The peak is then about the bf16 model.
+
+The graph that comes out is the one ``MatMulNBitsQuantizer`` makes: the same node and initializer names, the same
+attributes in the same order, the quantized initializers appended in node order, unused initializers removed.
+``tests/test_export_nbits.py`` checks the files are byte-identical to the stock builder's.
+
+Only the builder's default int4/int8 path is handled (DEFAULT method, MatMulNBits operator format, no per-node
+overrides, no CUDA prepacking, MatMul only). ``applies_to`` says when; anything else keeps the stock ``to_nbits``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+
+logger = logging.getLogger(__name__)
+
+QUANTIZED_OP = "MatMulNBits"
+MS_DOMAIN = "com.microsoft"
+
+
+def applies_to(builder_model: Any) -> bool:
+    """Whether the builder model's quantization settings are the default path this module reproduces exactly."""
+    attrs = builder_model.quant_attrs
+    return (
+        getattr(builder_model, "quantization_algo", "default") == "default"
+        and not attrs["use_qdq"]
+        and tuple(attrs["op_types_to_quantize"]) == ("MatMul",)
+        and not (getattr(builder_model, "int4_customized_weight_config", {}) or {})
+        and not getattr(builder_model, "exact_quant_overrides", {})
+        and not getattr(builder_model, "exact_quant_override_names", set())
+        and not builder_model.matmul_attrs.get("weights_prepacked")
+    )
+
+
+def _block_quantizer(bits: int, block_size: int, is_symmetric: bool, accuracy_level: int | None) -> Any:
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+        QuantFormat,
+    )
+
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=block_size,
+        is_symmetric=is_symmetric,
+        accuracy_level=accuracy_level,
+        quant_format=QuantFormat.QOperator,
+        op_types_to_quantize=("MatMul",),
+        bits=bits,
+    )
+    return DefaultWeightOnlyQuantizer(config)
+
+
+def _quantize_node(graph: ir.Graph, node: ir.Node, quantizer: Any, bits: int, block_size: int, accuracy_level: int):
+    """Replace one ``MatMul`` with a constant 2-D weight by ``MatMulNBits``, as ``quantize_matmul`` builds it."""
+    weight = node.inputs[1]
+    # The builder's weights are transposed torch views; the quantizer's kernel reads its input as row-major.
+    array = np.ascontiguousarray(weight.const_value.numpy())
+    bfloat16 = array.dtype.name == "bfloat16"
+    if bfloat16:
+        array = array.astype(np.float32)
+    packed, scales, zero_points = quantizer.qbits_block_quant(array)
+    if bfloat16:
+        scales = scales.astype(ml_dtypes.bfloat16)
+    rows, cols = array.shape
+    del array
+    new_inputs = [node.inputs[0]]
+    names = [f"{weight.name}_Q{bits}", f"{weight.name}_scales"]
+    tensors = [packed, scales]
+    if not quantizer.config.is_symmetric:
+        names.append(f"{weight.name}_zero_points")
+        tensors.append(zero_points)
+    for name, tensor in zip(names, tensors, strict=True):
+        value = ir.Value(name=name, const_value=ir.Tensor(tensor, name=name))
+        value.type = ir.TensorType(value.const_value.dtype)
+        value.shape = ir.Shape(tensor.shape)
+        graph.register_initializer(value)
+        new_inputs.append(value)
+    # onnx.helper.make_node sorts attributes by name; accuracy_level 0 is left out, as the quantizer does.
+    attributes = {"K": rows, "N": cols, "bits": bits, "block_size": block_size}
+    if accuracy_level:
+        attributes["accuracy_level"] = accuracy_level
+    new_node = ir.Node(
+        MS_DOMAIN,
+        QUANTIZED_OP,
+        new_inputs,
+        [ir.AttrInt64(key, attributes[key]) for key in sorted(attributes)],
+        num_outputs=1,
+        name=f"{node.name}_Q{bits}" if node.name else "",
+    )
+    ir.convenience.replace_nodes_and_values(graph, node, [node], [new_node], [node.outputs[0]], new_node.outputs)
+    if not weight.uses():
+        graph.initializers.pop(weight.name)
+
+
+def _eligible(node: ir.Node, excluded: set[str]) -> bool:
+    if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or node.name in excluded:
+        return False
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    return (
+        weight is not None
+        and weight.is_initializer()
+        and weight.const_value is not None
+        and len(weight.const_value.shape) == 2
+    )
+
+
+def quantize_graph(
+    model: ir.Model,
+    bits: int,
+    block_size: int,
+    is_symmetric: bool,
+    accuracy_level: int | None,
+    nodes_to_exclude: list[str] | tuple[str, ...] = (),
+) -> ir.Model:
+    """Quantize every eligible ``MatMul`` of ``model`` in place, one weight at a time; return ``model``."""
+    from tqdm.auto import tqdm
+
+    graph = model.graph
+    excluded = set(nodes_to_exclude)
+    quantizer = _block_quantizer(bits, block_size, is_symmetric, accuracy_level)
+    model.opset_imports[MS_DOMAIN] = 1
+    targets = [node for node in graph if _eligible(node, excluded)]
+    for node in tqdm(targets, desc=f"int{bits} MatMul", unit="weight"):
+        _quantize_node(graph, node, quantizer, bits, block_size, accuracy_level)
+    # As the quantizer's clean_initializers: drop every initializer nothing reads.
+    outputs = {value.name for value in graph.outputs}
+    for name in [name for name, value in graph.initializers.items() if not value.uses() and name not in outputs]:
+        graph.initializers.pop(name)
+    return model
+
+
+def streaming_to_nbits(builder_model: Any) -> ir.Model:
+    """A drop-in for the builder's ``Model.to_nbits`` that quantizes one weight at a time (see the module doc)."""
+    if not applies_to(builder_model):
+        logger.info("quantization options outside the streaming path; using the builder's own to_nbits")
+        return _STOCK_TO_NBITS[0](builder_model)
+    attrs = builder_model.quant_attrs
+    return quantize_graph(
+        builder_model.model,
+        bits=attrs["bits"],
+        block_size=attrs["matmul_block_size"],
+        is_symmetric=attrs["is_symmetric"],
+        accuracy_level=attrs["accuracy_level"],
+        nodes_to_exclude=list(attrs["nodes_to_exclude"]),
+    )
+
+
+_STOCK_TO_NBITS: list[Any] = []
+
+
+def _builder_model_classes() -> list[type]:
+    """The builder's ``Model`` base class, as the builder imports it.
+
+    The builder puts its own folder on ``sys.path`` and imports ``builders.base`` as a top-level module, so its
+    ``Model`` is not ``onnxruntime_genai.models.builders.base.Model``; both are patched.
+    """
+    import importlib
+    import sys
+
+    from onnxruntime_genai.models import builder  # noqa: F401 - imported for its sys.path and module side effects
+
+    names = ("builders.base", "onnxruntime_genai.models.builders.base")
+    modules = [sys.modules.get(name) or importlib.import_module(name) for name in names]
+    return list({id(module.Model): module.Model for module in modules}.values())
+
+
+@contextmanager
+def streaming_quantization() -> Iterator[None]:
+    """Within this block the builder quantizes with ``streaming_to_nbits``; outside it, as shipped."""
+    classes = _builder_model_classes()
+    stock = [cls.__dict__["to_nbits"] for cls in classes]
+    _STOCK_TO_NBITS.insert(0, stock[0])
+    for cls in classes:
+        cls.to_nbits = streaming_to_nbits
+    try:
+        yield
+    finally:
+        for cls, original in zip(classes, stock, strict=True):
+            cls.to_nbits = original
+        _STOCK_TO_NBITS.pop(0)

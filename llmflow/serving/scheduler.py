@@ -1,0 +1,164 @@
+"""Batching across requests: one thread owns generation and runs waiting requests together in one generator.
+
+Each HTTP request is one ``Job`` holding one row of the pyfunc (``OnnxChatModel.prepare`` parsed, tokenised and
+checked it, so a bad or too long request never takes a place). The scheduler's thread takes the oldest waiting job
+and every other waiting job with the same sampling settings, up to ``max_running`` rows whose padded prompt plus
+budget fit in the context, and runs them in one onnxruntime-genai generator (``OnnxChatModel.generate``, the
+project's one loop). A job that arrives while a batch runs starts in the next batch: onnxruntime-genai 0.18 cannot
+add a row to a running generator on CPU (its ``Engine`` batches only with paged attention, which the builder
+exports for CUDA alone; see the README). Greedy rows give the answers they give alone, since the pyfunc's batched
+generation does (its tests check it).
+
+A job whose client left, or whose time ran out, is cancelled: its row takes no more tokens, and the generator stops
+before its next step once every row has ended, so a lone request stops within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+CANCELLED = "cancelled"
+
+
+class QueueFull(RuntimeError):
+    """More requests wait than ``max_waiting``: answered with 429 and ``Retry-After``."""
+
+
+class Closed(RuntimeError):
+    """The scheduler no longer takes jobs (its model is being replaced)."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's row and the queue its text goes to: ``("text", str)``, then ``("done", None)`` or
+    ``("error", message)``."""
+
+    row: Any
+    loop: asyncio.AbstractEventLoop
+    arrived: float = field(default_factory=time.perf_counter)
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    first_token: float | None = None
+    last_token: float | None = None
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """Stop this job: a waiting job is dropped, a running row takes no more tokens."""
+        self.cancelled = True
+        if self.row.finish_reason is None:
+            self.row.finish_reason = CANCELLED
+
+    def send(self, kind: str, value: Any = None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the request's event loop is gone: nobody waits for this
+            pass
+
+    @property
+    def key(self) -> Any:
+        settings = self.row.request.settings
+        return ("alone", id(self)) if getattr(settings, "alone", False) else settings.sampling_key
+
+
+class BatchScheduler:
+    """Runs the jobs of one loaded model; ``max_running`` rows at once, ``max_waiting`` queued."""
+
+    def __init__(self, python_model: Any, max_running: int, max_waiting: int, metrics: Metrics, name: str) -> None:
+        self.model, self.max_running, self.max_waiting, self.metrics = python_model, max_running, max_waiting, metrics
+        self.waiting: deque[Job] = deque()
+        self.running = 0
+        self.closed = False
+        self.condition = threading.Condition()
+        self.thread = threading.Thread(target=self._work, name=f"generation-{name}", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self.condition:
+            if self.closed:
+                raise Closed("this model is being replaced")
+            if len(self.waiting) >= self.max_waiting:
+                raise QueueFull(f"{len(self.waiting)} requests are waiting (--max-queue {self.max_waiting})")
+            self.waiting.append(job)
+            self.metrics.waiting.inc()
+            self.condition.notify()
+
+    def close(self) -> None:
+        """Take no new jobs; the thread ends once the waiting and running ones are done."""
+        with self.condition:
+            self.closed = True
+            self.condition.notify()
+
+    def busy(self) -> bool:
+        with self.condition:
+            return bool(self.waiting) or self.running > 0
+
+    def _take(self) -> list[Job] | None:
+        """The next batch, or ``None`` when closed and idle."""
+        with self.condition:
+            while True:
+                while self.waiting and self.waiting[0].cancelled:
+                    self.waiting.popleft()
+                    self.metrics.waiting.dec()
+                if self.waiting:
+                    break
+                if self.closed:
+                    return None
+                self.condition.wait()
+            key, batch, context = self.waiting[0].key, [], self.model.context_length
+            for job in list(self.waiting):
+                if len(batch) == self.max_running:
+                    break
+                if job.cancelled or job.key != key:
+                    continue
+                widest = max(len(j.row.ids) for j in [*batch, job])
+                budget = max(j.row.budget for j in [*batch, job])
+                if batch and widest + budget > context:
+                    continue
+                batch.append(job)
+            for job in batch:
+                self.waiting.remove(job)
+            self.metrics.waiting.dec(len(batch))
+            self.running += len(batch)
+            self.metrics.running.inc(len(batch))
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._take()) is not None:
+            try:
+                self._run(batch)
+            except Exception as error:  # one failed batch must not stop the thread that serves every request
+                logger.exception("generation failed for a batch of %d", len(batch))
+                for job in batch:
+                    job.send("error", f"generation failed: {type(error).__name__}")
+            finally:
+                with self.condition:
+                    self.running -= len(batch)
+                self.metrics.running.dec(len(batch))
+        logger.info("generation thread %s ended", threading.current_thread().name)
+
+    def _run(self, batch: list[Job]) -> None:
+        rows = [job.row for job in batch]
+        for index, text in self.model.generate(rows):
+            job, now = batch[index], time.perf_counter()
+            if job.first_token is None:
+                self.metrics.ttft.observe(now - job.arrived)
+            else:
+                self.metrics.inter_token.observe(now - job.last_token)
+            job.first_token = job.first_token or now
+            job.last_token = now
+            job.send("text", text)
+        for job in batch:
+            row = job.row
+            self.metrics.prompt_tokens.inc(len(row.ids))
+            self.metrics.generation_tokens.inc(row.completion_tokens)
+            self.metrics.e2e.observe(time.perf_counter() - job.arrived)
+            job.send("done")

@@ -1,0 +1,31 @@
+"""The project's ONNX chat pyfunc, slowed down, for the serving tests (logged from code like the real one).
+
+The tiny test model answers in a few milliseconds, faster than a client can leave or a timeout can pass. This
+model waits ``delay_s`` (model config) after each piece of text it yields, so a test can disconnect, time out or
+fill the queue while a request runs. Everything else is the real model: the same loop, rows and answers.
+"""
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import mlflow
+
+try:
+    from serving.onnx_chat_model import OnnxChatModel
+except ModuleNotFoundError:
+    from llmflow.serving.onnx_chat_model import OnnxChatModel
+
+
+class SlowChatModel(OnnxChatModel):
+    def load_context(self, context: Any) -> None:
+        super().load_context(context)
+        self.delay_s = float((context.model_config or {}).get("delay_s", 0.2))
+
+    def generate(self, batch: list[Any]) -> Iterator[tuple[int, str]]:
+        for item in super().generate(batch):
+            yield item
+            time.sleep(self.delay_s)
+
+
+mlflow.models.set_model(SlowChatModel())

@@ -1,0 +1,73 @@
+"""The export's pre-flight memory check: the estimate, what the machine has (faked /proc and cgroup), the error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmflow.errors import InputError
+from llmflow.export.memory import GIB, MemoryFound, check_export_memory, export_need, memory_found
+
+PHI3_CONFIG = json.loads((Path(__file__).resolve().parents[2] / "shared/phi3-mini-4k-instruct/config.json").read_text())
+PHI3_WEIGHT_BYTES = 7_642_159_104  # the Hub repo's two bf16 shards
+
+
+def fake_proc(tmp_path: Path, available_kib: int, cgroup_lines: str, files: dict[str, str]) -> dict[str, Path]:
+    (tmp_path / "meminfo").write_text(f"MemTotal:       24683584 kB\nMemAvailable:   {available_kib} kB\n")
+    (tmp_path / "self_cgroup").write_text(cgroup_lines)
+    for name, text in files.items():
+        path = tmp_path / "cg" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return {"meminfo": tmp_path / "meminfo", "cgroup_root": tmp_path / "cg", "proc_cgroup": tmp_path / "self_cgroup"}
+
+
+def test_mem_available_without_a_cgroup_limit(tmp_path: Path):
+    paths = fake_proc(tmp_path, 8 * 1024 * 1024, "0::/\n", {"memory.max": "max\n"})
+    assert memory_found(**paths) == MemoryFound(8 * GIB, "MemAvailable")
+
+
+def test_a_cgroup_v2_limit_below_mem_available_wins(tmp_path: Path):
+    files = {"job/memory.max": str(6 * GIB), "job/memory.current": str(2 * GIB)}
+    paths = fake_proc(tmp_path, 20 * 1024 * 1024, "0::/job\n", files)
+    assert memory_found(**paths) == MemoryFound(4 * GIB, "cgroup limit")
+
+
+def test_a_cgroup_v1_limit_is_read(tmp_path: Path):
+    files = {"memory/box/memory.limit_in_bytes": str(3 * GIB), "memory/box/memory.usage_in_bytes": "0"}
+    paths = fake_proc(tmp_path, 20 * 1024 * 1024, "4:memory:/box\n0::/\n", files)
+    assert memory_found(**paths) == MemoryFound(3 * GIB, "cgroup limit")
+
+
+def test_cgroup_v1_without_a_limit_reports_a_huge_number_and_is_ignored(tmp_path: Path):
+    files = {"memory/box/memory.limit_in_bytes": "9223372036854771712", "memory/box/memory.usage_in_bytes": "0"}
+    paths = fake_proc(tmp_path, 5 * 1024 * 1024, "4:memory:/box\n", files)
+    assert memory_found(**paths).where == "MemAvailable"
+
+
+def test_phi3_mini_estimate_is_under_12_gib_streaming_and_over_22_stock():
+    streaming = export_need(PHI3_CONFIG, PHI3_WEIGHT_BYTES, "int4")
+    stock = export_need(PHI3_CONFIG, PHI3_WEIGHT_BYTES, "int4", streaming=False)
+    assert streaming.parameters == PHI3_WEIGHT_BYTES // 2
+    assert streaming.dtype == "bfloat16"
+    assert 10 * GIB < streaming.needed < 12 * GIB
+    assert stock.needed > 22 * GIB
+
+
+def test_too_little_memory_fails_in_one_line_naming_need_found_and_what_to_do(tmp_path: Path):
+    paths = fake_proc(tmp_path, 20 * 1024 * 1024, "0::/small\n", {"small/memory.max": str(4 * GIB)})
+    need = export_need(PHI3_CONFIG, PHI3_WEIGHT_BYTES, "int4")
+    with pytest.raises(InputError) as error:
+        check_export_memory(need, memory_found(**paths), "int4")
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"needs about {need.needed / GIB:.1f} GiB" in message
+    assert "has 4.0 GiB (cgroup limit)" in message
+    assert "onnx_source=" in message and "larger machine" in message
+
+
+def test_enough_memory_passes():
+    need = export_need(PHI3_CONFIG, PHI3_WEIGHT_BYTES, "int4")
+    check_export_memory(need, MemoryFound(need.needed, "MemAvailable"), "int4")

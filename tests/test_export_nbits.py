@@ -1,0 +1,84 @@
+"""The streaming int4 quantization against the builder's own ``to_nbits``: byte-identical files, and its fallback."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from onnxruntime_genai.models import builder
+from onnxruntime_genai.models.builders.base import Model
+
+from llmflow.download import sha256_file
+from llmflow.export import nbits
+from llmflow.export.stamp import package_build_stamp, package_commit
+from llmflow.export_onnx import run_builder
+
+
+def stock_export(model_dir: Path, out: Path, extra: list[str]) -> Path:
+    """The builder as shipped, but for the build stamp (which otherwise names the Git commit of this checkout)."""
+    with tempfile.TemporaryDirectory() as cache, package_build_stamp():
+        args = (None, str(model_dir), str(out), "int4", "cpu", cache)
+        builder.create_model(*args, **builder.parse_extra_options(*args, extra))
+    return out
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize(("block", "level"), [(32, 4), (128, 0)])
+def test_streaming_export_is_byte_identical_to_the_builder(
+    tiny_model_dir: Path, tmp_path: Path, block: int, level: int, monkeypatch: pytest.MonkeyPatch
+):
+    quantized: list[str] = []
+    real = nbits._quantize_node
+    monkeypatch.setattr(
+        nbits, "_quantize_node", lambda graph, node, *a: quantized.append(node.name) or real(graph, node, *a)
+    )
+    ours = run_builder(tiny_model_dir, tmp_path / "ours", "int4", "cpu", block, level)
+    theirs = stock_export(
+        tiny_model_dir, tmp_path / "stock", [f"int4_block_size={block}", f"int4_accuracy_level={level}"]
+    )
+    # 2 layers x (qkv, o, gate_up or gate + up, down) + the LM head went through the streaming path.
+    assert len(quantized) >= 9 and any("lm_head" in name for name in quantized)
+    assert digests(ours) == digests(theirs)
+
+
+def test_the_builder_is_restored_after_the_export():
+    classes = nbits._builder_model_classes()
+    stock = [cls.to_nbits for cls in classes]
+    with nbits.streaming_quantization():
+        assert all(cls.to_nbits is nbits.streaming_to_nbits for cls in classes)
+    assert [cls.to_nbits for cls in classes] == stock
+    assert Model in classes
+
+
+def test_other_quantization_methods_keep_the_builders_own_pass(tiny_model_dir: Path, tmp_path: Path):
+    """``int4_algo_config=rtn`` is outside the streaming path: the output must still equal the stock builder's."""
+    extra = ["int4_block_size=32", "int4_accuracy_level=4", "int4_algo_config=rtn"]
+    with nbits.streaming_quantization():
+        ours = stock_export(tiny_model_dir, tmp_path / "ours", extra)
+    theirs = stock_export(tiny_model_dir, tmp_path / "stock", extra)
+    assert digests(ours) == digests(theirs)
+
+
+def test_applies_to_only_the_default_path():
+    class Fake:
+        quantization_algo = "default"
+        quant_attrs = {"use_qdq": False, "op_types_to_quantize": ("MatMul",)}
+        matmul_attrs = {"weights_prepacked": 0}
+
+    assert nbits.applies_to(Fake())
+    Fake.quant_attrs = {"use_qdq": True, "op_types_to_quantize": ("MatMul",)}
+    assert not nbits.applies_to(Fake())
+    Fake.quant_attrs = {"use_qdq": False, "op_types_to_quantize": ("MatMul", "Gather")}
+    assert not nbits.applies_to(Fake())
+
+
+def test_the_build_stamp_is_the_wheels_commit_not_the_checkouts(onnx_dir: Path):
+    import onnx
+    import onnxruntime_genai as og
+
+    model = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False)
+    assert model.producer_version == f"{og.__version__}+{package_commit()[:7]}"
