@@ -44,12 +44,14 @@ from llmflow.tracking.names import (
     TAG_VALIDATION_STATUS,
 )
 from llmflow.tracking.runs import step_run
+from llmflow.tracking.unity_catalog import is_three_level, uc_tags
 
 logger = logging.getLogger(__name__)
 
 # The target registry's own tracking store, where it is not the registry URI itself.
 TRACKING_OF_REGISTRY = {"databricks-uc": "databricks"}
 TARGET_EXPERIMENT = "llmflow-promoted"
+UNITY_CATALOG = "databricks-uc"
 SAME = "same"  # target_registry_uri: this project's own registry
 
 
@@ -109,16 +111,37 @@ def champion_version(client: MlflowClient, name: str) -> ModelVersion:
     return version
 
 
+def target_card(registry: str, target_name: str, tags: dict[str, str], description: str) -> tuple[dict, str]:
+    """The tags and description as the target registry takes them: Unity Catalog allows no ``.`` in tag keys
+    and 1,000 characters per value, so there the keys use ``_`` and a cut value is written in full into the
+    description."""
+    if registry != UNITY_CATALOG:
+        return tags, description
+    if not is_three_level(target_name):
+        raise InputError(
+            f"target_name '{target_name}' is not accepted for {UNITY_CATALOG}; expected catalog.schema.model"
+        )
+    fitted = uc_tags(tags)
+    extra = "".join(f"\n\n**{key}**: {value}" for key, value in fitted.cut.items())
+    return fitted.tags, (description or "") + extra
+
+
 def _existing_copy(target: MlflowClient, target_name: str, origin: str) -> ModelVersion | None:
     try:
         versions = target.search_model_versions(f"name='{target_name}'")
     except MlflowException:
         return None
-    return next((v for v in versions if v.tags.get(TAG_PROMOTED_FROM) == origin), None)
+    keys = (TAG_PROMOTED_FROM, TAG_PROMOTED_FROM.replace(".", "_"))  # as written in MLflow or in Unity Catalog
+    return next((v for v in versions if origin in (v.tags.get(k) for k in keys)), None)
 
 
 def _copy_across(
-    source: ModelVersion, target: MlflowClient, tracking_uri: str, target_name: str, tags: dict[str, str]
+    source: ModelVersion,
+    target: MlflowClient,
+    tracking_uri: str,
+    target_name: str,
+    card: tuple[dict[str, str], str],
+    origin: str,
 ) -> ModelVersion:
     """Log the source version's files as a LoggedModel of the target's store and register it there."""
     model_id = version_model_id(source)
@@ -129,7 +152,7 @@ def _copy_across(
         experiment_id,
         name=logged.name if logged else target_name.replace(".", "-"),
         params=dict(logged.params) if logged else None,
-        tags={TAG_PROMOTED_FROM: tags[TAG_PROMOTED_FROM]},
+        tags={TAG_PROMOTED_FROM: origin},
     )
     with tempfile.TemporaryDirectory(prefix="llmflow-promote-") as tmp:
         local = mlflow.artifacts.download_artifacts(f"models:/{source.name}/{source.version}", dst_path=tmp)
@@ -148,8 +171,8 @@ def _copy_across(
         return target.create_model_version(
             target_name,
             source=f"models:/{copy.model_id}",
-            tags=tags,
-            description=source.description,
+            tags=card[0],
+            description=card[1],
             model_id=copy.model_id,
         )
     finally:
@@ -180,7 +203,10 @@ def promote(options: PromoteOptions) -> PromoteResult:
             copy = source.copy_model_version(f"models:/{registered_model_name}/{version.version}", target_name)
             target.set_model_version_tag(target_name, copy.version, TAG_PROMOTED_FROM, origin)
         elif copied:
-            copy = _copy_across(version, target, tracking_uri, target_name, {**version.tags, TAG_PROMOTED_FROM: origin})
+            card = target_card(
+                registry, target_name, {**version.tags, TAG_PROMOTED_FROM: origin}, version.description or ""
+            )
+            copy = _copy_across(version, target, tracking_uri, target_name, card, origin)
         described = target.get_registered_model(target_name).description
         if not described:
             own = source.get_registered_model(registered_model_name).description

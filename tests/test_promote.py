@@ -99,3 +99,16 @@ def test_no_champion_is_one_line(tracking_uri: str):
     MlflowClient().create_registered_model("empty")
     with pytest.raises(InputError, match=r"^registered model 'empty' has no 'champion' alias"):
         _promote("empty", "same", "empty-prod")
+
+
+def test_unity_catalog_gets_its_own_tag_form_and_the_long_values_in_the_description():
+    from llmflow.promote import target_card
+
+    tags = {"llmflow.hf_repo_id": "local/tiny-phi3", "validation_status": "passed", "llmflow.note": "x" * 1500}
+    fitted, description = target_card("databricks-uc", "main.models.phi3", tags, REPORT)
+    assert fitted["llmflow_hf_repo_id"] == "local/tiny-phi3" and fitted["validation_status"] == "passed"
+    assert all("." not in key and len(value) <= 1000 for key, value in fitted.items())
+    assert description.startswith(REPORT) and "x" * 1500 in description
+    assert target_card("http://prod:5000", "phi3-prod", tags, REPORT) == (tags, REPORT)
+    with pytest.raises(InputError, match=r"^target_name 'phi3-prod' is not accepted for databricks-uc"):
+        target_card("databricks-uc", "phi3-prod", tags, REPORT)
