@@ -98,10 +98,16 @@ def logged_onnx_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
 
 
 TIERS = ("integration", "e2e")
+# The fixtures that build the tiny Phi-3 and run the project's steps on it (training, export, logging): a test
+# that uses one of them runs real models through the pipeline's code, so it is an integration test.
+MODEL_FIXTURES = frozenset({"tiny_model_dir", "onnx_dir", "logged_onnx_model"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that is neither ``integration`` nor ``e2e`` is a ``unit`` test: ``make test-fast`` runs those."""
+    """Tiers: a test that uses a model fixture is ``integration``; one that is neither ``integration`` nor
+    ``e2e`` is a ``unit`` test (``make test-fast`` runs those)."""
     for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.integration)
         if not any(item.get_closest_marker(tier) for tier in TIERS):
             item.add_marker(pytest.mark.unit)
