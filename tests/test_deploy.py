@@ -73,7 +73,10 @@ def _parsed_step_args(entry_point: str, argv: list[str], monkeypatch: pytest.Mon
 
 
 def _step_argv(command: str, entry_point: str) -> list[str]:
+    """The step's arguments in a command that runs it as a file (the root) or as a module (the image)."""
     words = shlex.split(command)
+    if words[:2] == ["python", f"steps/{entry_point}.py"]:
+        return words[2:]
     assert words[:3] == ["python", "-m", f"steps.{entry_point}"]
     return words[3:]
 
