@@ -37,6 +37,9 @@ from pathlib import Path
 
 import mlflow
 
+# At module level: pyspark reads the pandas UDF's (string) type hints in this module's globals.
+import pandas as pd
+
 from llmflow.errors import InputError
 from llmflow.options import StepOptions, at_least, one_of, option
 from llmflow.tracking.names import PREDICTIONS_ARTIFACT_DIR, TAG_BATCH_MODEL_URI
@@ -121,7 +124,6 @@ def _session(master: str):  # noqa: ANN202 - pyspark is imported lazily, only by
 
 
 def _score(spark, options: BatchPredictOptions, out: Path) -> dict[str, float]:  # noqa: ANN001
-    import pandas as pd
     from pyspark.sql import functions as F  # noqa: N812
 
     max_tokens = options.max_tokens

@@ -150,7 +150,7 @@ def test_mlflow_submits_a_spark_python_task_that_runs_the_step_from_the_uploaded
     (request,) = workspace.submitted
     task = request["spark_python_task"]
     assert task["parameters"] == ["--model", str(tiny_model_dir), "--revision", "main"]
-    code_path = rf"dbfs:/databricks/mlflow/{experiment_id}/projects-code/[0-9a-f]{{32}}\.py"
+    code_path = rf"dbfs:/mlflow-experiments/{experiment_id}/projects-code/[0-9a-f]{{32}}\.py"
     assert re.fullmatch(code_path, task["python_file"])
     assert request["libraries"] == [{"pypi": {"package": r}} for r in REQUIREMENTS if not r.startswith("mlflow")]
     assert "shell_command_task" not in request
