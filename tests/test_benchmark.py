@@ -26,6 +26,10 @@ PAIRED = ("bare_paired", "pyfunc_paired")
 COUNT_SOURCES = {"generator", "usage.completion_tokens", SAME_AS_BARE, RE_ENCODED}
 
 
+# The module's fixture runs the whole benchmark on a model it builds: an integration test.
+pytestmark = pytest.mark.integration
+
+
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """The whole benchmark on the tiny shape, without the HTTP-served configuration."""
