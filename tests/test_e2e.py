@@ -215,7 +215,7 @@ def test_a_killed_step_is_marked_and_main_resumes_after_the_last_finished_step(
         )
         if running:
             found = subprocess.run(
-                ["pgrep", "-f", "steps.evaluate --registered-model-name e2e-onnx"], capture_output=True
+                ["pgrep", "-f", "steps/evaluate.py --registered-model-name e2e-onnx"], capture_output=True
             )
             pids = [int(p) for p in found.stdout.split()]
             if pids:

@@ -32,7 +32,7 @@ from llmflow.tracking.names import TAG_STEP
 pytestmark = pytest.mark.e2e
 
 CONDA_YAML = PROJECT_ROOT / "conda.yaml"
-ACTIVATE = re.compile(r"Running command 'source (\S+)/bin/activate && python -m steps\.download ")
+ACTIVATE = re.compile(r"Running command 'source (\S+)/bin/activate && python steps/download\.py ")
 SUCCEEDED = re.compile(r"=== Run \(ID '([0-9a-f]{32})'\) succeeded ===")
 # Distributions of a CUDA torch build: none may land in the environment.
 CUDA_DISTRIBUTIONS = re.compile(r"^(nvidia-|cuda-|triton)")
