@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   creates .venv, installs the pinned dependencies, builds the tiny Phi-3 and runs `main` on it
-#   make test   creates .venv if needed and runs the test suite (every tier; CI runs this)
+#   make test   creates .venv if needed, installs the Debian packages the tests use, runs every tier (CI runs this)
 #   make test-fast   the unit tier only: in-process tests, no servers, no `mlflow run` (under 2 minutes)
 PYTHON ?= python3.11
 VENV := .venv
@@ -13,7 +13,7 @@ export PATH := $(BIN):$(PATH)
 # The demo and the tests never reach the Hugging Face Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv tiny demo test test-fast bench bench-scale lint clean
+.PHONY: venv system-deps tiny demo test test-fast bench bench-scale lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
+# Debian packages the integration tests start (PostgreSQL, Chromium); installed only when missing.
+system-deps:
+	scripts/system-deps.sh
+
 $(TINY)/config.json: $(STAMP) llmflow/demo/tiny.py data/qa.jsonl
 	$(BIN)/python -m llmflow.demo.tiny --out $(TINY)
 
@@ -33,8 +37,8 @@ tiny: $(TINY)/config.json
 demo: tiny
 	$(BIN)/mlflow run . -e main --env-manager local -P model=$(TINY) -P registered_model_name=tiny-phi3
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit
@@ -50,8 +54,8 @@ bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale
 
 lint: $(STAMP)
-	$(BIN)/ruff check llmflow steps tests bench
-	$(BIN)/ruff format --check llmflow steps tests bench
+	$(BIN)/ruff check llmflow steps tests bench scripts
+	$(BIN)/ruff format --check llmflow steps tests bench scripts
 
 clean:
 	rm -rf $(VENV) build mlflow.db mlruns mlartifacts bench-results

@@ -27,6 +27,29 @@ from llmflow.log_pyfunc import LogPyfuncOptions
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+# MLflow writes some of these itself (``mlflow.set_experiment`` sets MLFLOW_EXPERIMENT_ID), so a test can leave
+# one behind that ``monkeypatch`` never saw; a later test's subprocess would then run against an experiment its
+# store does not have. Each test gets them back as they were before it.
+MLFLOW_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_RUN_ID",
+)
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_env_restored():
+    before = {key: os.environ.get(key) for key in MLFLOW_ENV}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Phi-3 (trained on data/qa.jsonl), built once for the whole session."""

@@ -24,6 +24,7 @@ import pytest
 import yaml
 from databricks.sdk.service.compute import ClusterSpec
 from mlflow.projects import databricks as mlflow_databricks
+from mlflow.projects import utils as project_utils
 from mlflow.projects._project_spec import load_project
 from mlflow.utils.rest_utils import MlflowHostCreds
 from servers import free_port, running
@@ -42,7 +43,16 @@ REQUIREMENTS = [
 ]
 # What MLflow puts into the backend config of every run (mlflow/projects/__init__.py); with the Spark job
 # format it sends the whole config on as `new_cluster`, these keys included.
-MLFLOW_BACKEND_KEYS = {"ENV_MANAGER", "SYNCHRONOUS", "DOCKER_ARGS", "STORAGE_DIR", "BUILD_IMAGE", "DOCKER_AUTH"}
+# The run settings MLflow itself adds to the backend config (its own names, read from MLflow so a rename shows here).
+MLFLOW_BACKEND_KEYS = {
+    project_utils.PROJECT_ENV_MANAGER,
+    project_utils.PROJECT_SYNCHRONOUS,
+    project_utils.PROJECT_DOCKER_ARGS,
+    project_utils.PROJECT_STORAGE_DIR,
+    project_utils.PROJECT_BUILD_IMAGE,
+    project_utils.PROJECT_DOCKER_AUTH,
+    project_utils.MLFLOW_LOCAL_BACKEND_RUN_ID_CONFIG,
+}
 
 
 class FakeDatabricksWorkspace:
@@ -158,7 +168,7 @@ def test_mlflow_submits_a_spark_python_task_that_runs_the_step_from_the_uploaded
     # and the Jobs API may refuse or drop those keys. The cluster spec itself arrives unchanged.
     sent = request["new_cluster"]
     assert {key: value for key, value in sent.items() if key in CLUSTER_SPEC} == CLUSTER_SPEC
-    assert set(sent) - set(CLUSTER_SPEC) <= MLFLOW_BACKEND_KEYS | {"_mlflow_local_backend_run_id"}
+    assert set(sent) - set(CLUSTER_SPEC) <= MLFLOW_BACKEND_KEYS
 
     # The uploaded project holds the code the step imports; the job file is the step script behind a
     # prefix that sets MLFLOW_RUN_ID and friends, unpacks the project and changes into it.

@@ -257,7 +257,7 @@ def test_a_killed_step_is_marked_and_main_resumes_after_the_last_finished_step(
 def test_reproduce_rebuilds_the_onnx_export_byte_for_byte(cold_run, project, store, client):
     proc = _mlflow_run(project, store, "reproduce", "model_uri=models:/e2e-onnx/1")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "models:/e2e-onnx/1: identical" in proc.stdout
+    assert "models:/e2e-onnx/1: identical" in proc.stdout, proc.stdout[-3000:]
     run = [r for r in _runs(client, store[1]) if r.data.tags.get(TAG_STEP) == "reproduce"][-1]
     assert run.data.tags["llmflow.reproduce_result"] == "identical"
     assert run.data.metrics["files_different"] == 0

@@ -92,9 +92,9 @@ def server(logged_onnx_model: tuple[str, str], tmp_path_factory: pytest.TempPath
     command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri, "--port", str(port)]
     command += ["--served-name", "tiny-phi3-onnx", "--api-key", KEY, "--api-key-file", str(folder / "keys.txt")]
     command += ["--trace-ratio", "1", "--max-body-bytes", "4096"]
-    with started(
-        command, port, tracking_uri, folder / "server.log", env={"MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false"}
-    ) as running:
+    # The server inherits another experiment (the store's Default): its traces must still go to the model's.
+    env = {"MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false", "MLFLOW_EXPERIMENT_ID": "0"}
+    with started(command, port, tracking_uri, folder / "server.log", env=env) as running:
         yield running
 
 
@@ -254,10 +254,12 @@ def test_every_request_is_a_trace_linked_to_the_logged_model(client: openai.Open
     marker = "Trace me: what is the capital of Spain?"
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": marker}], max_tokens=8)
     mlflow.set_tracking_uri(tracking_uri)
+    model_id = model_uri.removeprefix("models:/")
     try:
+        experiment_id = mlflow.MlflowClient().get_logged_model(model_id).experiment_id
         found = []
         for _ in range(50):  # the server writes its traces synchronously; allow for the store's commit
-            traces = mlflow.search_traces(model_id=model_uri.removeprefix("models:/"), return_type="list")
+            traces = mlflow.search_traces(experiment_ids=[experiment_id], model_id=model_id, return_type="list")
             found = [t for t in traces if marker in json.dumps(t.data.spans[0].inputs)]
             if found:
                 break
@@ -265,4 +267,5 @@ def test_every_request_is_a_trace_linked_to_the_logged_model(client: openai.Open
     finally:
         mlflow.set_tracking_uri(None)
     assert len(found) == 1
+    assert found[0].info.experiment_id == experiment_id != "0"
     assert found[0].data.spans[0].outputs["choices"][0]["message"]["content"]

@@ -139,6 +139,11 @@ def create_app(
     """The app over ``holder``; ``keys`` empty: open; ``protect_all``: /health and /metrics need a key too."""
     app = FastAPI(title="llmflow OpenAI-compatible chat endpoint")
 
+    @app.exception_handler(Failure)
+    async def failed(request: Request, failure: Failure) -> JSONResponse:
+        """Every ``Failure`` a route raises, in OpenAI's error format (and counted by status)."""
+        return failure.response(metrics)
+
     def guard(request: Request, public: bool = False) -> None:
         """401 unless the request carries a key (or the path is public); a route-level check, since Starlette's
         ``BaseHTTPMiddleware`` would wrap ``receive`` and hide a client's disconnect from the handler."""
@@ -151,10 +156,7 @@ def create_app(
 
     @app.get("/health")
     def health(request: Request) -> JSONResponse:
-        try:
-            guard(request, public=True)
-        except Failure as failure:
-            return failure.response(metrics)
+        guard(request, public=True)
         served = holder.current
         if served is None:
             state = {"status": "failed", "error": holder.error} if holder.error else {"status": "loading"}
@@ -165,41 +167,32 @@ def create_app(
 
     @app.get("/metrics")
     def prometheus(request: Request) -> Response:
-        try:
-            guard(request, public=True)
-        except Failure as failure:
-            return failure.response(metrics)
+        guard(request, public=True)
         return Response(metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
     def models(request: Request) -> Any:
-        try:
-            guard(request)
-        except Failure as failure:
-            return failure.response(metrics)
+        guard(request)
         return {"object": "list", "data": [{"id": holder.name, "object": "model", "owned_by": "llmflow"}]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
+        guard(request)
+        body = await _body(request, limits.max_body_bytes)
         try:
-            guard(request)
-            body = await _body(request, limits.max_body_bytes)
-            try:
-                call = protocol.read_call(body)
-            except protocol.BadRequest as error:
-                raise Failure(400, str(error), "invalid_request_error", error.param) from None
-            served, job = await _place(holder, call, limits)
-            deadline = time.monotonic() + limits.request_timeout_s
-            trace = tracer.start(served, call.request)
-            if call.stream:
-                return StreamingResponse(
-                    _stream(served, job, call, deadline, metrics, trace),
-                    media_type="text/event-stream",
-                    headers=_headers(served),
-                )
-            return await _whole(request, served, job, deadline, metrics, trace)
-        except Failure as failure:
-            return failure.response(metrics)
+            call = protocol.read_call(body)
+        except protocol.BadRequest as error:
+            raise Failure(400, str(error), "invalid_request_error", error.param) from None
+        served, job = await _place(holder, call, limits)
+        deadline = time.monotonic() + limits.request_timeout_s
+        trace = tracer.start(served, call.request)
+        if call.stream:
+            return StreamingResponse(
+                _stream(served, job, call, deadline, metrics, trace),
+                media_type="text/event-stream",
+                headers=_headers(served),
+            )
+        return await _whole(request, served, job, deadline, metrics, trace)
 
     return app
 

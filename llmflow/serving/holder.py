@@ -29,11 +29,13 @@ VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
 @dataclass(frozen=True)
 class Target:
-    """What a model URI names now: the URI to load, its registered version (or ``None``) and logged model id."""
+    """What a model URI names now: the URI to load, its registered version (or ``None``), its logged model id and
+    that logged model's experiment (where its traces go, so the MLflow UI shows them on the model)."""
 
     load_uri: str
     version: str | None
     model_id: str | None
+    experiment_id: str | None = None
 
 
 @dataclass
@@ -55,18 +57,29 @@ def _model_id(version: Any) -> str | None:
     return version.model_id or (source.removeprefix("models:/") if source.startswith("models:/m-") else None)
 
 
+def _experiment_of(client: mlflow.MlflowClient, model_id: str | None) -> str | None:
+    if model_id is None:
+        return None
+    try:
+        return client.get_logged_model(model_id).experiment_id
+    except Exception:  # a store without the logged model: traces go to the active experiment
+        logger.warning("logged model %s not found; traces go to the active experiment", model_id)
+        return None
+
+
 def resolve(model_uri: str) -> Target:
     """The version a ``models:/`` URI names now (the alias read from the registry), or the URI as it is."""
     client = mlflow.MlflowClient()
+    load_uri, version, model_id = model_uri, None, None
     if match := ALIAS_URI.match(model_uri):
-        version = client.get_model_version_by_alias(match["name"], match["alias"])
-        return Target(f"models:/{match['name']}/{version.version}", str(version.version), _model_id(version))
-    if match := VERSION_URI.match(model_uri):
-        version = client.get_model_version(match["name"], match["version"])
-        return Target(model_uri, str(version.version), _model_id(version))
-    if model_uri.startswith("models:/m-"):
-        return Target(model_uri, None, model_uri.removeprefix("models:/"))
-    return Target(model_uri, None, None)
+        found = client.get_model_version_by_alias(match["name"], match["alias"])
+        load_uri, version, model_id = f"models:/{match['name']}/{found.version}", str(found.version), _model_id(found)
+    elif match := VERSION_URI.match(model_uri):
+        found = client.get_model_version(match["name"], match["version"])
+        version, model_id = str(found.version), _model_id(found)
+    elif model_uri.startswith("models:/m-"):
+        model_id = model_uri.removeprefix("models:/")
+    return Target(load_uri, version, model_id, _experiment_of(client, model_id))
 
 
 class ModelHolder:

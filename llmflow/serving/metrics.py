@@ -22,21 +22,13 @@ class Metrics:
         self.waiting = Gauge("llmflow_requests_waiting", "Requests queued for a place.", registry=r)
         self.prompt_tokens = Counter("llmflow_prompt_tokens", "Prompt tokens of requests that ran.", registry=r)
         self.generation_tokens = Counter("llmflow_generation_tokens", "Tokens generated.", registry=r)
-        self.ttft = Histogram(
-            "llmflow_time_to_first_token_seconds",
-            "From the request's arrival to its first generated token.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.inter_token = Histogram(
-            "llmflow_inter_token_latency_seconds", "Between two generated tokens.", buckets=TOKEN_BUCKETS, registry=r
-        )
-        self.e2e = Histogram(
-            "llmflow_e2e_request_latency_seconds",
-            "From the request's arrival to its last token.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+
+        def seconds(name: str, doc: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
+            return Histogram(f"llmflow_{name}_seconds", doc, buckets=buckets, registry=r)
+
+        self.ttft = seconds("time_to_first_token", "From the request's arrival to its first generated token.")
+        self.inter_token = seconds("inter_token_latency", "Between two generated tokens.", TOKEN_BUCKETS)
+        self.e2e = seconds("e2e_request_latency", "From the request's arrival to its last token.")
         self.model_switches = Counter(
             "llmflow_model_switches", "Times the served version changed (the alias moved).", registry=r
         )

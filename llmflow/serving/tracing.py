@@ -4,7 +4,8 @@ A request's trace starts when it has a place and ends with its answer, which for
 chunk, in another task. That is why this uses ``mlflow.start_span_no_context`` and not ``@mlflow.trace``, which
 needs one function call to hold the whole request. The trace's ``mlflow.modelId`` metadata is the logged model
 of the version that answered, so ``mlflow.search_traces(model_id=...)`` finds it and the MLflow UI shows it on
-that model.
+that model; the trace goes to that logged model's experiment (the active one when the model is not a logged
+model of the store).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Tracer:
                 inputs=request,
                 attributes={"model": served.label, "model_uri": served.target.load_uri},
                 metadata=metadata,
+                experiment_id=served.target.experiment_id,
             )
         except Exception:
             logger.exception("could not start the trace of a request")
