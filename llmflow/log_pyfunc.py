@@ -31,7 +31,7 @@ from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, 
 from llmflow.errors import InputError
 from llmflow.options import GenerationSettings, non_empty, option
 from llmflow.serving.chat_protocol import find_chat_template
-from llmflow.tracking.model_cards import onnx_model_name, onnx_model_params
+from llmflow.tracking.model_cards import logged_model_tags, onnx_model_name, onnx_model_params
 from llmflow.tracking.names import (
     ONNX_ARTIFACT_DIR,
     TAG_DOWNLOAD_RUN,
@@ -160,9 +160,11 @@ def log_pyfunc(options: LogPyfuncOptions) -> LogPyfuncResult:
             )
         execution_provider = export_run.data.tags[TAG_EXECUTION_PROVIDER]
         defaults = generation_defaults(max_new_tokens)
+        name, params = onnx_model_name(export_run), onnx_model_params(export_run, defaults["max_new_tokens"])
         model_info = mlflow.pyfunc.log_model(
-            name=onnx_model_name(export_run),
-            params=onnx_model_params(export_run, defaults["max_new_tokens"]),
+            name=name,
+            params=params,
+            tags=logged_model_tags(name, params),
             python_model=str(MODEL_CODE),
             code_paths=[str(SERVING_PACKAGE)],
             artifacts={"onnx": str(onnx_dir)},

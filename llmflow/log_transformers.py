@@ -18,7 +18,7 @@ import mlflow
 from llmflow.download import model_dir_from_run
 from llmflow.errors import InputError
 from llmflow.options import GenerationSettings, non_empty, option
-from llmflow.tracking.model_cards import transformers_model_name, transformers_model_params
+from llmflow.tracking.model_cards import logged_model_tags, transformers_model_name, transformers_model_params
 from llmflow.tracking.names import (
     TAG_DOWNLOAD_RUN,
     TAG_EXECUTION_PROVIDER,
@@ -71,10 +71,13 @@ def log_transformers(options: LogTransformersOptions) -> LogTransformersResult:
             precision = PRECISION_NAMES.get(str(model.dtype).removeprefix("torch."), str(model.dtype))
             generator = pipeline("text-generation", model=model, tokenizer=tokenizer, device=torch.device("cpu"))
             logger.info("logging %s (%s) as llm/v1/chat", download_run.data.tags[TAG_HF_REPO], precision)
+            name = transformers_model_name(download_run, precision)
+            params = transformers_model_params(download_run, precision, max_new_tokens)
             info = mlflow.transformers.log_model(
                 transformers_model=generator,
-                name=transformers_model_name(download_run, precision),
-                params=transformers_model_params(download_run, precision, max_new_tokens),
+                name=name,
+                params=params,
+                tags=logged_model_tags(name, params),
                 task="llm/v1/chat",
                 model_config={"max_new_tokens": max_new_tokens, "do_sample": False},
                 input_example=CHAT_EXAMPLE,

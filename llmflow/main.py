@@ -90,6 +90,7 @@ class Runner:
                 parameters=parameters,
                 env_manager="local",
                 experiment_id=self.experiment_id,
+                run_name=key,  # "download", "evaluate:onnx": what the UI's run tree shows
                 synchronous=False,
             )
             ok = submitted.wait()

@@ -108,20 +108,40 @@ def open_page(driver, url: str, text: str) -> str:  # noqa: ANN001 (a selenium W
     return driver.find_element(By.TAG_NAME, "body").text
 
 
-def expand_nested_runs(driver) -> None:  # noqa: ANN001
-    """Click every row expander of the runs table, so the nested step runs show under ``main``."""
+# Component ids of MLflow 3.17's UI (pinned in requirements.txt); a later UI that renames them leaves the
+# panel open or the runs folded, and the screenshot still comes out.
+ASSISTANT_CLOSE = "[data-component-id='mlflow.assistant.chat_panel.close']"
+RUN_EXPANDER = "[data-component-id$='runnamecellrenderer.tsx_46']"
+
+
+def click_all(driver, selector: str) -> int:  # noqa: ANN001 (a selenium WebDriver)
+    """Click every element ``selector`` finds; return how many clicks took."""
     from selenium.webdriver.common.by import By
 
-    for button in driver.find_elements(
-        By.CSS_SELECTOR,
-        "[data-testid='runs-table'] button[aria-label*='xpand'], "
-        "button[aria-label*='Expand'], button[aria-label*='expand']",
-    ):
+    clicked = 0
+    for element in driver.find_elements(By.CSS_SELECTOR, selector):
         try:
-            button.click()
+            element.click()
+            clicked += 1
             time.sleep(0.5)
-        except Exception:  # noqa: BLE001 (a row that re-rendered under us: the next pass shows it)
+        except Exception:  # noqa: BLE001 (an element that re-rendered under us)
             continue
+    return clicked
+
+
+def expand_nested_runs(driver) -> None:  # noqa: ANN001
+    """Unfold the ``main`` run, so its nested step runs show under it."""
+    click_all(driver, RUN_EXPANDER)
+
+
+def scroll_to_text(driver, text: str) -> None:  # noqa: ANN001
+    """Scroll the first element whose own text starts with ``text`` to the top of the view."""
+    from selenium.webdriver.common.by import By
+
+    for element in driver.find_elements(By.XPATH, f"//*[starts-with(normalize-space(text()), '{text}')]"):
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", element)
+        time.sleep(1)
+        return
 
 
 def demo_ids(tracking_uri: str, name: str) -> dict[str, str]:
@@ -155,14 +175,14 @@ def demo_ids(tracking_uri: str, name: str) -> dict[str, str]:
     }
 
 
-def pages(base: str, ids: dict[str, str]) -> list[tuple[str, str, str]]:
-    """(file, URL, text to wait for) of each screenshot."""
+def pages(base: str, ids: dict[str, str]) -> list[tuple[str, str, str, str | None]]:
+    """(file, URL, text to wait for, text to scroll to) of each screenshot."""
     exp = ids["experiment"]
     return [
-        ("main-run.png", f"{base}/#/experiments/{exp}/runs", "main"),
-        ("evaluate-traces.png", f"{base}/#/experiments/{exp}/runs/{ids['evaluate_run']}/traces", "exact_match"),
-        ("registered-model.png", f"{base}/#/models/{ids['registered']}", "champion"),
-        ("logged-model.png", f"{base}/#/experiments/{exp}/models/{ids['model_id']}", "token_f1"),
+        ("main-run.png", f"{base}/#/experiments/{exp}/runs", "main", None),
+        ("evaluate-traces.png", f"{base}/#/experiments/{exp}/runs/{ids['evaluate_run']}/traces", "exact_match", None),
+        ("registered-model.png", f"{base}/#/models/{ids['registered']}", "champion", "Versions"),
+        ("logged-model.png", f"{base}/#/experiments/{exp}/models/{ids['model_id']}", "token_f1", "Description"),
     ]
 
 
@@ -190,11 +210,13 @@ def main(argv: list[str] | None = None) -> None:
         mlflow_server(uri, Path(tmp) / "server.log") as base,
         chromium() as driver,
     ):
-        for file, url, text in pages(base, ids):
+        for file, url, text, scroll_to in pages(base, ids):
             open_page(driver, url, text)
+            click_all(driver, ASSISTANT_CLOSE)
             if file == "main-run.png":
                 expand_nested_runs(driver)
-                time.sleep(1)
+            if scroll_to:
+                scroll_to_text(driver, scroll_to)
             driver.save_screenshot(str(args.out / file))
             shrink(args.out / file)
             print(f"{args.out / file}: {url} ({(args.out / file).stat().st_size // 1024} KiB)")

@@ -19,6 +19,7 @@ def test_local_folder_is_content_hashed_and_logged(tiny_model_dir: Path, trackin
     result = dl.download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
     run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "download"  # a step called directly is named after itself
     assert run.data.tags[TAG_SOURCE] == "local"
     expected = dl.build_manifest(tiny_model_dir)
     assert run.data.tags[TAG_HF_SHA] == "sha256:" + dl.manifest_digest(expected)

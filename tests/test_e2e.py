@@ -137,6 +137,8 @@ def test_main_runs_every_step_nested_and_finished(cold_run, store, client):
     children = [r for r in _runs(client, store[1]) if r.data.tags.get("mlflow.parentRunId") == main.info.run_id]
     assert {r.data.tags[TAG_STEP] for r in children} == STEPS
     assert all(r.info.status == "FINISHED" for r in children)
+    # Each step run is named after its place in the chain, so the UI's run tree reads as the chain.
+    assert sorted(r.info.run_name for r in children) == sorted(EVERY_STEP)
     assert _reused(client, store[1]) == []
     assert "models:/e2e-onnx@champion" in cold_run.stdout
     assert "A: 'Madrid'" in cold_run.stdout

@@ -337,6 +337,10 @@ def test_the_champions_logged_model_holds_its_figures_traces_and_params(models: 
     assert logged.name == "tiny-phi3-int4-cpu"
     assert logged.params["precision"] == "int4" and logged.params["int4_block_size"] == "32"
     assert logged.params["hf_repo_id"] == "local/tiny-phi3" and logged.params["max_new_tokens"] == "64"
+    # Its description (the tag its page shows) says what it is and lists those params.
+    card = logged.tags["mlflow.note.content"]
+    assert card.startswith("**tiny-phi3-int4-cpu**: Hugging Face `local/tiny-phi3`") and "ONNX int4 export" in card
+    assert "| int4_block_size | `32` |" in card
     on_model = {m.key: m for m in logged.metrics if m.run_id == result.run_id}
     for metric in ("exact_match", "exact_match/mean", "token_f1", "latency_p50_s", "tokens_per_second", "speedup"):
         assert on_model[metric].value == run.data.metrics[metric], metric
@@ -362,6 +366,7 @@ def test_the_champions_logged_model_holds_its_figures_traces_and_params(models: 
     )
     reference = mlflow.get_logged_model(models.transformers.removeprefix("models:/"))
     assert reference.name == "tiny-phi3-fp32-transformers"
+    assert "transformers text-generation pipeline (fp32)" in reference.tags["mlflow.note.content"]
     assert {m.key: m.value for m in reference.metrics if m.run_id == reference_run.info.run_id}["perplexity"] == (
         reference_run.data.metrics["perplexity"]
     )

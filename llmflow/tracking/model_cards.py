@@ -3,6 +3,8 @@
 - A **LoggedModel** is named for what it is (``<repo>-<precision>-<execution provider>`` for the ONNX model,
   ``<repo>-<precision>-transformers`` for the pipeline) and carries as params the figures that tell models
   apart, so ``mlflow.search_logged_models`` can filter on them (``params.precision = 'int4'``).
+- A **LoggedModel**'s description (the ``mlflow.note.content`` tag, which its page shows) says what it is and
+  lists those params; the metrics ``evaluate`` links to it show on the same page.
 - A **registered model**'s description says what it is, where it came from and how to serve it.
 - A **registered version**'s description is its evaluation report in Markdown (written by ``evaluate``);
   the tags keep the short values that people and the steps filter on.
@@ -17,6 +19,7 @@ from collections.abc import Mapping
 
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from llmflow.tracking.names import (
     CHAMPION,
@@ -95,6 +98,28 @@ def transformers_model_params(download_run: Run, precision: str, max_new_tokens:
         "max_new_tokens": str(max_new_tokens),
         "download_run_id": download_run.info.run_id,
     }
+
+
+def logged_model_tags(name: str, params: Mapping[str, str]) -> dict[str, str]:
+    """The LoggedModel's description, as the tag its page shows: what it is, then its params as a table."""
+    repo, sha = params.get("hf_repo_id") or "unknown", params.get("hf_commit_sha") or "unknown"
+    precision, provider = params.get("precision", "?"), params.get("execution_provider", "?")
+    what = {
+        "onnx": f"an ONNX {precision} export for {provider}, generated with onnxruntime-genai (custom pyfunc)",
+        "transformers": f"a transformers text-generation pipeline ({precision}), logged with task `llm/v1/chat`",
+    }.get(params.get("flavour", ""), "a model logged by llmflow")
+    rows = [f"| {key} | `{value}` |" for key, value in params.items() if value]
+    card = [
+        f"**{name}**: Hugging Face `{repo}` at commit `{sha}`, as {what}.",
+        "",
+        "It answers OpenAI-style chat requests. The metrics below are its evaluations (`evaluate` logs them on",
+        "this model, with the dataset they were measured on); the *Traces* tab holds one trace per question.",
+        "",
+        "| param | value |",
+        "|---|---|",
+        *rows,
+    ]
+    return {MLFLOW_RUN_NOTE: "\n".join(card)}
 
 
 def _whole(text: str) -> str:

@@ -110,7 +110,8 @@ def step_run(step: str, options: StepOptions | dict[str, Any]) -> Iterator[Run]:
     recorded as the ``llmflow.error`` tag before the run ends as FAILED.
     """
     params = options.params() if isinstance(options, StepOptions) else options
-    with mlflow.start_run() as run:
+    # Under `mlflow run` the run exists and keeps its name; a step called directly is named after itself.
+    with mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") else step) as run:
         existing = mlflow.get_run(run.info.run_id).data.params
         missing = {k: str(v) for k, v in params.items() if k not in existing}
         if missing:
