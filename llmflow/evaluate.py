@@ -60,7 +60,7 @@ from llmflow.evaluation.lineage import (
 from llmflow.evaluation.promotion import record_decision
 from llmflow.evaluation.report import log_report
 from llmflow.evaluation.scoring import score_model, score_nested
-from llmflow.tracking.model_cards import version_description
+from llmflow.tracking.model_cards import lineage_of, version_description
 from llmflow.tracking.names import (
     CHALLENGER,
     CHAMPION,
@@ -128,7 +128,7 @@ def evaluate(options: EvaluateOptions) -> EvaluateResult:
         decision = gate(number, challenger.metrics, champion, reference.metrics if reference else None, inputs.config)
         columns = [s for s in (challenger, champion_scored, reference) if s is not None]
         report = log_report(name, number, decision, columns, figures)
-        description = version_description(report, run.info.run_id)
+        description = version_description(report, run.info.run_id, lineage_of(version.description))
         record_decision(client, name, number, run.info.run_id, champion, decision, description)
         logger.info("%s version %s %s: %s", name, number, decision.decision, decision.reason)
         return EvaluateResult(run.info.run_id, number, challenger.metrics, decision.passed, decision.reason)

@@ -25,12 +25,11 @@ from mlflow.exceptions import MlflowException
 
 from llmflow.errors import InputError
 from llmflow.options import StepOptions, option
-from llmflow.tracking.model_cards import registered_model_description
+from llmflow.tracking.model_cards import lineage_section, registered_model_description
 from llmflow.tracking.names import (
     CHALLENGER,
     FREEZE_ARTIFACT,
     TAG_DOWNLOAD_RUN,
-    TAG_ENVIRONMENT_URI,
     TAG_EXECUTION_PROVIDER,
     TAG_EXPORT_RUN,
     TAG_GIT_CLEAN,
@@ -38,7 +37,6 @@ from llmflow.tracking.names import (
     TAG_HF_REPO,
     TAG_HF_SHA,
     TAG_LOGGED_BY_STEP,
-    TAG_MODEL_ID,
     TAG_PRECISION,
     TAG_REGISTERED_NAME,
     TAG_REGISTERED_VERSION,
@@ -58,8 +56,6 @@ LINEAGE_TAGS = (
     TAG_EXECUTION_PROVIDER,
     TAG_DOWNLOAD_RUN,
     TAG_EXPORT_RUN,
-    TAG_GIT_CLEAN,
-    TAG_SEED,
 )
 MODEL_URI_PATTERN = re.compile(r"^models:/(m-[0-9a-f]+)$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]{0,254}$")
@@ -97,8 +93,9 @@ class RegisterOptions(StepOptions):
     )
 
 
-def lineage_tags(model_uri: str) -> dict[str, str]:
-    """Tags for a new version, read from the run that logged ``model_uri`` and its upstream tags."""
+def lineage(model_uri: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A new version's lineage, read from the run that logged ``model_uri`` and its upstream tags: the tags that
+    people and the steps filter on, and the details that go into its description."""
     match = MODEL_URI_PATTERN.match(model_uri)
     if not match:
         raise InputError(f"model URI '{model_uri}' is not a logged model URI; expected models:/m-<id> from a log step")
@@ -109,18 +106,25 @@ def lineage_tags(model_uri: str) -> dict[str, str]:
             f"logged model '{model_uri}' not found in tracking store '{mlflow.get_tracking_uri()}'"
         ) from None
     source_run = mlflow.get_run(logged.source_run_id)
-    tags = {key: source_run.data.tags[key] for key in LINEAGE_TAGS if key in source_run.data.tags}
+    run_tags = source_run.data.tags
+    tags = {key: run_tags[key] for key in LINEAGE_TAGS if key in run_tags}
     tags.update(
         {
             TAG_SOURCE_RUN: logged.source_run_id,
-            TAG_LOGGED_BY_STEP: source_run.data.tags.get(TAG_STEP, "unknown"),
-            TAG_MODEL_ID: logged.model_id,
-            TAG_GIT_COMMIT: source_run.data.tags.get(TAG_GIT_COMMIT, "unknown"),
-            # The resolved environment the model was logged in (pip freeze format).
-            TAG_ENVIRONMENT_URI: f"runs:/{logged.source_run_id}/{FREEZE_ARTIFACT}",
+            TAG_LOGGED_BY_STEP: run_tags.get(TAG_STEP, "unknown"),
+            TAG_GIT_COMMIT: run_tags.get(TAG_GIT_COMMIT, "unknown"),
         }
     )
-    return tags
+    details = {
+        "logged model": logged.model_id,
+        "logged by": f"{run_tags.get(TAG_STEP, 'unknown')} run {logged.source_run_id}",
+        "git commit": run_tags.get(TAG_GIT_COMMIT, "unknown"),
+        "git tree clean": run_tags.get(TAG_GIT_CLEAN, "unknown"),
+        "seed": run_tags.get(TAG_SEED, "unknown"),
+        # The resolved environment the model was logged in (pip freeze format).
+        "environment": f"runs:/{logged.source_run_id}/{FREEZE_ARTIFACT}",
+    }
+    return tags, details
 
 
 def find_version(client: MlflowClient, name: str, model_uri: str) -> ModelVersion | None:
@@ -136,13 +140,16 @@ def register(options: RegisterOptions) -> RegisterResult:
     """Register ``options.model_uri`` as a version of ``registered_model_name`` (once) and alias it ``challenger``."""
     model_uri, registered_model_name = options.model_uri, options.registered_model_name
     with step_run("register", options) as run:
-        tags = lineage_tags(model_uri)
+        tags, details = lineage(model_uri)
         client = MlflowClient()
         version = find_version(client, registered_model_name, model_uri)
         created = version is None
         if created:
             # One call creates the version with all its tags, so a failure leaves no half-tagged version.
+            # (A failure before the description below leaves a tagged version without it; a re-run keeps it.)
             version = mlflow.register_model(model_uri, registered_model_name, tags=tags)
+            # Until evaluate writes its report above it, the description is the lineage alone.
+            client.update_model_version(registered_model_name, version.version, description=lineage_section(details))
             logger.info("registered %s version %s", registered_model_name, version.version)
             description = registered_model_description(registered_model_name, tags, tags[TAG_LOGGED_BY_STEP])
             client.update_registered_model(registered_model_name, description=description)

@@ -9,6 +9,7 @@ a cold run, a run with nothing changed, a code change, a parameter change killed
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 from mlflow import MlflowClient
 
 from llmflow import PROJECT_ROOT
+from llmflow.tracking.model_cards import lineage_of
 from llmflow.tracking.names import TAG_STEP
 
 pytestmark = pytest.mark.e2e
@@ -158,9 +160,12 @@ def test_every_version_leads_back_to_its_sources(cold_run, project: Path, store,
         assert tags["llmflow.hf_commit_sha"].startswith("sha256:")
         assert tags["llmflow.download_run_id"] == download.info.run_id
         assert tags["llmflow.git_commit"] == _git(project, "rev-parse", "HEAD")
-        assert tags["llmflow.git_tree_clean"] == "true"
-        assert tags["llmflow.seed"] == "0"
-        freeze = Path(mlflow.artifacts.download_artifacts(tags["llmflow.environment_uri"])).read_text()
+        # What people read rather than filter on is in the description, after the evaluation report.
+        lineage = dict(re.findall(r"^\| ([a-z ]+) \| `([^`]*)` \|$", lineage_of(version.description), re.M))
+        assert version.description.index("PASSED") < version.description.index("## Lineage")
+        assert lineage["logged model"] == version.source.removeprefix("models:/")
+        assert (lineage["git tree clean"], lineage["seed"]) == ("true", "0")
+        freeze = Path(mlflow.artifacts.download_artifacts(lineage["environment"])).read_text()
         assert "mlflow==3.17.2" in freeze.splitlines() and "onnxruntime-genai==0.18.0" in freeze.splitlines()
     onnx = client.get_model_version_by_alias("e2e-onnx", "champion").tags
     assert client.get_run(onnx["llmflow.export_run_id"]).data.tags[TAG_STEP] == "export_onnx"
@@ -192,9 +197,9 @@ def test_a_code_change_reruns_that_step_and_what_follows(cold_run, project, stor
     ]
     # A new logged ONNX model, so a new version; judged against the champion made of the same weights.
     assert (_versions(client, "onnx"), _versions(client, "transformers")) == (["1", "2"], ["1"])
-    v2 = client.get_model_version("e2e-onnx", "2").tags
-    assert v2["llmflow.git_tree_clean"] == "false"
-    assert v2["validation_status"] == "passed"
+    v2 = client.get_model_version("e2e-onnx", "2")
+    assert "| git tree clean | `false` |" in v2.description
+    assert v2.tags["validation_status"] == "passed"
     aliases = {k: str(v) for k, v in client.get_registered_model("e2e-onnx").aliases.items()}
     assert aliases == {"challenger": "2", "champion": "2", "previous": "1"}
 

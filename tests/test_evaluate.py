@@ -317,6 +317,8 @@ def test_onnx_challenger_is_judged_against_its_reference_and_reported(models: Mo
     assert description.startswith("**PASSED**: version 1 is now champion.")
     assert "| perplexity ratio | pass |" in description and "## Metrics" in description
     assert "![metrics]" not in description and result.run_id in description
+    # register's lineage section stays, after the report.
+    assert description.index("## Metrics") < description.index("## Lineage") and "| git tree clean |" in description
     assert "llmflow.decision_reason" not in client.get_model_version(name, v1).tags  # long text: in the description
     assert mlflow.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 

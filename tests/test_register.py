@@ -33,7 +33,7 @@ LINEAGE = {TAG_HF_REPO: "local/tiny-phi3", TAG_HF_SHA: "sha256:abc", TAG_PRECISI
 
 
 def test_register_tags_lineage_and_sets_challenger(tracking_uri: str):
-    uri = _logged_model(LINEAGE)
+    uri = _logged_model({**LINEAGE, "llmflow.seed": "0"})
     result = register(RegisterOptions(model_uri=uri, registered_model_name="tiny-onnx"))
     client = MlflowClient()
     version = client.get_model_version("tiny-onnx", result.version)
@@ -42,6 +42,11 @@ def test_register_tags_lineage_and_sets_challenger(tracking_uri: str):
         assert version.tags[key] == value
     assert version.tags["llmflow.logged_by_step"] == "log_pyfunc"
     assert version.tags["llmflow.git_commit"]
+    # The lineage people read but do not filter on is the description, not more tags.
+    assert not {"llmflow.seed", "llmflow.git_tree_clean", "llmflow.environment_uri"} & set(version.tags)
+    assert version.description.startswith("## Lineage")
+    assert f"| logged model | `{uri.removeprefix('models:/')}` |" in version.description
+    assert "| seed | `0` |" in version.description and "/environment/pip-freeze.txt` |" in version.description
     assert str(client.get_model_version_by_alias("tiny-onnx", "challenger").version) == "1"
     assert "champion" not in client.get_registered_model("tiny-onnx").aliases
     assert mlflow.get_run(result.run_id).data.tags["llmflow.registered_model_version"] == "1"

@@ -6,8 +6,9 @@
 - A **LoggedModel**'s description (the ``mlflow.note.content`` tag, which its page shows) says what it is and
   lists those params; the metrics ``evaluate`` links to it show on the same page.
 - A **registered model**'s description says what it is, where it came from and how to serve it.
-- A **registered version**'s description is its evaluation report in Markdown (written by ``evaluate``);
-  the tags keep the short values that people and the steps filter on.
+- A **registered version**'s description is its evaluation report in Markdown (written by ``evaluate``), then
+  its lineage (written by ``register``: logged model, source run, git tree state, seed, environment); the tags
+  keep only the short values that people and the steps filter on.
 
 Descriptions are plain Markdown, so they read the same in the MLflow UI and in Unity Catalog.
 """
@@ -163,8 +164,25 @@ def registered_model_description(name: str, tags: Mapping[str, str], flavour: st
     )
 
 
-def version_description(report_markdown: str, evaluate_run_id: str) -> str:
-    """A version's description: its report without the plot links (they are files of the evaluate run)."""
+LINEAGE_HEADING = "## Lineage"
+
+
+def lineage_section(details: Mapping[str, str]) -> str:
+    """The lineage a version keeps in its description instead of tags: what people read, not filter on."""
+    rows = [f"| {what} | `{value}` |" for what, value in details.items()]
+    return "\n".join([LINEAGE_HEADING, "", "| what | value |", "|---|---|", *rows])
+
+
+def lineage_of(description: str | None) -> str:
+    """The lineage section of a version's description (as ``lineage_section`` wrote it), or ``""``."""
+    text = description or ""
+    start = text.find(LINEAGE_HEADING)
+    return text[start:].strip() if start >= 0 else ""
+
+
+def version_description(report_markdown: str, evaluate_run_id: str, lineage: str = "") -> str:
+    """A version's description: its report without the plot links (they are files of the evaluate run), then the
+    lineage section register wrote (kept whole; the report is shortened first when the whole is too long)."""
     kept = []
     for line in report_markdown.splitlines():
         if line.strip() == "## Plots":
@@ -173,6 +191,8 @@ def version_description(report_markdown: str, evaluate_run_id: str) -> str:
     footer = (
         f"\n\nPlots and the per-question table: artifacts `report/` and `eval_table.json` of run `{evaluate_run_id}`."
     )
+    if lineage:
+        footer += "\n\n" + lineage
     body = "\n".join(kept).rstrip()
     if len(body) + len(footer) > DESCRIPTION_LIMIT:
         body = body[: DESCRIPTION_LIMIT - len(footer) - 2] + " …"

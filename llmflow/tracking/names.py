@@ -36,8 +36,6 @@ TAG_SMOKE_TEST = "llmflow.smoke_test"  # "passed" or "skipped: <why>"
 # register
 TAG_SOURCE_RUN = "llmflow.source_run_id"
 TAG_LOGGED_BY_STEP = "llmflow.logged_by_step"
-TAG_MODEL_ID = "llmflow.model_id"
-TAG_ENVIRONMENT_URI = "llmflow.environment_uri"
 TAG_REGISTERED_NAME = "llmflow.registered_model_name"
 TAG_REGISTERED_VERSION = "llmflow.registered_model_version"
 TAG_VERSION_CREATED = "llmflow.version_created"
