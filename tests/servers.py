@@ -77,12 +77,17 @@ def started(
                 time.sleep(0.2)
             yield server
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything it started: TERM, then KILL."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def rss_mb(pid: int) -> float:
@@ -111,3 +116,20 @@ def idle(base: str, timeout: float = 60) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def log_chat_model(onnx_dir: Path, experiment_id: str, model_config: dict, python_model: Path | None = None) -> str:
+    """Log the ONNX chat pyfunc (or another ``python_model`` of that shape) over ``onnx_dir`` in a new run of
+    ``experiment_id`` (of the current tracking URI), as log_pyfunc packs it; return its ``models:/m-...`` URI."""
+    import mlflow
+
+    from llmflow.log_pyfunc import MODEL_CODE, SERVING_PACKAGE
+
+    with mlflow.start_run(experiment_id=experiment_id):
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(python_model or MODEL_CODE),
+            code_paths=[str(SERVING_PACKAGE)],
+            artifacts={"onnx": str(onnx_dir)},
+            model_config={"max_new_tokens": 16, "temperature": 0.0, **model_config},
+        ).model_uri

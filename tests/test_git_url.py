@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from mlflow import MlflowClient
 
 from llmflow import PROJECT_ROOT
 from llmflow.tracking.names import TAG_GIT_COMMIT, TAG_MODEL_URI
-from tests.servers import free_port
+from tests.servers import free_port, stop_group
 
 pytestmark = pytest.mark.e2e
 
@@ -107,12 +106,7 @@ def git_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
                 time.sleep(0.2)
             yield url, commit
         finally:
-            os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
-                daemon.wait()
+            stop_group(daemon)
 
 
 def _mlflow_run(runs: GitRuns, entry_point: str, **params: str) -> str:

@@ -13,9 +13,7 @@ from pathlib import Path
 import mlflow
 import openai
 import pytest
-from servers import free_port, started
-
-from llmflow.log_pyfunc import MODEL_CODE, SERVING_PACKAGE
+from servers import free_port, log_chat_model, started
 
 pytestmark = pytest.mark.integration
 
@@ -32,17 +30,9 @@ def test_the_server_switches_to_the_new_champion_without_failing_a_request(
     experiment = registry.create_experiment("follow", artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_tracking_uri(uri)
     try:
-        versions = []
-        for _ in range(2):
-            with mlflow.start_run(experiment_id=experiment):
-                info = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=str(MODEL_CODE),
-                    code_paths=[str(SERVING_PACKAGE)],
-                    artifacts={"onnx": str(onnx_dir)},
-                    model_config={"max_new_tokens": 16, "temperature": 0.0, "model_name": NAME},
-                )
-            versions.append(mlflow.register_model(info.model_uri, NAME))
+        versions = [
+            mlflow.register_model(log_chat_model(onnx_dir, experiment, {"model_name": NAME}), NAME) for _ in range(2)
+        ]
     finally:
         mlflow.set_tracking_uri(None)
     registry.set_registered_model_alias(NAME, "champion", versions[0].version)

@@ -21,10 +21,9 @@ from pathlib import Path
 import mlflow
 import openai
 import pytest
-from servers import Server, free_port, idle, metric, started
+from servers import Server, free_port, idle, log_chat_model, metric, started
 
 from llmflow import PROJECT_ROOT
-from llmflow.log_pyfunc import SERVING_PACKAGE
 
 pytestmark = pytest.mark.integration
 
@@ -41,18 +40,13 @@ def server(onnx_dir: Path, tmp_path_factory: pytest.TempPathFactory, _empty_stor
     experiment = client.create_experiment("limits", artifact_location=(root / "artifacts").as_uri())
     mlflow.set_tracking_uri(uri)
     try:
-        with mlflow.start_run(experiment_id=experiment):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(PROJECT_ROOT / "tests" / "slow_chat_model.py"),
-                code_paths=[str(SERVING_PACKAGE)],
-                artifacts={"onnx": str(onnx_dir)},
-                model_config={"max_new_tokens": 16, "temperature": 0.0, "model_name": "slow", "delay_s": 0.5},
-            )
+        model_uri = log_chat_model(
+            onnx_dir, experiment, {"model_name": "slow", "delay_s": 0.5}, PROJECT_ROOT / "tests" / "slow_chat_model.py"
+        )
     finally:
         mlflow.set_tracking_uri(None)
     port = free_port()
-    command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", info.model_uri]
+    command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri]
     command += ["--port", str(port), "--max-concurrent", "1", "--max-queue", "1", "--request-timeout", "1.2"]
     command += ["--retry-after", "3"]
     with started(command, port, uri, root / "server.log") as running:
