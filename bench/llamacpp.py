@@ -194,6 +194,7 @@ def run(
         "engines": engines,
         "ratios": peer_ratios(engines["onnxruntime-genai"], engines["llama.cpp"]),
         "same_tokens": same_tokens(raw["onnxruntime-genai"]["requests"], raw["llama.cpp"]["requests"]),
+        "tokens_by_prompt": {name: {r["prompt"]: r["tokens"] for r in raw[name]["requests"]} for name in ENGINES},
         "llama_cpp_tokenizer_same_ids": raw["llama.cpp"]["tokenizer_same_ids"],
         "gguf_metadata": raw["llama.cpp"]["metadata"],
         "setup_seconds": setup,
