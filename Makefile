@@ -13,7 +13,7 @@ export PATH := $(BIN):$(PATH)
 # The demo and the tests never reach the Hugging Face Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv system-deps tiny demo test test-fast bench bench-scale lint clean
+.PHONY: venv system-deps tiny demo test test-fast bench bench-deps bench-scale lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,10 +43,27 @@ test: $(STAMP) system-deps
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit
 
-# Speed of the ONNX pyfunc against a bare onnxruntime-genai loop, transformers and HTTP serving (figures, not a test).
-bench: $(STAMP)
+# llama.cpp for bench/llamacpp.py, from requirements-bench.txt: PyPI has only the sdist, so pip builds it (minutes).
+# The sdist stays unpacked under build/llama: its vendored llama.cpp holds the GGUF converter.
+LLAMA_DIR := build/llama
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	mkdir -p $(LLAMA_DIR)
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: -d $(LLAMA_DIR) -r requirements-bench.txt
+	cd $(LLAMA_DIR) && for sdist in llama_cpp_python-*.tar.gz; do tar -xzf $$sdist; done
+	@echo "building llama-cpp-python from its sdist with cmake and g++: this takes several minutes ..."
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/python -m pip install --quiet \
+		$(LLAMA_DIR)/llama_cpp_python-$$(sed -n 's/^llama-cpp-python==//p' requirements-bench.txt).tar.gz
+	touch $@
+
+bench-deps: $(BENCH_STAMP)
+
+# Speed of the ONNX pyfunc against a bare onnxruntime-genai loop, transformers and HTTP serving, concurrent clients,
+# and onnxruntime-genai against llama.cpp (figures, not a test).
+bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m bench.benchmark
 	$(BIN)/python -m bench.concurrency
+	$(BIN)/python -m bench.llamacpp
 
 # main on a random model of Phi-3-mini's real shape (config and tokenizer from ../shared/phi3-mini-4k-instruct):
 # per-step wall time, peak RSS, artifact-store growth and temporary disk, and the ONNX model's speed (figures).

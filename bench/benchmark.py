@@ -53,15 +53,16 @@ class BenchmarkError(RuntimeError):
     """A configuration failed; the message names it and ends with its log."""
 
 
-def run_worker(name: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Run one configuration in a fresh process (``bench.workers``); return its result and the CPU others took."""
+def run_worker(name: str, spec: dict[str, Any], work: Path, module: str = "bench.workers") -> dict[str, Any]:
+    """Run one configuration in a fresh process (``module``: ``bench.workers`` or ``bench.peer_workers``);
+    return its result and the CPU others took."""
     spec_path, result_path, log = work / f"{name}.spec.json", work / f"{name}.result.json", work / f"{name}.log"
     spec_path.write_text(json.dumps(spec))
     logger.info("measuring %s in a fresh process ...", name)
     started, meter = time.perf_counter(), OtherLoad()
     with log.open("wb") as sink:
         done = subprocess.run(
-            [sys.executable, "-m", "bench.workers", str(spec_path), str(result_path)],
+            [sys.executable, "-m", module, str(spec_path), str(result_path)],
             cwd=PROJECT_ROOT,
             stdout=sink,
             stderr=subprocess.STDOUT,

@@ -126,9 +126,18 @@ def test_modules_are_small_or_say_why(module: str):
         )
 
 
-def _declared() -> set[str]:
+# requirements-bench.txt (``make bench`` only, never CI) declares what bench/ alone may import.
+REQUIREMENTS = ("requirements.txt", "requirements-dev.txt")
+BENCH_REQUIREMENTS = "requirements-bench.txt"
+# Import names of bench-only packages, for where they are not installed (CI): packages_distributions cannot map them.
+UNINSTALLED_IMPORT_NAMES = {"llama_cpp": "llama-cpp-python"}
+# Modules of the llama.cpp tree that the llama-cpp-python sdist vendors, put on sys.path by the one file that uses it.
+VENDORED = {"bench/gguf_convert.py": {"convert_hf_to_gguf", "conversion"}}
+
+
+def _declared(files: tuple[str, ...] = REQUIREMENTS) -> set[str]:
     names = set()
-    for requirements in ("requirements.txt", "requirements-dev.txt"):
+    for requirements in files:
         for line in (PROJECT_ROOT / requirements).read_text().splitlines():
             if line.strip() and not line.startswith("#"):
                 names.add(re.split(r"[=<>\[ ]", line.strip())[0].lower().replace("_", "-"))
@@ -157,18 +166,39 @@ def _third_party_imports(path: Path) -> set[str]:
     return {name for name in found if name not in sys.stdlib_module_names and name not in local}
 
 
+def unpinned_imports(files: dict[str, Path]) -> dict[str, list[str]]:
+    """Third-party imports of ``files`` (repository-relative name: file) that no requirements file allowed for
+    their folder declares."""
+    distributions = packages_distributions()
+    general, bench = _declared(), _declared(REQUIREMENTS + (BENCH_REQUIREMENTS,))
+    missing: dict[str, list[str]] = {}
+    for relative, path in files.items():
+        declared = bench if relative.startswith("bench/") else general
+        for name in _third_party_imports(path) - VENDORED.get(relative, set()):
+            fallback = [UNINSTALLED_IMPORT_NAMES.get(name, name)]
+            dists = {d.lower().replace("_", "-") for d in distributions.get(name, fallback)}
+            if not dists & declared:
+                missing.setdefault(name, []).append(relative)
+    return missing
+
+
 def test_every_imported_package_is_pinned():
     """What the code imports comes from requirements*.txt, not from another package's dependencies."""
-    distributions = packages_distributions()
-    missing = {}
-    files = [
-        p
+    files = {
+        p.relative_to(PROJECT_ROOT).as_posix(): p
         for folder in ("llmflow", "steps", "bench", "tests", "deploy", "scripts")
         for p in (PROJECT_ROOT / folder).rglob("*.py")
-    ]
-    for path in files:
-        for name in _third_party_imports(path):
-            dists = {d.lower().replace("_", "-") for d in distributions.get(name, [name])}
-            if not dists & _declared():
-                missing.setdefault(name, []).append(path.relative_to(PROJECT_ROOT).as_posix())
+    }
+    missing = unpinned_imports(files)
     assert missing == {}, f"imported but not pinned in requirements*.txt: {missing}"
+
+
+def test_bench_only_pins_do_not_cover_the_library(tmp_path: Path):
+    """llama_cpp is pinned for bench/ alone; the same import in llmflow/, or an unpinned one in bench/, is caught."""
+    library, bench = tmp_path / "library.py", tmp_path / "bench.py"
+    library.write_text("import llama_cpp\n")
+    bench.write_text("import llama_cpp\nimport sentencepiece\n")
+    assert unpinned_imports({"llmflow/sample.py": library, "bench/sample.py": bench}) == {
+        "llama_cpp": ["llmflow/sample.py"],
+        "sentencepiece": ["bench/sample.py"],
+    }

@@ -1,0 +1,54 @@
+"""llama.cpp's own converter on the benchmark's model: ``python bench/gguf_convert.py LLAMA_CPP MODEL OUT.gguf``.
+
+Runs ``convert_hf_to_gguf.py`` from the llama.cpp tree that the ``llama-cpp-python`` sdist vendors (``LLAMA_CPP``),
+with the gguf package of that same tree, and writes a float32 GGUF. Run as a plain file, in a process of its own:
+it puts that tree on ``sys.path``.
+
+One choice differs from a plain ``convert_hf_to_gguf.py MODEL`` run, and it only concerns the vocabulary:
+the benchmark's model has the tiny model's byte-level BPE tokenizer (``tokenizer.json``: 448 ids, GPT-2's
+byte-level pre-tokenizer, no ``tokenizer.model``), while the converter's Phi-3 class reads a SentencePiece
+``tokenizer.model``. The same class already carries the other branch: for a Phi-3-architecture model with a GPT-2
+style BPE tokenizer (Phi-4) it writes the vocabulary with ``_set_vocab_gpt2``. Here that branch is taken, and the
+pre-tokenizer name, which the converter finds by hashing the ids of a test string against known Hub models (ours
+is not one), is given as ``gpt-2``: the regex of GPT-2's byte-level pre-tokenizer, which is what
+``tokenizer.json`` says it uses (checked below; anything else is refused). So the GGUF's vocabulary is the model's
+own: the same 448 tokens at the same ids, and ``[PAD<i>]`` (type UNUSED) for ids 448..vocab_size-1, which the model
+has rows for but no tokenizer entry, exactly as the converter pads any vocabulary shorter than the embedding table.
+Every weight goes through the converter unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+PRE_TOKENIZER = "gpt-2"
+
+
+def check_gpt2_pre_tokenizer(tokenizer_json: dict[str, Any]) -> None:
+    """Refuse a ``tokenizer.json`` whose pre-tokenizer is not GPT-2's byte-level one (the ``gpt-2`` pre type)."""
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    wanted = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    found = {key: pre.get(key) for key in wanted}
+    if found != wanted:
+        raise ValueError(f"pre_tokenizer {found} is not GPT-2's byte-level one; expected {wanted}")
+    if (tokenizer_json.get("model") or {}).get("type") != "BPE":
+        raise ValueError(f"tokenizer model {tokenizer_json.get('model', {}).get('type')!r} is not BPE")
+
+
+def convert(llama_cpp: Path, model_dir: Path, out: Path) -> None:
+    check_gpt2_pre_tokenizer(json.loads((model_dir / "tokenizer.json").read_text()))
+    sys.path[:0] = [str(llama_cpp), str(llama_cpp / "gguf-py")]
+    import convert_hf_to_gguf
+    from conversion.phi import Phi3MiniModel
+
+    Phi3MiniModel.set_vocab = Phi3MiniModel._set_vocab_gpt2
+    Phi3MiniModel.get_vocab_base_pre = lambda self, tokenizer: PRE_TOKENIZER
+    sys.argv = ["convert_hf_to_gguf.py", str(model_dir), "--outfile", str(out), "--outtype", "f32"]
+    convert_hf_to_gguf.main()
+
+
+if __name__ == "__main__":
+    convert(*map(Path, sys.argv[1:4]))
