@@ -7,15 +7,12 @@ threads as the machine has cores, and are timed by one helper (``timed_tokens``)
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-from bench.workers import peak_rss_mb
+from bench.workers import run_spec
 
 
 def timed_tokens(start: Callable[[], Iterator[int]], limit: int) -> dict[str, Any]:
@@ -117,11 +114,7 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def main() -> None:
-    spec_path, result_path = map(Path, sys.argv[1:3])
-    spec = json.loads(spec_path.read_text())
-    result = WORKERS[spec["worker"]](spec)
-    result["peak_rss_mb"], result["peak_rss_source"] = peak_rss_mb()
-    result_path.write_text(json.dumps(result))
+    run_spec(WORKERS)
 
 
 if __name__ == "__main__":

@@ -264,13 +264,18 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def main() -> None:
+def run_spec(workers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> None:
+    """A worker process's body: read the spec file (argv 1), run its worker, write the result file (argv 2)."""
     spec_path, result_path = map(Path, sys.argv[1:3])
     spec = json.loads(spec_path.read_text())
-    result = WORKERS[spec["worker"]](spec)
+    result = workers[spec["worker"]](spec)
     if "peak_rss_mb" not in result:
         result["peak_rss_mb"], result["peak_rss_source"] = peak_rss_mb()
     result_path.write_text(json.dumps(result))
+
+
+def main() -> None:
+    run_spec(WORKERS)
 
 
 if __name__ == "__main__":
