@@ -7,7 +7,10 @@ resolved (not to a branch that may have moved). Then compares the manifests, fil
 sha256): the ONNX export's for an ONNX version, the download's for a transformers version.
 
 Records the comparison in its own run (``reproduce/comparison.json``, tag ``llmflow.reproduce_result``,
-metrics ``files_compared`` and ``files_different``) and prints ``identical`` or the files that differ.
+metrics ``files_compared`` and ``files_different``) and prints ``identical`` or the files that differ. When an ONNX
+model file differs, it also names the tensors that differ (dtype, shape, elements that differ, largest difference),
+and, for an ONNX version, says whether the rebuilt download matched the original one: so a difference can be told
+apart as a changed input or a changed build.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -30,6 +35,7 @@ from llmflow.main import ChainResult, Runner
 from llmflow.options import GenerationSettings, StepOptions, names, option
 from llmflow.tracking.names import (
     MANIFEST_ARTIFACT,
+    ONNX_ARTIFACT_DIR,
     ONNX_MANIFEST_ARTIFACT,
     TAG_DOWNLOAD_RUN,
     TAG_EXPORT_RUN,
@@ -92,6 +98,44 @@ def compare_manifests(original: dict[str, dict[str, Any]], rebuilt: dict[str, di
                 }
             )
     return differences
+
+
+def tensor_differences(original_dir: Path, rebuilt_dir: Path, model_file: str = "model.onnx") -> list[dict[str, Any]]:
+    """Every initializer of two ONNX exports whose dtype, shape or bytes differ, with how much it differs.
+
+    The external data is memory-mapped (``onnx_ir``), one tensor at a time, so two full-size exports fit.
+    """
+    import numpy as np
+    import onnx_ir as ir
+
+    a = ir.load(original_dir / model_file).graph.initializers
+    b = ir.load(rebuilt_dir / model_file).graph.initializers
+    differences = []
+    for name in sorted(set(a) | set(b)):
+        if name not in a or name not in b:
+            differences.append({"tensor": name, "only_in": "original" if name in a else "rebuilt"})
+            continue
+        x, y = a[name].const_value, b[name].const_value
+        if x is None or y is None or x.dtype != y.dtype or tuple(x.shape) != tuple(y.shape):
+            differences.append({"tensor": name, "original": _describe(x), "rebuilt": _describe(y)})
+            continue
+        xa, ya = x.numpy(), y.numpy()
+        if xa.tobytes() == ya.tobytes():
+            continue
+        entry = {"tensor": name, "dtype": str(x.dtype), "shape": list(x.shape)}
+        entry["elements_different"] = int(np.count_nonzero(xa.view(np.uint8) != ya.view(np.uint8)))
+        if np.issubdtype(xa.dtype, np.floating) or xa.dtype.name == "bfloat16":
+            entry["max_abs_difference"] = float(np.max(np.abs(xa.astype(np.float64) - ya.astype(np.float64))))
+        differences.append(entry)
+    return differences
+
+
+def _describe(value: Any) -> str:
+    return "no value" if value is None else f"{value.dtype} {list(value.shape)}"
+
+
+def _onnx_dir(run_id: str, dst: Path) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ONNX_ARTIFACT_DIR, dst_path=str(dst)))
 
 
 def _params(run: Run, *names: str) -> dict[str, str]:
@@ -177,6 +221,20 @@ def reproduce(options: ReproduceOptions) -> ReproduceResult:
         rebuilt = _manifest(chain.step_runs[step], artifact)
         differences = compare_manifests(original, rebuilt)
         identical = not differences
+        tensors: list[dict[str, Any]] = []
+        inputs_identical = None
+        if step == "export_onnx":
+            # An ONNX version rests on a download too: was the rebuild fed the same files?
+            inputs_identical = not compare_manifests(
+                _manifest(original_runs["download"], MANIFEST_ARTIFACT),
+                _manifest(chain.step_runs["download"], MANIFEST_ARTIFACT),
+            )
+            if any(d["file"].startswith("model.onnx") for d in differences):
+                with tempfile.TemporaryDirectory(prefix="llmflow-reproduce-") as tmp:
+                    tensors = tensor_differences(
+                        _onnx_dir(original_runs[step], Path(tmp) / "original"),
+                        _onnx_dir(chain.step_runs[step], Path(tmp) / "rebuilt"),
+                    )
         compared = len(set(original) | set(rebuilt))
         comparison = {
             "model_uri": model_uri,
@@ -186,6 +244,8 @@ def reproduce(options: ReproduceOptions) -> ReproduceResult:
             "rebuilt_run": chain.step_runs[step],
             "identical": identical,
             "differences": differences,
+            "download_identical": inputs_identical,
+            "tensor_differences": tensors,
         }
         mlflow.log_dict(comparison, "reproduce/comparison.json")
         mlflow.log_metrics(
@@ -203,6 +263,10 @@ def reproduce(options: ReproduceOptions) -> ReproduceResult:
             print(f"{model_uri}: {len(differences)} of {compared} files differ:")
             for diff in differences:
                 print("  " + json.dumps(diff))
+            if inputs_identical is not None:
+                print(f"  the rebuilt download {'matches' if inputs_identical else 'differs from'} the original one")
+            for diff in tensors:
+                print("  tensor " + json.dumps(diff))
         return ReproduceResult(
             run.info.run_id, identical, len(set(original) | set(rebuilt)), differences, chain.step_runs
         )

@@ -1,0 +1,36 @@
+"""``reproduce``'s tensor-level comparison of two ONNX exports, on copies of the session's export."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from llmflow.reproduce import tensor_differences
+
+
+def _edited_copy(onnx_dir: Path, dst: Path, name: str) -> Path:
+    """A copy of ``onnx_dir`` whose initializer ``name`` has its first element nudged by one ULP."""
+    shutil.copytree(onnx_dir, dst, ignore=shutil.ignore_patterns("model.onnx*"))
+    model = ir.load(onnx_dir / "model.onnx")
+    value = model.graph.initializers[name]
+    array = value.const_value.numpy().copy()
+    array.flat[0] = np.nextafter(array.flat[0], np.float32(np.inf))
+    value.const_value = ir.Tensor(array, name=name)
+    ir.save(model, dst / "model.onnx", external_data="model.onnx.data")
+    return dst
+
+
+def test_identical_exports_have_no_tensor_differences(onnx_dir: Path, tmp_path: Path):
+    assert tensor_differences(onnx_dir, shutil.copytree(onnx_dir, tmp_path / "copy")) == []
+
+
+def test_one_changed_tensor_is_named_with_how_much_it_differs(onnx_dir: Path, tmp_path: Path):
+    edited = _edited_copy(onnx_dir, tmp_path / "edited", "cos_cache")
+    [difference] = tensor_differences(onnx_dir, edited)
+    assert difference["tensor"] == "cos_cache"
+    assert difference["dtype"] == "FLOAT" and len(difference["shape"]) == 2
+    assert 1 <= difference["elements_different"] <= 4  # one float32 is four bytes
+    assert 0 < difference["max_abs_difference"] < 1e-6
