@@ -8,7 +8,7 @@ sha256): the ONNX export's for an ONNX version, the download's for a transformer
 
 Records the comparison in its own run (``reproduce/comparison.json``, tag ``llmflow.reproduce_result``,
 metrics ``files_compared`` and ``files_different``) and prints ``identical`` or the files that differ. When an ONNX
-model file differs, it also names the tensors that differ (dtype, shape, elements that differ, largest difference),
+model file differs, it also names the tensors that differ (dtype, shape, bytes that differ, largest difference),
 and, for an ONNX version, says whether the rebuilt download matched the original one: so a difference can be told
 apart as a changed input or a changed build.
 """
@@ -123,7 +123,8 @@ def tensor_differences(original_dir: Path, rebuilt_dir: Path, model_file: str = 
         if xa.tobytes() == ya.tobytes():
             continue
         entry = {"tensor": name, "dtype": str(x.dtype), "shape": list(x.shape)}
-        entry["elements_different"] = int(np.count_nonzero(xa.view(np.uint8) != ya.view(np.uint8)))
+        xb, yb = (np.ascontiguousarray(t).reshape(-1).view(np.uint8) for t in (xa, ya))
+        entry["bytes_different"] = int(np.count_nonzero(xb != yb))
         if np.issubdtype(xa.dtype, np.floating) or xa.dtype.name == "bfloat16":
             entry["max_abs_difference"] = float(np.max(np.abs(xa.astype(np.float64) - ya.astype(np.float64))))
         differences.append(entry)

@@ -32,5 +32,5 @@ def test_one_changed_tensor_is_named_with_how_much_it_differs(onnx_dir: Path, tm
     [difference] = tensor_differences(onnx_dir, edited)
     assert difference["tensor"] == "cos_cache"
     assert difference["dtype"] == "FLOAT" and len(difference["shape"]) == 2
-    assert 1 <= difference["elements_different"] <= 4  # one float32 is four bytes
+    assert 1 <= difference["bytes_different"] <= 4  # one float32 is four bytes
     assert 0 < difference["max_abs_difference"] < 1e-6
