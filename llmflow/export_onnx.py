@@ -1,16 +1,19 @@
 """Step ``export_onnx``: export the downloaded model to ONNX with the onnxruntime-genai model builder.
 
-Reads the model folder of a finished ``download`` run (``download_run_id``).
+Reads the model folder of a finished ``download`` run (``download_run_id``). With ``onnx_source`` set to a Hub ONNX
+folder or a local one (``llmflow.export.prebuilt``), that prebuilt model is taken instead of running the builder:
+it is checked, described and smoke-tested the same way, and the download run stays its transformers reference.
 Writes, in its MLflow run:
 - ``onnx/``: the builder's output (genai_config.json, model.onnx, model.onnx.data, tokenizer files,
-  chat_template.jinja), ready for ``og.Model``;
+  chat_template.jinja), or the prebuilt folder's files, ready for ``og.Model``;
 - ``onnx_manifest.json``: every file of ``onnx/`` with its size and sha256;
 - ``smoke_test.txt``: a chat question, its templated prompt and the model's greedy answer, generated
   with onnxruntime-genai before the run finishes;
-- tags for the precision, the execution provider, the download run, the HF repo id and commit sha, and
-  ``llmflow.smoke_test`` (``passed``, or ``skipped: <why>`` when this machine cannot run the export's
-  execution provider);
-- metrics ``export_seconds``, ``onnx_size_bytes`` and ``smoke_tokens``.
+- tags for the precision, the execution provider and the int4 settings (for a prebuilt model, read from its
+  folder), the download run, the HF repo id and commit sha, the ONNX source and what pins a prebuilt one
+  (``llmflow.onnx_source``, ``llmflow.onnx_source_sha``: the hub commit, or the local folder's content digest), and
+  ``llmflow.smoke_test`` (``passed``, or ``skipped: <why>`` when this machine cannot run the execution provider);
+- metrics ``export_seconds`` (the builder, or fetching a prebuilt folder), ``onnx_size_bytes`` and ``smoke_tokens``.
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ from tqdm.auto import tqdm
 
 from llmflow.download import WEIGHT_SUFFIXES, build_manifest, model_dir_from_run, read_manifest
 from llmflow.errors import InputError
+from llmflow.export import prebuilt
+from llmflow.export.builder import build, builder_extra_options  # noqa: F401 - builder_extra_options: API
 from llmflow.export.memory import check_export_memory, config_of, export_need, memory_found
-from llmflow.export.nbits import streaming_quantization
-from llmflow.export.smoke import SMOKE_QUESTION, smoke_test, smoke_test_skip_reason
-from llmflow.export.stamp import package_build_stamp
+from llmflow.export.smoke import SMOKE_QUESTION, SmokeResult, smoke_test, smoke_test_skip_reason
 from llmflow.options import StepOptions, non_empty, one_of, option
 from llmflow.tracking.names import (
     ONNX_ARTIFACT_DIR,
@@ -41,6 +44,8 @@ from llmflow.tracking.names import (
     TAG_EXECUTION_PROVIDER,
     TAG_HF_REPO,
     TAG_HF_SHA,
+    TAG_INT4_ACCURACY_LEVEL,
+    TAG_INT4_BLOCK_SIZE,
     TAG_PRECISION,
     TAG_SMOKE_TEST,
 )
@@ -63,9 +68,8 @@ SUPPORTED_PAIRS = (
 INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
 INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
-# What the builder raises for a model or option it cannot handle; anything else is a bug and keeps its traceback.
-BUILDER_INPUT_ERRORS = (NotImplementedError, ValueError, OSError)
 STAGES = ("validate", "fetch model", "build", "smoke test", "log")
+PREBUILT_STAGES = ("validate", "fetch ONNX", "check", "smoke test", "log")
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,12 @@ class ExportSettings(StepOptions):
         4,
         help="int4 MatMul accuracy level: 0 to 4 (4, the default: int8 compute).",
         check=one_of(*INT4_ACCURACY_LEVELS),
+    )
+    onnx_source: str = option(
+        prebuilt.EXPORT,
+        help="'export' (run the builder), a Hub ONNX folder hf://<org>/<repo>[@<revision>][/<subfolder>], or a "
+        "local onnxruntime-genai model folder; a prebuilt model's own precision and provider are recorded.",
+        check=prebuilt.check_onnx_source,
     )
 
     def check_together(self) -> None:
@@ -124,24 +134,6 @@ def validate_export_options(
     ).check()
 
 
-def builder_extra_options(precision: str, int4_block_size: int, int4_accuracy_level: int) -> list[str]:
-    """The builder's ``KEY=VALUE`` extra options; only int4 takes any."""
-    per_precision = {"int4": [f"int4_block_size={int4_block_size}", f"int4_accuracy_level={int4_accuracy_level}"]}
-    return per_precision.get(precision, [])
-
-
-@contextmanager
-def _quiet_quantizer() -> Iterator[None]:
-    """Hold back the quantizer's per-MatMul INFO lines; its warnings still show."""
-    quantizer = logging.getLogger("onnxruntime.quantization")
-    previous = quantizer.level
-    quantizer.setLevel(max(logging.WARNING, previous))
-    try:
-        yield
-    finally:
-        quantizer.setLevel(previous)
-
-
 def run_builder(
     model_dir: Path,
     out_dir: Path,
@@ -150,37 +142,13 @@ def run_builder(
     int4_block_size: int,
     int4_accuracy_level: int,
 ) -> Path:
-    """Export the HF model folder ``model_dir`` into ``out_dir`` with the onnxruntime-genai builder; return ``out_dir``.
+    """Check the options, then export the HF model folder ``model_dir`` into ``out_dir`` (``llmflow.export.builder``).
 
-    This is the one place that calls the builder. A model or option it rejects becomes an ``InputError``.
-    Quantization runs one MatMul at a time (``llmflow.export.nbits``): the same files as the builder's own pass,
-    without its whole-graph fp32 copy. The build stamp in ``model.onnx`` is the installed wheel's commit
-    (``llmflow.export.stamp``), so the same input gives the same files at any commit of this project.
+    The same input gives the same files at any commit of this project; a model or option the builder rejects becomes
+    an ``InputError``.
     """
     validate_export_options(precision, execution_provider, int4_block_size, int4_accuracy_level)
-    # Imported here: the builder pulls in torch and transformers, which validation alone does not need.
-    from onnxruntime_genai.models import builder
-
-    extra = builder_extra_options(precision, int4_block_size, int4_accuracy_level)
-    out_dir = Path(out_dir)
-    with (
-        tempfile.TemporaryDirectory(prefix="llmflow-builder-cache-") as cache_dir,
-        _quiet_quantizer(),
-        streaming_quantization(),
-        package_build_stamp(),
-    ):
-        try:
-            # (model_name, input_path, output_dir, precision, execution_provider, cache_dir), as the builder's CLI
-            # passes them; no model_name, so the builder reads the local folder and never asks the Hub.
-            args = (None, str(model_dir), str(out_dir), precision, execution_provider, cache_dir)
-            builder.create_model(*args, **builder.parse_extra_options(*args, extra))
-        except BUILDER_INPUT_ERRORS as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise InputError(
-                f"the onnxruntime-genai model builder cannot export '{model_dir}' as "
-                f"{precision}/{execution_provider}: {reason}"
-            ) from exc
-    return out_dir
+    return build(model_dir, out_dir, precision, execution_provider, int4_block_size, int4_accuracy_level)
 
 
 def preflight_memory(download_run_id: str, precision: str) -> None:
@@ -205,36 +173,61 @@ def _stage(bar: tqdm, name: str) -> Iterator[None]:
 
 
 def export_onnx(options: ExportOptions) -> ExportResult:
-    """Export the model of download run ``options.download_run_id`` to ONNX and record it in this step's run."""
+    """Export the model of download run ``options.download_run_id`` to ONNX and record it in this step's run.
+
+    With a prebuilt ``options.onnx_source``, that model is fetched and checked instead of being built.
+    """
     download_run_id, precision, execution_provider = (
         options.download_run_id,
         options.precision,
         options.execution_provider,
     )
     int4_block_size, int4_accuracy_level = options.int4_block_size, options.int4_accuracy_level
+    source = prebuilt.parse_onnx_source(options.onnx_source)
+    stages = STAGES if source.kind == prebuilt.EXPORT else PREBUILT_STAGES
     with (
         step_run("export_onnx", options) as run,
         tempfile.TemporaryDirectory(prefix="llmflow-export-") as tmp,
-        tqdm(total=len(STAGES), desc="export_onnx", unit="stage") as bar,
+        tqdm(total=len(stages), desc="export_onnx", unit="stage") as bar,
     ):
-        with _stage(bar, "validate"):
+        with _stage(bar, stages[0]):
             download_run = get_step_run(download_run_id, "download")
-        with _stage(bar, "fetch model"):
-            preflight_memory(download_run_id, precision)
-            model_dir = model_dir_from_run(download_run_id, dst=Path(tmp) / "hf")
-        with _stage(bar, "build"):
-            started = time.perf_counter()
-            out = run_builder(
-                model_dir, Path(tmp) / "onnx", precision, execution_provider, int4_block_size, int4_accuracy_level
-            )
-            export_seconds = time.perf_counter() - started
+        if source.kind == prebuilt.EXPORT:
+            with _stage(bar, stages[1]):
+                preflight_memory(download_run_id, precision)
+                model_dir = model_dir_from_run(download_run_id, dst=Path(tmp) / "hf")
+            with _stage(bar, stages[2]):
+                started = time.perf_counter()
+                out = run_builder(
+                    model_dir, Path(tmp) / "onnx", precision, execution_provider, int4_block_size, int4_accuracy_level
+                )
+                export_seconds = time.perf_counter() - started
+            pin = ""
+            int4 = (int4_block_size, int4_accuracy_level) if precision == "int4" else (None, None)
+        else:
+            with _stage(bar, stages[1]):
+                started = time.perf_counter()
+                out, pin, found = prebuilt.fetch_checked(source, options.onnx_source)
+                export_seconds = time.perf_counter() - started
+            with _stage(bar, stages[2]):
+                given = (precision, execution_provider)
+                precision, execution_provider = found.precision, found.execution_provider
+                int4 = (found.int4_block_size, found.int4_accuracy_level)
+                if given != (precision, execution_provider):
+                    logger.warning(
+                        "export_onnx: onnx_source is %s/%s, not %s/%s as the export options say; its own is recorded",
+                        precision,
+                        execution_provider,
+                        *given,
+                    )
         with _stage(bar, "smoke test"):
             skip_reason = smoke_test_skip_reason(execution_provider)
-            smoke = None if skip_reason else smoke_test(out)
+            smoke = None if skip_reason else _smoke(out, options.onnx_source)
         with _stage(bar, "log"):
             manifest = build_manifest(out)
             size = sum(f["size"] for f in manifest)
             smoke_status = f"skipped: {skip_reason}" if skip_reason else "passed"
+            int4_tags = {TAG_INT4_BLOCK_SIZE: str(int4[0]), TAG_INT4_ACCURACY_LEVEL: str(int4[1])} if int4[0] else {}
             mlflow.set_tags(
                 {
                     TAG_PRECISION: precision,
@@ -243,6 +236,8 @@ def export_onnx(options: ExportOptions) -> ExportResult:
                     TAG_HF_REPO: download_run.data.tags.get(TAG_HF_REPO, ""),
                     TAG_HF_SHA: download_run.data.tags.get(TAG_HF_SHA, ""),
                     TAG_SMOKE_TEST: smoke_status,
+                    **prebuilt.source_tags(source, pin),
+                    **int4_tags,
                 }
             )
             mlflow.log_artifacts(str(out), ONNX_ARTIFACT_DIR)
@@ -260,11 +255,23 @@ def export_onnx(options: ExportOptions) -> ExportResult:
         else:
             logger.info("export_onnx: smoke test %r -> %r (%d tokens)", SMOKE_QUESTION, smoke.answer, smoke.tokens)
         logger.info(
-            "export_onnx: %s/%s, %d files, %d bytes in %.1f s",
+            "export_onnx: %s/%s from %s, %d files, %d bytes in %.1f s",
             precision,
             execution_provider,
+            prebuilt.label(source),
             len(manifest),
             size,
             export_seconds,
         )
         return ExportResult(run.info.run_id, download_run_id, precision, execution_provider, size, smoke_status)
+
+
+def _smoke(onnx_dir: Path, onnx_source: str) -> SmokeResult:
+    """The smoke test; a prebuilt folder that onnxruntime-genai cannot load or run is a bad ``onnx_source``."""
+    try:
+        return smoke_test(onnx_dir)
+    except RuntimeError as exc:  # onnxruntime-genai raises RuntimeError for a model it cannot load or run
+        if onnx_source == prebuilt.EXPORT:
+            raise
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"onnx_source '{onnx_source}' is not a loadable onnxruntime-genai model: {reason}") from exc

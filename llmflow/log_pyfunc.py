@@ -40,6 +40,7 @@ from llmflow.tracking.names import (
     TAG_HF_REPO,
     TAG_HF_SHA,
     TAG_MODEL_URI,
+    TAG_ONNX_SOURCE,
     TAG_PRECISION,
 )
 from llmflow.tracking.runs import get_step_run, pinned_requirements, step_run
@@ -62,7 +63,7 @@ PARAM_DTYPES = {"max_new_tokens": "long", "temperature": "double", "top_p": "dou
 # onnxruntime-gpu, whose versions do not follow the CPU onnxruntime's, so only the CPU runtime is pinned.
 RUNTIME_PACKAGES = {"cpu": ("onnxruntime-genai", "onnxruntime"), "cuda": ("onnxruntime-genai-cuda",)}
 COMMON_PACKAGES = ("mlflow", "numpy", "pandas")
-LINEAGE_TAGS = (TAG_PRECISION, TAG_EXECUTION_PROVIDER, TAG_DOWNLOAD_RUN, TAG_HF_REPO, TAG_HF_SHA)
+LINEAGE_TAGS = (TAG_PRECISION, TAG_EXECUTION_PROVIDER, TAG_DOWNLOAD_RUN, TAG_HF_REPO, TAG_HF_SHA, TAG_ONNX_SOURCE)
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ def log_pyfunc(options: LogPyfuncOptions) -> LogPyfuncResult:
             pip_requirements=serving_requirements(execution_provider),
         )
         lineage = {tag: export_run.data.tags.get(tag, "") for tag in LINEAGE_TAGS}
+        lineage[TAG_ONNX_SOURCE] = lineage[TAG_ONNX_SOURCE] or "export"  # export runs from before onnx_source
         mlflow.set_tags({TAG_MODEL_URI: model_info.model_uri, TAG_EXPORT_RUN: export_run_id, **lineage})
         logger.info("log_pyfunc: logged %s from export run %s", model_info.model_uri, export_run_id)
         return LogPyfuncResult(run.info.run_id, export_run_id, model_info.model_id, model_info.model_uri)

@@ -30,6 +30,7 @@ from llmflow import PROJECT_ROOT
 from llmflow.download import DownloadOptions, is_local_reference
 from llmflow.errors import InputError, StepFailed
 from llmflow.evaluate import EvaluationSettings
+from llmflow.export.prebuilt import is_hub_or_export
 from llmflow.export_onnx import ExportSettings
 from llmflow.options import GenerationSettings, StepOptions, option
 from llmflow.register import check_registered_model_name
@@ -162,7 +163,13 @@ def _chain(parent: Run, options: MainOptions) -> ChainResult:
     runner = Runner(parent.info.experiment_id, result, forced_steps(options.rerun_from))
     download = runner.step("download", _as_params(options.source, model=model), [])
     download_id = download.info.run_id
-    export = runner.step("export_onnx", _as_params(options.export, download_run_id=download_id), [download_id])
+    onnx_source = options.export.onnx_source
+    export_params = _as_params(
+        options.export,
+        download_run_id=download_id,
+        onnx_source=onnx_source if is_hub_or_export(onnx_source) else _absolute(onnx_source),
+    )
+    export = runner.step("export_onnx", export_params, [download_id])
     logged = {
         "onnx": runner.step(
             "log_pyfunc",

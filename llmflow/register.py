@@ -37,6 +37,7 @@ from llmflow.tracking.names import (
     TAG_HF_REPO,
     TAG_HF_SHA,
     TAG_LOGGED_BY_STEP,
+    TAG_ONNX_SOURCE,
     TAG_PRECISION,
     TAG_REGISTERED_NAME,
     TAG_REGISTERED_VERSION,
@@ -56,6 +57,7 @@ LINEAGE_TAGS = (
     TAG_EXECUTION_PROVIDER,
     TAG_DOWNLOAD_RUN,
     TAG_EXPORT_RUN,
+    TAG_ONNX_SOURCE,
 )
 MODEL_URI_PATTERN = re.compile(r"^models:/(m-[0-9a-f]+)$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]{0,254}$")

@@ -30,6 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
+from llmflow.export.prebuilt import HUB_SCHEME
 from llmflow.export_onnx import ExportSettings
 from llmflow.main import ChainResult, Runner
 from llmflow.options import GenerationSettings, StepOptions, names, option
@@ -41,6 +42,7 @@ from llmflow.tracking.names import (
     TAG_EXPORT_RUN,
     TAG_HF_SHA,
     TAG_LOGGED_BY_STEP,
+    TAG_ONNX_SOURCE,
     TAG_REBUILT_PREFIX,
     TAG_REGISTERED_NAME,
     TAG_REGISTERED_VERSION,
@@ -139,11 +141,16 @@ def _onnx_dir(run_id: str, dst: Path) -> Path:
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ONNX_ARTIFACT_DIR, dst_path=str(dst)))
 
 
+# Parameters added after runs were recorded without them, and the value those runs behaved as.
+ADDED_LATER = {"onnx_source": "export"}
+
+
 def _params(run: Run, *names: str) -> dict[str, str]:
-    missing = [n for n in names if n not in run.data.params]
+    recorded = {**{n: v for n, v in ADDED_LATER.items() if n in names}, **run.data.params}
+    missing = [n for n in names if n not in recorded]
     if missing:
         raise InputError(f"run {run.info.run_id} has no recorded parameters {missing}; it cannot be re-run")
-    return {n: run.data.params[n] for n in names}
+    return {n: recorded[n] for n in names}
 
 
 def _check_version_uri(_: str, value: str) -> None:
@@ -200,6 +207,9 @@ def reproduce(options: ReproduceOptions) -> ReproduceResult:
         if logged_by == "log_pyfunc":
             export_run = get_step_run(tags[TAG_EXPORT_RUN], "export_onnx")
             export_params = _params(export_run, *names(ExportSettings))
+            pinned = export_run.data.tags.get(TAG_ONNX_SOURCE, "")
+            if pinned.startswith(HUB_SCHEME):
+                export_params["onnx_source"] = pinned  # the hub folder at its commit, not at its branch
             new_export = runner.step(
                 "export_onnx",
                 {"download_run_id": new_download.info.run_id, **export_params},

@@ -201,6 +201,7 @@ def test_step_parser_has_exactly_the_mlproject_parameters():
         "execution_provider": "cpu",
         "int4_block_size": 64,
         "int4_accuracy_level": 4,
+        "onnx_source": "export",
     }
 
 

@@ -28,6 +28,9 @@ from llmflow.tracking.names import (
     TAG_EXECUTION_PROVIDER,
     TAG_HF_REPO,
     TAG_HF_SHA,
+    TAG_INT4_ACCURACY_LEVEL,
+    TAG_INT4_BLOCK_SIZE,
+    TAG_ONNX_SOURCE,
     TAG_PRECISION,
 )
 
@@ -80,10 +83,14 @@ def onnx_model_params(export_run: Run, max_new_tokens: int) -> dict[str, str]:
         "max_new_tokens": str(max_new_tokens),
         "download_run_id": tags.get(TAG_DOWNLOAD_RUN, ""),
         "export_run_id": export_run.info.run_id,
+        "onnx_source": tags.get(TAG_ONNX_SOURCE, "export"),
     }
     if figures["precision"] == "int4":
-        figures["int4_block_size"] = _whole(params.get("int4_block_size", ""))
-        figures["int4_accuracy_level"] = _whole(params.get("int4_accuracy_level", ""))
+        # Read from the model for a prebuilt source (tags); an export's are its parameters.
+        figures["int4_block_size"] = tags.get(TAG_INT4_BLOCK_SIZE) or _whole(params.get("int4_block_size", ""))
+        figures["int4_accuracy_level"] = tags.get(TAG_INT4_ACCURACY_LEVEL) or _whole(
+            params.get("int4_accuracy_level", "")
+        )
     return figures
 
 

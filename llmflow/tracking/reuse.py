@@ -23,6 +23,7 @@ from mlflow.projects.submitted_run import LocalSubmittedRun
 from llmflow.download import source_fingerprint
 from llmflow.errors import InputError
 from llmflow.evaluate import fingerprint_files
+from llmflow.export.prebuilt import EXPORT, parse_onnx_source, resolve
 from llmflow.tracking.digest import code_digest
 from llmflow.tracking.names import (
     CHALLENGER,
@@ -30,6 +31,7 @@ from llmflow.tracking.names import (
     TAG_ERROR,
     TAG_EVALUATE_RUN,
     TAG_HF_SHA,
+    TAG_ONNX_SOURCE_SHA,
     TAG_REGISTERED_VERSION,
     TAG_STEP,
     TAG_UPSTREAM,
@@ -63,6 +65,19 @@ def _download_still_valid(run: Run, params: dict[str, str]) -> bool:
     return current is not None and current == run.data.tags.get(TAG_HF_SHA)
 
 
+def _export_still_valid(run: Run, params: dict[str, str]) -> bool:
+    """An export holds; a prebuilt ``onnx_source`` still resolves to the commit (or folder content) it recorded."""
+    value = params.get("onnx_source", EXPORT)
+    if value == EXPORT:
+        return True
+    try:
+        current = resolve(parse_onnx_source(value), os.environ.get("HF_TOKEN") or None)
+    except Exception:  # noqa: BLE001 - any failure means "cannot tell", and then the step runs
+        logger.info("could not resolve onnx_source %s now; export_onnx will run", value)
+        return False
+    return current == run.data.tags.get(TAG_ONNX_SOURCE_SHA)
+
+
 def _register_still_valid(run: Run, params: dict[str, str]) -> bool:
     """The version it registered still exists, from the same model, and is still the challenger."""
     tags = run.data.tags
@@ -94,6 +109,7 @@ def _evaluate_still_valid(run: Run, params: dict[str, str]) -> bool:
 
 STILL_VALID: dict[str, StillValid] = {
     "download": _download_still_valid,
+    "export_onnx": _export_still_valid,
     "register": _register_still_valid,
     "evaluate": _evaluate_still_valid,
 }
