@@ -301,6 +301,32 @@ def test_reproduce_rebuilds_the_onnx_export_from_the_same_download(cold_run, pro
     print("\nreproduce of the ONNX version:", "identical" if identical else comparison["tensor_differences"])
 
 
+def test_main_takes_a_prebuilt_onnx_folder_and_judges_it_against_the_reference(
+    cold_run, project, store, client, tiny_model_dir: Path
+):
+    # The ONNX folder of the cold run's export, in the artifact store, as a prebuilt source of another model name.
+    export_run = client.get_run(client.get_model_version("e2e-onnx", "1").tags["llmflow.export_run_id"])
+    folder = Path(export_run.info.artifact_uri.removeprefix("file://")) / "onnx"
+    assert (folder / "genai_config.json").is_file()
+    proc = _mlflow_run(
+        project, store, "main", f"model={tiny_model_dir}", "registered_model_name=e2e-prebuilt", f"onnx_source={folder}"
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    reused = _reused(client, store[1])
+    assert {"download", "log_transformers"} <= set(reused) and "export_onnx" not in reused
+    version = client.get_model_version("e2e-prebuilt-onnx", "1")
+    prebuilt_run = client.get_run(version.tags["llmflow.export_run_id"])
+    assert prebuilt_run.data.tags["llmflow.onnx_source"] == str(folder)
+    assert prebuilt_run.data.tags["llmflow.precision"] == "int4"
+    # Judged like any export: against the transformers model of the same download run; the same weights pass.
+    evaluation = client.get_run(version.tags["llmflow.evaluate_run_id"])
+    transformers_run = client.get_run(client.get_model_version("e2e-transformers", "1").tags["llmflow.source_run_id"])
+    assert evaluation.data.tags["llmflow.reference_model_uri"] == transformers_run.data.tags["llmflow.model_uri"]
+    assert version.tags["validation_status"] == "passed"
+    aliases = {k: str(v) for k, v in client.get_registered_model("e2e-prebuilt-onnx").aliases.items()}
+    assert aliases == {"challenger": "1", "champion": "1"}
+
+
 def test_bad_value_fails_in_main_before_any_step(project, store, client, tiny_model_dir: Path):
     before = len(_runs(client, store[1]))
     proc = _mlflow_run(project, store, "main", f"model={tiny_model_dir}", "precision=fp16", "registered_model_name=bad")

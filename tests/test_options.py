@@ -82,7 +82,17 @@ def test_snake_case_and_kebab_case_flags_parse_the_same():
     parser = build_parser(cls, "export_onnx", "test")
     kebab = vars(parser.parse_args([w for k, v in values.items() for w in (f"--{k.replace('_', '-')}", v)]))
     snake = vars(parser.parse_args([w for k, v in values.items() for w in (f"--{k}", v)]))
-    assert snake == kebab == {**values, "execution_provider": "cpu", "int4_block_size": 64, "int4_accuracy_level": 0, "onnx_source": "export"}
+    assert (
+        snake
+        == kebab
+        == {
+            **values,
+            "execution_provider": "cpu",
+            "int4_block_size": 64,
+            "int4_accuracy_level": 0,
+            "onnx_source": "export",
+        }
+    )
 
 
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)

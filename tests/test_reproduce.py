@@ -34,3 +34,15 @@ def test_one_changed_tensor_is_named_with_how_much_it_differs(onnx_dir: Path, tm
     assert difference["dtype"] == "FLOAT" and len(difference["shape"]) == 2
     assert 1 <= difference["bytes_different"] <= 4  # one float32 is four bytes
     assert 0 < difference["max_abs_difference"] < 1e-6
+
+
+def test_a_parameter_added_later_takes_the_value_older_runs_behaved_as():
+    from types import SimpleNamespace
+
+    from llmflow.export_onnx import ExportSettings
+    from llmflow.options import names
+    from llmflow.reproduce import _params
+
+    recorded = {"precision": "int4", "execution_provider": "cpu", "int4_block_size": "32", "int4_accuracy_level": "4"}
+    old_export = SimpleNamespace(data=SimpleNamespace(params=recorded), info=SimpleNamespace(run_id="r1"))
+    assert _params(old_export, *names(ExportSettings)) == {**recorded, "onnx_source": "export"}

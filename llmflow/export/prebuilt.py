@@ -140,7 +140,7 @@ class Description:
     int4_accuracy_level: int | None = None
 
 
-def describe(folder: Path, config: dict) -> Description:
+def describe(folder: Path, config: dict, what: str = "the ONNX folder") -> Description:
     """Precision (int4/int8 from ``MatMulNBits``, else the float initializers' type) and provider of a model folder.
 
     Reads the graph only: the weights in external data stay on disk.
@@ -150,7 +150,12 @@ def describe(folder: Path, config: dict) -> Description:
     provider_options = config["model"]["decoder"].get("session_options", {}).get("provider_options", [])
     providers = [name for entry in provider_options for name in entry]
     execution_provider = providers[0].lower() if providers else "cpu"
-    model = ir.load(folder / config["model"]["decoder"]["filename"])
+    decoder = config["model"]["decoder"]["filename"]
+    try:
+        model = ir.load(folder / decoder)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and onnx_ir's own errors alike
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{what}: '{decoder}' is not a readable ONNX graph: {reason}") from exc
     for node in model.graph:
         if node.op_type == "MatMulNBits":
             attrs = node.attributes
@@ -172,7 +177,7 @@ def fetch_checked(source: OnnxSource, value: str) -> tuple[Path, str, Descriptio
     folder = fetch(source, pin, token)
     what = f"onnx_source '{value}'" + (f" (commit {pin})" if source.kind == "hub" else "")
     config = check_folder(folder, what)
-    return folder, pin, describe(folder, config)
+    return folder, pin, describe(folder, config, what)
 
 
 def label(source: OnnxSource) -> str:
