@@ -2,6 +2,12 @@
 
 Quantization runs one MatMul at a time (``llmflow.export.nbits``) and the build stamp is the installed wheel's commit
 (``llmflow.export.stamp``); the quantizer's per-MatMul INFO lines are held back.
+
+One builder bug is worked around here (``longrope_type_key``): its Phi-3 LongRoPE class (Phi-3-mini-128k, Phi-3.5-mini,
+Phi-4-mini) reads the RoPE policy as ``rope_parameters["type"]``, the key of configs written before transformers 5.
+A config that transformers 5 saved has only ``rope_type``, and the builder then fails with ``KeyError: 'type'``;
+its base class already reads ``rope_type`` for every other model. ``tests/test_family_shapes.py`` exports such
+configs and compares the ONNX model's logits with transformers'.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from pathlib import Path
 from llmflow.errors import InputError
 from llmflow.export.nbits import streaming_quantization
 from llmflow.export.stamp import package_build_stamp
+
+LONGROPE_CLASS = "Phi3MiniLongRoPEModel"
 
 # What the builder raises for a model or option it cannot handle; anything else is a bug and keeps its traceback.
 BUILDER_INPUT_ERRORS = (NotImplementedError, ValueError, OSError)
@@ -36,6 +44,45 @@ def _quiet_quantizer() -> Iterator[None]:
         yield
     finally:
         quantizer.setLevel(previous)
+
+
+def _longrope_classes() -> list[type]:
+    """The builder's Phi-3 LongRoPE class and its subclasses, under both names the builder's modules are imported as."""
+    import importlib
+    import sys
+
+    from onnxruntime_genai.models import builder  # noqa: F401 - puts the builder's folder on sys.path
+
+    found: dict[int, type] = {}
+    for name in ("builders.phi", "onnxruntime_genai.models.builders.phi"):
+        module = sys.modules.get(name) or importlib.import_module(name)
+        cls = getattr(module, LONGROPE_CLASS)
+        found[id(cls)] = cls
+    return list(found.values())
+
+
+@contextmanager
+def longrope_type_key() -> Iterator[None]:
+    """Within this block a LongRoPE config without ``type`` gets it from ``rope_type`` before the builder reads it."""
+    classes = _longrope_classes()
+    stock = [cls.__dict__["make_rope_init"] for cls in classes]
+
+    def patched(original):  # noqa: ANN001, ANN202 - wraps a builder method
+        def make_rope_init(self, config):  # noqa: ANN001, ANN202
+            parameters = getattr(config, "rope_parameters", None)
+            if isinstance(parameters, dict) and "rope_type" in parameters:
+                parameters.setdefault("type", parameters["rope_type"])
+            return original(self, config)
+
+        return make_rope_init
+
+    for cls, original in zip(classes, stock, strict=True):
+        cls.make_rope_init = patched(original)
+    try:
+        yield
+    finally:
+        for cls, original in zip(classes, stock, strict=True):
+            cls.make_rope_init = original
 
 
 def build(
@@ -64,6 +111,7 @@ def build(
         _quiet_quantizer(),
         streaming_quantization(),
         package_build_stamp(),
+        longrope_type_key(),
     ):
         try:
             # (model_name, input_path, output_dir, precision, execution_provider, cache_dir), as the builder's CLI

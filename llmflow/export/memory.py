@@ -105,8 +105,8 @@ def check_export_memory(need: MemoryNeed, found: MemoryFound, precision: str) ->
     raise InputError(
         f"export_onnx needs about {need.needed / GIB:.1f} GiB of memory for {need.parameters / 1e9:.2f} B "
         f"{need.dtype} parameters as {precision}, and this machine has {found.available / GIB:.1f} GiB "
-        f"({found.where}); pass onnx_source=<a prebuilt ONNX folder or hf://<org>/<repo>/<subfolder>>, use a machine with more "
-        "memory, or run the export_onnx step alone on a larger machine"
+        f"({found.where}); pass onnx_source=<a prebuilt ONNX folder or hf://<org>/<repo>/<subfolder>>, use a "
+        "machine with more memory, or run the export_onnx step alone on a larger machine"
     )
 
 
