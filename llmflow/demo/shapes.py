@@ -113,3 +113,36 @@ def build_shape(name: str, out_dir: Path, seed: int = 0) -> Path:
     tokenizer.save_pretrained(out_dir)
     logger.info("tiny %s shape (%s) saved to %s", name, shape.hub_id, out_dir)
     return out_dir
+
+
+# Phi-3-mini-4k-instruct's own tokenizer files (from ../shared/phi3-mini-4k-instruct/, see bench/scale/model.py).
+PHI3_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+)
+
+
+def build_with_phi3_tokenizer(shared: Path, out_dir: Path, seed: int = 0) -> Path:
+    """A tiny random model with Phi-3-mini-4k-instruct's real config (2 layers, width 256) and real tokenizer.
+
+    ``shared`` holds the published ``config.json``, tokenizer files and ``generation_config.json`` (eos ids 32000,
+    32001 and 32007); they are copied next to the weights, as a Hub snapshot has them.
+    """
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, Phi3ForCausalLM
+
+    config = AutoConfig.from_pretrained(shared)
+    config.hidden_size, config.intermediate_size, config.num_hidden_layers = 256, 512, 2
+    config.num_attention_heads = config.num_key_value_heads = 256 // HEAD_SIZE
+    torch.manual_seed(seed)
+    model = Phi3ForCausalLM(config).eval()
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    for name in PHI3_TOKENIZER_FILES:
+        shutil.copyfile(Path(shared) / name, out_dir / name)
+    return out_dir
