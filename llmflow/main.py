@@ -32,6 +32,7 @@ from llmflow.errors import InputError, StepFailed
 from llmflow.evaluate import EvaluationSettings
 from llmflow.export.prebuilt import is_hub_or_export
 from llmflow.export_onnx import ExportSettings
+from llmflow.log_transformers import TransformersSettings
 from llmflow.options import GenerationSettings, StepOptions, option
 from llmflow.register import check_registered_model_name
 from llmflow.tracking.names import (
@@ -123,6 +124,7 @@ class MainOptions(StepOptions):
     source: DownloadOptions = field(default_factory=DownloadOptions)
     export: ExportSettings = field(default_factory=ExportSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    transformers: TransformersSettings = field(default_factory=TransformersSettings)
     registered_model_name: str = option(
         "phi3-mini-4k-instruct",
         help="Base registered model name; '-onnx' and '-transformers' are appended.",
@@ -177,7 +179,9 @@ def _chain(parent: Run, options: MainOptions) -> ChainResult:
             [export.info.run_id],
         ),
         "transformers": runner.step(
-            "log_transformers", _as_params(options.generation, download_run_id=download_id), [download_id]
+            "log_transformers",
+            {**_as_params(options.generation, download_run_id=download_id), **_as_params(options.transformers)},
+            [download_id],
         ),
     }
     # The ONNX model is judged against the transformers model of the same download run, its reference.

@@ -32,6 +32,7 @@ from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
 from llmflow.export.prebuilt import HUB_SCHEME
 from llmflow.export_onnx import ExportSettings
+from llmflow.log_transformers import TransformersSettings
 from llmflow.main import ChainResult, Runner
 from llmflow.options import GenerationSettings, StepOptions, names, option
 from llmflow.tracking.names import (
@@ -142,7 +143,7 @@ def _onnx_dir(run_id: str, dst: Path) -> Path:
 
 
 # Parameters added after runs were recorded without them, and the value those runs behaved as.
-ADDED_LATER = {"onnx_source": "export"}
+ADDED_LATER = {"onnx_source": "export", "save_pretrained": "true"}
 
 
 def _params(run: Run, *names: str) -> dict[str, str]:
@@ -224,7 +225,10 @@ def reproduce(options: ReproduceOptions) -> ReproduceResult:
         else:
             runner.step(
                 "log_transformers",
-                {"download_run_id": new_download.info.run_id, **_params(source_run, *names(GenerationSettings))},
+                {
+                    "download_run_id": new_download.info.run_id,
+                    **_params(source_run, *names(GenerationSettings), *names(TransformersSettings)),
+                },
                 [new_download.info.run_id],
             )
         step, artifact = MANIFESTS[logged_by]

@@ -81,3 +81,54 @@ def test_mlflow_run_download_with_defaults_offline(tmp_path: Path, tiny_model_di
     )
     assert manifest["commit_sha"] == sha
     mlflow.set_tracking_uri(None)
+
+
+def _logged_files(model_uri: str) -> dict[str, int]:
+    root = Path(mlflow.artifacts.download_artifacts(model_uri))
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+def test_save_pretrained_false_logs_a_reference_to_the_pinned_commit_that_loads_offline(
+    hf_cache: tuple[Path, str], tracking_uri: str
+):
+    import yaml
+
+    from llmflow.log_transformers import LogTransformersOptions, log_transformers
+    from llmflow.tracking.names import TAG_TRANSFORMERS_WEIGHTS
+
+    _, sha = hf_cache
+    run_id = dl.download(DownloadOptions(model=DEFAULT_REPO, revision="main")).run_id
+    stored = log_transformers(LogTransformersOptions(download_run_id=run_id, max_new_tokens=8))
+    reference = log_transformers(
+        LogTransformersOptions(download_run_id=run_id, max_new_tokens=8, save_pretrained="false")
+    )
+    assert mlflow.get_run(reference.run_id).data.tags[TAG_TRANSFORMERS_WEIGHTS] == "hub reference"
+    assert mlflow.get_run(stored.run_id).data.tags[TAG_TRANSFORMERS_WEIGHTS] == "stored"
+
+    stored_files, reference_files = _logged_files(stored.model_uri), _logged_files(reference.model_uri)
+    weights = sum(size for name, size in stored_files.items() if name.endswith(".safetensors"))
+    assert weights > 0 and not [name for name in reference_files if name.endswith(".safetensors")]
+    assert sum(reference_files.values()) < sum(stored_files.values()) - weights + 1
+    print(f"\nlogged model: {sum(stored_files.values())} bytes stored, {sum(reference_files.values())} as a reference")
+    flavor = yaml.safe_load((Path(mlflow.artifacts.download_artifacts(reference.model_uri)) / "MLmodel").read_text())
+    transformers_flavor = flavor["flavors"]["transformers"]
+    # The commit this pipeline downloaded, not one asked of the Hub when logging.
+    assert (transformers_flavor["source_model_name"], transformers_flavor["source_model_revision"]) == (
+        DEFAULT_REPO,
+        sha,
+    )
+
+    # Loaded with HF_HUB_OFFLINE, from the cache: it answers as the stored copy does.
+    request = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}], "max_tokens": 8}
+    answers = [mlflow.pyfunc.load_model(m.model_uri).predict(request) for m in (stored, reference)]
+    assert [a[0]["choices"][0]["message"]["content"] for a in answers] == ["Madrid", "Madrid"]
+
+
+def test_save_pretrained_false_refuses_a_local_folder_in_one_line(tiny_model_dir: Path, tracking_uri: str):
+    from llmflow.log_transformers import LogTransformersOptions, log_transformers
+
+    run_id = dl.download(DownloadOptions(model=str(tiny_model_dir))).run_id
+    with pytest.raises(
+        InputError, match=r"^save_pretrained 'false' needs a hub model, and download run '.*' is a local"
+    ):
+        log_transformers(LogTransformersOptions(download_run_id=run_id, save_pretrained="false"))
