@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from llmflow.options import build
 from llmflow.register import RegisterOptions
 from llmflow.rollback import RollbackOptions, rollback
 from llmflow.tracking.names import TAG_ERROR
+from tests.stores import own_store
 
 QA_ROWS = [json.loads(line) for line in (PROJECT_ROOT / "data" / "qa.jsonl").read_text().splitlines()]
 ANSWERS = {row["question"]: row["answer"] for row in QA_ROWS}
@@ -78,23 +78,9 @@ def _log_both(model_dir: Path) -> tuple[str, str]:
 def models(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, _empty_store: Path):
     from llmflow.demo.tiny import build_tiny_phi3
 
-    root = tmp_path_factory.mktemp("evaluate")
-    shutil.copyfile(_empty_store, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    experiment_id = mlflow.create_experiment("evaluate", artifact_location=(root / "artifacts").as_uri())
-    mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
-    mlflow.set_experiment(experiment_id=experiment_id)
-    untrained = build_tiny_phi3(root / "untrained", train_steps=1)
-    try:
+    with own_store(tmp_path_factory.mktemp("evaluate"), _empty_store, "evaluate") as root:
+        untrained = build_tiny_phi3(root / "untrained", train_steps=1)
         yield Models(*_log_both(tiny_model_dir), *_log_both(untrained))
-    finally:
-        while mlflow.active_run():
-            mlflow.end_run()
-        mp.undo()
-        mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import mlflow
 import pytest
 
 from llmflow.demo.shapes import PHI3_TOKENIZER_FILES, build_with_phi3_tokenizer
+from tests.stores import own_store
 
 pytestmark = pytest.mark.integration
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "phi3-mini-4k-instruct"
@@ -71,20 +72,8 @@ def _log_both(model_dir: Path) -> Logged:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, _empty_store: Path):
-    root = tmp_path_factory.mktemp("real-tokenizer")
-    shutil.copyfile(_empty_store, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    mp.setenv("MLFLOW_EXPERIMENT_ID", mlflow.create_experiment("t", artifact_location=(root / "a").as_uri()))
-    try:
+    with own_store(tmp_path_factory.mktemp("real-tokenizer"), _empty_store, "real-tokenizer") as root:
         yield root
-    finally:
-        while mlflow.active_run():
-            mlflow.end_run()
-        mp.undo()
-        mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmflow.demo.tiny import DEFAULT_QA_PATH, train_tokenizer
+from llmflow.demo.tiny import DEFAULT_QA_PATH, save_chat_model, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +104,7 @@ def build_shape(name: str, out_dir: Path, seed: int = 0) -> Path:
     with torch.no_grad():
         model.get_output_embeddings().weight[len(tokenizer) :] = 0.0
         model.get_input_embeddings().weight[len(tokenizer) :] = 0.0
-    model.generation_config.eos_token_id = config.eos_token_id
-    model.generation_config.pad_token_id = config.pad_token_id
-    model.generation_config.do_sample = False
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    out_dir = save_chat_model(model, tokenizer, out_dir)
     logger.info("tiny %s shape (%s) saved to %s", name, shape.hub_id, out_dir)
     return out_dir
 

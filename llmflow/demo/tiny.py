@@ -98,6 +98,18 @@ def check_builder_compatible(config: Phi3Config) -> None:
         raise ValueError(f"vocab_size {config.vocab_size} equals the width of {clashes}; pick another size")
 
 
+def save_chat_model(model: Phi3ForCausalLM, tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> Path:
+    """Save ``model`` (greedy generation defaults, its config's eos and pad ids) and ``tokenizer`` in ``out_dir``."""
+    model.generation_config.eos_token_id = model.config.eos_token_id
+    model.generation_config.pad_token_id = model.config.pad_token_id
+    model.generation_config.do_sample = False
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
 def build_tiny_phi3(
     out_dir: Path,
     qa_path: Path = DEFAULT_QA_PATH,
@@ -146,13 +158,7 @@ def build_tiny_phi3(
         if step % 50 == 0 or step == train_steps - 1:
             logger.info("step %d/%d loss %.4f", step + 1, train_steps, loss.item())
     model.eval()
-    model.generation_config.eos_token_id = config.eos_token_id
-    model.generation_config.pad_token_id = config.pad_token_id
-    model.generation_config.do_sample = False
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    out_dir = save_chat_model(model, tokenizer, out_dir)
     (out_dir / "tiny_model.json").write_text(
         json.dumps({"seed": seed, "train_steps": train_steps, "final_loss": loss.item(), "qa_pairs": len(pairs)})
     )
