@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from llmflow import PROJECT_ROOT
 from llmflow.errors import InputError
@@ -194,7 +195,8 @@ def score(
     """Run ``window_nll`` over the windows of ``ids`` and sum up; ``started`` is the ``perf_counter`` start."""
     windows = token_windows(len(ids), window, stride)
     total = 0.0
-    for item in windows:
+    # A bar with the time left (tqdm's estimate): at full size a window takes seconds.
+    for item in tqdm(windows, desc=f"perplexity ({tokenizer})", unit="window", leave=False):
         inputs = list(ids[item.context_start : item.target_end - 1])
         total += window_nll(inputs, list(ids[item.target_start : item.target_end]))
     tokens = len(ids) - 1
