@@ -24,7 +24,8 @@ from llmflow import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
 
-STEP_PATTERN = re.compile(r"steps\.(\w+)\b")
+# A step runs as `python steps/<name>.py` (MLproject) or `python -m steps.<name>` (main itself, deploy/kubernetes).
+STEP_PATTERN = re.compile(r"\bsteps[./](\w+)\b")
 FLAVOUR_PATTERN = re.compile(r"--registered-model-name \S+-(onnx|transformers)\b")
 
 
