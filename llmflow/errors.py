@@ -19,3 +19,8 @@ class InputError(PipelineError, ValueError):
 
 class StepFailed(PipelineError):
     """A child step of ``main`` failed; the message names the step, its run and its error."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its type's name when it has none: the reason in a one-line error."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

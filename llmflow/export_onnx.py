@@ -30,12 +30,13 @@ import mlflow
 from tqdm.auto import tqdm
 
 from llmflow.download import WEIGHT_SUFFIXES, build_manifest, model_dir_from_run, read_manifest
-from llmflow.errors import InputError
+from llmflow.errors import InputError, first_line
 from llmflow.export import prebuilt
 from llmflow.export.builder import build, builder_extra_options  # noqa: F401 - builder_extra_options: API
 from llmflow.export.memory import check_export_memory, config_of, export_need, memory_found
 from llmflow.export.smoke import SMOKE_QUESTION, SmokeResult, smoke_test, smoke_test_skip_reason
 from llmflow.options import StepOptions, non_empty, one_of, option
+from llmflow.sources.manifest import manifest_digest
 from llmflow.tracking.names import (
     ONNX_ARTIFACT_DIR,
     ONNX_MANIFEST_ARTIFACT,
@@ -225,6 +226,8 @@ def export_onnx(options: ExportOptions) -> ExportResult:
             smoke = None if skip_reason else _smoke(out, options.onnx_source)
         with _stage(bar, "log"):
             manifest = build_manifest(out)
+            if source.kind == "local":
+                pin = "sha256:" + manifest_digest(manifest)  # as prebuilt.resolve, from this one read of the folder
             size = sum(f["size"] for f in manifest)
             smoke_status = f"skipped: {skip_reason}" if skip_reason else "passed"
             int4_tags = {TAG_INT4_BLOCK_SIZE: str(int4[0]), TAG_INT4_ACCURACY_LEVEL: str(int4[1])} if int4[0] else {}
@@ -273,5 +276,5 @@ def _smoke(onnx_dir: Path, onnx_source: str) -> SmokeResult:
     except RuntimeError as exc:  # onnxruntime-genai raises RuntimeError for a model it cannot load or run
         if onnx_source == prebuilt.EXPORT:
             raise
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         raise InputError(f"onnx_source '{onnx_source}' is not a loadable onnxruntime-genai model: {reason}") from exc

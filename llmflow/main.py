@@ -30,7 +30,7 @@ from llmflow import PROJECT_ROOT
 from llmflow.download import DownloadOptions, is_local_reference
 from llmflow.errors import InputError, StepFailed
 from llmflow.evaluate import EvaluationSettings
-from llmflow.export.prebuilt import is_hub_or_export
+from llmflow.export.prebuilt import parse_onnx_source
 from llmflow.export_onnx import ExportSettings
 from llmflow.log_transformers import TransformersSettings
 from llmflow.options import GenerationSettings, StepOptions, option
@@ -165,11 +165,12 @@ def _chain(parent: Run, options: MainOptions) -> ChainResult:
     runner = Runner(parent.info.experiment_id, result, forced_steps(options.rerun_from))
     download = runner.step("download", _as_params(options.source, model=model), [])
     download_id = download.info.run_id
-    onnx_source = options.export.onnx_source
+    # Children run from the project root: a local ONNX folder goes to them as the absolute path it parsed to.
+    onnx_source = parse_onnx_source(options.export.onnx_source)
     export_params = _as_params(
         options.export,
         download_run_id=download_id,
-        onnx_source=onnx_source if is_hub_or_export(onnx_source) else _absolute(onnx_source),
+        onnx_source=str(onnx_source.path) if onnx_source.kind == "local" else options.export.onnx_source,
     )
     export = runner.step("export_onnx", export_params, [download_id])
     logged = {

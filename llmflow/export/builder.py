@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from llmflow.errors import InputError
-from llmflow.export.nbits import streaming_quantization
+from llmflow.errors import InputError, first_line
+from llmflow.export.nbits import builder_classes, streaming_quantization
 from llmflow.export.stamp import package_build_stamp
 
 LONGROPE_CLASS = "Phi3MiniLongRoPEModel"
@@ -46,25 +46,10 @@ def _quiet_quantizer() -> Iterator[None]:
         quantizer.setLevel(previous)
 
 
-def _longrope_classes() -> list[type]:
-    """The builder's Phi-3 LongRoPE class and its subclasses, under both names the builder's modules are imported as."""
-    import importlib
-    import sys
-
-    from onnxruntime_genai.models import builder  # noqa: F401 - puts the builder's folder on sys.path
-
-    found: dict[int, type] = {}
-    for name in ("builders.phi", "onnxruntime_genai.models.builders.phi"):
-        module = sys.modules.get(name) or importlib.import_module(name)
-        cls = getattr(module, LONGROPE_CLASS)
-        found[id(cls)] = cls
-    return list(found.values())
-
-
 @contextmanager
 def longrope_type_key() -> Iterator[None]:
     """Within this block a LongRoPE config without ``type`` gets it from ``rope_type`` before the builder reads it."""
-    classes = _longrope_classes()
+    classes = builder_classes("phi", LONGROPE_CLASS)  # its subclasses inherit the patched method
     stock = [cls.__dict__["make_rope_init"] for cls in classes]
 
     def patched(original):  # noqa: ANN001, ANN202 - wraps a builder method
@@ -119,7 +104,7 @@ def build(
             args = (None, str(model_dir), str(out_dir), precision, execution_provider, cache_dir)
             builder.create_model(*args, **builder.parse_extra_options(*args, extra))
         except BUILDER_INPUT_ERRORS as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            reason = first_line(exc)
             raise InputError(
                 f"the onnxruntime-genai model builder cannot export '{model_dir}' as "
                 f"{precision}/{execution_provider}: {reason}"

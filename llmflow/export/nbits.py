@@ -168,14 +168,19 @@ def _builder_model_classes() -> list[type]:
     The builder puts its own folder on ``sys.path`` and imports ``builders.base`` as a top-level module, so its
     ``Model`` is not ``onnxruntime_genai.models.builders.base.Model``; both are patched.
     """
+    return builder_classes("base", "Model")
+
+
+def builder_classes(module: str, name: str) -> list[type]:
+    """Class ``name`` of the builder's module ``builders.<module>``, under both names the builder imports it as."""
     import importlib
     import sys
 
     from onnxruntime_genai.models import builder  # noqa: F401 - imported for its sys.path and module side effects
 
-    names = ("builders.base", "onnxruntime_genai.models.builders.base")
-    modules = [sys.modules.get(name) or importlib.import_module(name) for name in names]
-    return list({id(module.Model): module.Model for module in modules}.values())
+    names = (f"builders.{module}", f"onnxruntime_genai.models.builders.{module}")
+    classes = [getattr(sys.modules.get(n) or importlib.import_module(n), name) for n in names]
+    return list({id(cls): cls for cls in classes}.values())
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from llmflow.errors import InputError
+from llmflow.errors import InputError, first_line
 from llmflow.tracking.names import TAG_ONNX_SOURCE, TAG_ONNX_SOURCE_SHA
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,6 @@ def parse_onnx_source(value: str) -> OnnxSource:
     if not path.is_dir():
         raise InputError(f"onnx_source '{value}' is not accepted: no such folder; expected {ACCEPTED}")
     return OnnxSource("local", path=path.resolve())
-
-
-def is_hub_or_export(value: str) -> bool:
-    """Whether ``value`` names no local folder (``export`` or a ``hf://`` source)."""
-    return value == EXPORT or value.startswith(HUB_SCHEME)
 
 
 def check_onnx_source(name: str, value: str) -> None:
@@ -154,7 +149,7 @@ def describe(folder: Path, config: dict, what: str = "the ONNX folder") -> Descr
     try:
         model = ir.load(folder / decoder)
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and onnx_ir's own errors alike
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         raise InputError(f"{what}: '{decoder}' is not a readable ONNX graph: {reason}") from exc
     for node in model.graph:
         if node.op_type == "MatMulNBits":
@@ -169,20 +164,26 @@ def describe(folder: Path, config: dict, what: str = "the ONNX folder") -> Descr
 
 
 def fetch_checked(source: OnnxSource, value: str) -> tuple[Path, str, Description]:
-    """The prebuilt folder of ``onnx_source`` (pinned, checked, described) and what pins it."""
+    """The prebuilt folder of ``onnx_source`` (checked, described) and, for a hub source, the commit that pins it.
+
+    A local folder's pin is its content digest, which the step takes from the manifest it builds anyway, so that
+    the folder is read once; this returns ``""`` for it.
+    """
     token = os.environ.get("HF_TOKEN") or None
-    pin = resolve(source, token)
-    if source.kind == "hub":
+    pin = resolve(source, token) if source.kind == "hub" else ""
+    if pin:
         logger.info("resolved %s@%s to commit %s", source.repo_id, source.revision, pin)
     folder = fetch(source, pin, token)
-    what = f"onnx_source '{value}'" + (f" (commit {pin})" if source.kind == "hub" else "")
+    what = f"onnx_source '{value}'" + (f" (commit {pin})" if pin else "")
     config = check_folder(folder, what)
     return folder, pin, describe(folder, config, what)
 
 
 def label(source: OnnxSource) -> str:
     """How logs name the source: ``export``, the local folder, or the hub form at its revision."""
-    return {"export": EXPORT, "local": str(source.path)}.get(source.kind) or source.pinned(source.revision)
+    if source.kind == "local":
+        return str(source.path)
+    return source.pinned(source.revision) if source.kind == "hub" else EXPORT
 
 
 def source_tags(source: OnnxSource, pin: str) -> dict[str, str]:
