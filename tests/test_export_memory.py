@@ -10,8 +10,17 @@ import pytest
 from llmflow.errors import InputError
 from llmflow.export.memory import GIB, MemoryFound, check_export_memory, export_need, memory_found
 
-PHI3_CONFIG = json.loads((Path(__file__).resolve().parents[2] / "shared/phi3-mini-4k-instruct/config.json").read_text())
+PHI3_CONFIG_PATH = Path(__file__).resolve().parents[2] / "shared/phi3-mini-4k-instruct/config.json"
 PHI3_WEIGHT_BYTES = 7_642_159_104  # the Hub repo's two bf16 shards
+# The export's peak RSS on a random model of that shape (bench.scale.export_check, this machine): VmHWM 5.16 GiB.
+PHI3_MEASURED_PEAK = 5.16 * GIB
+
+
+@pytest.fixture(scope="module")
+def phi3_config() -> dict:
+    if not PHI3_CONFIG_PATH.is_file():
+        pytest.fail(f"{PHI3_CONFIG_PATH} is missing: these tests read Phi-3-mini's real config from ../shared")
+    return json.loads(PHI3_CONFIG_PATH.read_text())
 
 
 def fake_proc(tmp_path: Path, available_kib: int, cgroup_lines: str, files: dict[str, str]) -> dict[str, Path]:
@@ -47,18 +56,25 @@ def test_cgroup_v1_without_a_limit_reports_a_huge_number_and_is_ignored(tmp_path
     assert memory_found(**paths).where == "MemAvailable"
 
 
-def test_phi3_mini_estimate_is_under_12_gib_streaming_and_over_22_stock():
-    streaming = export_need(PHI3_CONFIG, PHI3_WEIGHT_BYTES, "int4")
-    stock = export_need(PHI3_CONFIG, PHI3_WEIGHT_BYTES, "int4", streaming=False)
+def test_phi3_mini_estimate_covers_the_measured_peak_streaming_and_is_over_22_gib_stock(phi3_config: dict):
+    streaming = export_need(phi3_config, PHI3_WEIGHT_BYTES, "int4")
+    stock = export_need(phi3_config, PHI3_WEIGHT_BYTES, "int4", streaming=False)
     assert streaming.parameters == PHI3_WEIGHT_BYTES // 2
     assert streaming.dtype == "bfloat16"
-    assert 10 * GIB < streaming.needed < 12 * GIB
+    # Above what the export was measured to need, and not so far above that a 16 GB laptop would be refused.
+    assert PHI3_MEASURED_PEAK < streaming.needed < 1.25 * PHI3_MEASURED_PEAK
     assert stock.needed > 22 * GIB
 
 
-def test_too_little_memory_fails_in_one_line_naming_need_found_and_what_to_do(tmp_path: Path):
+def test_fp16_and_fp32_exports_count_the_mapped_weights_whole(phi3_config: dict):
+    int4 = export_need(phi3_config, PHI3_WEIGHT_BYTES, "int4")
+    fp16 = export_need(phi3_config, PHI3_WEIGHT_BYTES, "fp16")
+    assert fp16.needed - int4.needed > PHI3_WEIGHT_BYTES
+
+
+def test_too_little_memory_fails_in_one_line_naming_need_found_and_what_to_do(tmp_path: Path, phi3_config: dict):
     paths = fake_proc(tmp_path, 20 * 1024 * 1024, "0::/small\n", {"small/memory.max": str(4 * GIB)})
-    need = export_need(PHI3_CONFIG, PHI3_WEIGHT_BYTES, "int4")
+    need = export_need(phi3_config, PHI3_WEIGHT_BYTES, "int4")
     with pytest.raises(InputError) as error:
         check_export_memory(need, memory_found(**paths), "int4")
     message = str(error.value)
@@ -68,6 +84,6 @@ def test_too_little_memory_fails_in_one_line_naming_need_found_and_what_to_do(tm
     assert "onnx_source=" in message and "larger machine" in message
 
 
-def test_enough_memory_passes():
-    need = export_need(PHI3_CONFIG, PHI3_WEIGHT_BYTES, "int4")
+def test_enough_memory_passes(phi3_config: dict):
+    need = export_need(phi3_config, PHI3_WEIGHT_BYTES, "int4")
     check_export_memory(need, MemoryFound(need.needed, "MemAvailable"), "int4")

@@ -12,6 +12,7 @@ configs and compares the ONNX model's logits with transformers'.
 
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from llmflow.errors import InputError, first_line
 from llmflow.export.nbits import builder_classes, streaming_quantization
+from llmflow.export.residency import page_out
 from llmflow.export.stamp import package_build_stamp
 
 LONGROPE_CLASS = "Phi3MiniLongRoPEModel"
@@ -83,7 +85,9 @@ def build(
     This is the one place that calls the builder; the options are checked by the caller
     (``llmflow.export_onnx.run_builder``). A model or option it rejects becomes an ``InputError``.
     Quantization runs one MatMul at a time (``llmflow.export.nbits``): the same files as the builder's own pass,
-    without its whole-graph fp32 copy. The build stamp in ``model.onnx`` is the installed wheel's commit
+    without its whole-graph fp32 copy; the pages of the weight files it has read are given back as it goes
+    (``llmflow.export.residency``), so that the memory mapped weights do not stay resident beside the output.
+    The build stamp in ``model.onnx`` is the installed wheel's commit
     (``llmflow.export.stamp``), so the same input gives the same files at any commit of this project.
     """
     # Imported here: the builder pulls in torch and transformers, which validation alone does not need.
@@ -94,7 +98,7 @@ def build(
     with (
         tempfile.TemporaryDirectory(prefix="llmflow-builder-cache-") as cache_dir,
         _quiet_quantizer(),
-        streaming_quantization(),
+        streaming_quantization(after_each=lambda: page_out(model_dir)),
         package_build_stamp(),
         longrope_type_key(),
     ):
@@ -109,4 +113,8 @@ def build(
                 f"the onnxruntime-genai model builder cannot export '{model_dir}' as "
                 f"{precision}/{execution_provider}: {reason}"
             ) from exc
+    # The builder's model and its weights are garbage in reference cycles; free them before the smoke test loads the
+    # export, and give back the weight pages read while saving.
+    gc.collect()
+    page_out(model_dir)
     return out_dir

@@ -18,7 +18,7 @@ overrides, no CUDA prepacking, MatMul only). ``applies_to`` says when; anything 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -125,8 +125,13 @@ def quantize_graph(
     is_symmetric: bool,
     accuracy_level: int | None,
     nodes_to_exclude: list[str] | tuple[str, ...] = (),
+    after_each: Callable[[], object] | None = None,
 ) -> ir.Model:
-    """Quantize every eligible ``MatMul`` of ``model`` in place, one weight at a time; return ``model``."""
+    """Quantize every eligible ``MatMul`` of ``model`` in place, one weight at a time; return ``model``.
+
+    ``after_each`` is called once a weight is quantized and its float tensor dropped (the export pages out the
+    weight files there: ``llmflow.export.residency``).
+    """
     from tqdm.auto import tqdm
 
     graph = model.graph
@@ -136,6 +141,8 @@ def quantize_graph(
     targets = [node for node in graph if _eligible(node, excluded)]
     for node in tqdm(targets, desc=f"int{bits} MatMul", unit="weight"):
         _quantize_node(graph, node, quantizer, bits, block_size, accuracy_level)
+        if after_each is not None:
+            after_each()
     # As the quantizer's clean_initializers: drop every initializer nothing reads.
     outputs = {value.name for value in graph.outputs}
     for name in [name for name, value in graph.initializers.items() if not value.uses() and name not in outputs]:
@@ -156,10 +163,12 @@ def streaming_to_nbits(builder_model: Any) -> ir.Model:
         is_symmetric=attrs["is_symmetric"],
         accuracy_level=attrs["accuracy_level"],
         nodes_to_exclude=list(attrs["nodes_to_exclude"]),
+        after_each=_AFTER_EACH[0] if _AFTER_EACH else None,
     )
 
 
 _STOCK_TO_NBITS: list[Any] = []
+_AFTER_EACH: list[Callable[[], object]] = []
 
 
 def _builder_model_classes() -> list[type]:
@@ -184,11 +193,16 @@ def builder_classes(module: str, name: str) -> list[type]:
 
 
 @contextmanager
-def streaming_quantization() -> Iterator[None]:
-    """Within this block the builder quantizes with ``streaming_to_nbits``; outside it, as shipped."""
+def streaming_quantization(after_each: Callable[[], object] | None = None) -> Iterator[None]:
+    """Within this block the builder quantizes with ``streaming_to_nbits``; outside it, as shipped.
+
+    ``after_each`` is called after each weight is quantized (see ``quantize_graph``).
+    """
     classes = _builder_model_classes()
     stock = [cls.__dict__["to_nbits"] for cls in classes]
     _STOCK_TO_NBITS.insert(0, stock[0])
+    if after_each is not None:
+        _AFTER_EACH.insert(0, after_each)
     for cls in classes:
         cls.to_nbits = streaming_to_nbits
     try:
@@ -197,3 +211,5 @@ def streaming_quantization() -> Iterator[None]:
         for cls, original in zip(classes, stock, strict=True):
             cls.to_nbits = original
         _STOCK_TO_NBITS.pop(0)
+        if after_each is not None:
+            _AFTER_EACH.pop(0)
