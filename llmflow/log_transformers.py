@@ -6,6 +6,13 @@ holding a text-generation pipeline with the OpenAI-compatible chat signature, ge
 lineage tags (download run, HF repo and commit, precision, execution provider) and ``llmflow.transformers_weights``
 (``stored``, or ``hub reference``).
 
+The weights are logged as MLflow's "local checkpoint": the model folder's files are copied into the logged model as
+they are, without loading the model. Logging a loaded pipeline instead writes the weights again from memory and then
+loads the logged model a second time to check its input example: 14.7 GiB peak for Phi-3-mini's 7.6 GB of bf16
+weights, against a few hundred MB this way (MLflow skips that check for a checkpoint for the same reason; the
+``evaluate`` step loads and runs the model). MLflow names a checkpoint by its folder, a temporary path here; the
+step names it by its HF repo id instead (``_named_checkpoint``), which chat responses give as their ``model``.
+
 With ``save_pretrained=false`` a hub model is logged as MLflow's reference to its repo and commit, without the
 weights: they stay in the Hugging Face cache (and on the Hub), and loading the model reads them from there. MLflow
 would record the repo's latest commit on the Hub at logging time (``get_latest_commit_for_repo``), which need not
@@ -15,6 +22,7 @@ commit instead (``_pinned_revision``).
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -45,6 +53,7 @@ logger = logging.getLogger(__name__)
 CHAT_EXAMPLE = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}], "max_tokens": 16}
 REQUIREMENTS = ("mlflow", "transformers", "torch", "tokenizers", "safetensors", "numpy")
 PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+TORCH_DTYPES = {name: dtype for dtype, name in PRECISION_NAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,51 @@ class LogTransformersOptions(GenerationSettings, TransformersSettings):
     """Log the downloaded model as an llm/v1/chat transformers pipeline."""
 
     download_run_id: str = option(help="Id of a finished `download` run whose model to log.", check=non_empty)
+
+
+@contextmanager
+def _named_checkpoint(repo: str) -> Iterator[None]:
+    """Within this block MLflow can log a checkpoint folder under transformers 5, and names it ``repo``.
+
+    MLflow 3.17.2 reads the pipeline class of a task as ``check_task(task)[1]["impl"].__name__``; transformers 5
+    gives that class as its dotted name, a string, and the checkpoint path fails with ``AttributeError``
+    (``tests/test_log_transformers.py`` checks that stock MLflow still does, so this can go when it is fixed).
+    Here ``check_task`` gives the class itself. The name: see the module doc.
+    """
+    import mlflow.transformers as flavor
+    from mlflow.transformers.flavor_config import FlavorKey
+    from transformers import pipelines
+
+    stock_config, stock_model, stock_check = (
+        flavor.build_flavor_config_from_local_checkpoint,
+        flavor._DummyModel,
+        pipelines.check_task,
+    )
+
+    def check_task(task: str):  # noqa: ANN202 - transformers' tuple
+        normalized, metadata, options = stock_check(task)
+        if isinstance(metadata.get("impl"), str):
+            metadata = {**metadata, "impl": pipelines._resolve_impl(metadata["impl"])}  # as pipeline() does
+        return normalized, metadata, options
+
+    def named_config(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - wraps MLflow's function
+        return {**stock_config(*args, **kwargs), FlavorKey.MODEL_NAME: repo}
+
+    flavor.build_flavor_config_from_local_checkpoint = named_config
+    flavor._DummyModel = lambda name_or_path: stock_model(name_or_path=repo)
+    pipelines.check_task = check_task
+    try:
+        yield
+    finally:
+        flavor.build_flavor_config_from_local_checkpoint, flavor._DummyModel = stock_config, stock_model
+        pipelines.check_task = stock_check
+
+
+def checkpoint_precision(model_dir: Path) -> str:
+    """The precision a checkpoint's weights load in (``dtype="auto"``): its config's dtype, fp32 when it has none."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return PRECISION_NAMES.get(dtype, dtype)
 
 
 @contextmanager
@@ -112,25 +166,33 @@ def log_transformers(options: LogTransformersOptions) -> LogTransformersResult:
                 raise InputError(
                     f"tokenizer of download run '{download_run_id}' has no chat template; llm/v1/chat needs one"
                 )
-            model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", **revision)
-            # Chat responses name the model by this; not the temporary folder it was loaded from.
-            model.name_or_path = model.config._name_or_path = download_run.data.tags[TAG_HF_REPO]
-            precision = PRECISION_NAMES.get(str(model.dtype).removeprefix("torch."), str(model.dtype))
-            generator = pipeline("text-generation", model=model, tokenizer=tokenizer, device=torch.device("cpu"))
-            logger.info("logging %s (%s) as llm/v1/chat", download_run.data.tags[TAG_HF_REPO], precision)
+            precision = checkpoint_precision(model_dir)
+            repo = download_run.data.tags[TAG_HF_REPO]
             name = transformers_model_name(download_run, precision)
             params = transformers_model_params(download_run, precision, max_new_tokens)
-            info = mlflow.transformers.log_model(
-                transformers_model=generator,
-                name=name,
-                params=params,
-                tags=logged_model_tags(name, params),
-                task="llm/v1/chat",
-                model_config={"max_new_tokens": max_new_tokens, "do_sample": False},
-                input_example=CHAT_EXAMPLE,
-                pip_requirements=pinned_requirements(*REQUIREMENTS),
-                save_pretrained=not reference,
-            )
+            logged_as = {
+                "name": name,
+                "params": params,
+                "tags": logged_model_tags(name, params),
+                "task": "llm/v1/chat",
+                "model_config": {"max_new_tokens": max_new_tokens, "do_sample": False},
+                "input_example": CHAT_EXAMPLE,
+                "pip_requirements": pinned_requirements(*REQUIREMENTS),
+            }
+            logger.info("logging %s (%s) as llm/v1/chat", repo, precision)
+            if reference:
+                model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", **revision)
+                # Chat responses name the model by this; not the cache folder it was loaded from.
+                model.name_or_path = model.config._name_or_path = repo
+                generator = pipeline("text-generation", model=model, tokenizer=tokenizer, device=torch.device("cpu"))
+                info = mlflow.transformers.log_model(transformers_model=generator, save_pretrained=False, **logged_as)
+            else:
+                with _named_checkpoint(repo):
+                    info = mlflow.transformers.log_model(
+                        transformers_model=str(model_dir),
+                        torch_dtype=getattr(torch, TORCH_DTYPES[precision]),
+                        **logged_as,
+                    )
         mlflow.set_tags(
             {
                 TAG_MODEL_URI: info.model_uri,
