@@ -22,13 +22,15 @@ from llmflow import PROJECT_ROOT
 from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
 from llmflow.evaluate import EvaluateOptions, EvaluationSettings, evaluate, validate_evaluate_options
+from llmflow.evaluation.inputs import DEFAULT_MAX_HELDOUT_TOKENS, DEFAULT_MAX_QUESTIONS
+from llmflow.evaluation.qa import QAPair
 from llmflow.export_onnx import ExportOptions
 from llmflow.log_pyfunc import LogPyfuncOptions
 from llmflow.log_transformers import LogTransformersOptions
 from llmflow.options import build
 from llmflow.register import RegisterOptions
 from llmflow.rollback import RollbackOptions, rollback
-from llmflow.tracking.names import TAG_ERROR
+from llmflow.tracking.names import TAG_ERROR, TAG_EVAL_MAX_QUESTIONS
 from tests.stores import own_store
 
 QA_ROWS = [json.loads(line) for line in (PROJECT_ROOT / "data" / "qa.jsonl").read_text().splitlines()]
@@ -127,6 +129,11 @@ def _aliases(name: str) -> dict[str, str]:
     ("changes", "message"),
     [
         ({"eval_max_new_tokens": 0}, r"^eval_max_new_tokens 0 is not accepted; expected a positive whole number$"),
+        (
+            {"eval_max_questions": -1},
+            r"^eval_max_questions -1 is not accepted; expected a whole number of 0 \(no bound",
+        ),
+        ({"eval_max_heldout_tokens": 1.5}, r"^eval_max_heldout_tokens 1.5 is not accepted; expected a whole number"),
         ({"gate_metrics": "exact_match,bleu"}, r"^gate_metrics names metric 'bleu', which does not exist"),
         ({"min_scores": "accuracy=0.9"}, r"^min_scores names metric 'accuracy', which does not exist; expected one"),
         ({"champion_tolerance": 2.0}, r"^champion_tolerance 2.0 is not accepted"),
@@ -150,8 +157,19 @@ def test_bad_options_name_the_value(changes, message):
     with pytest.raises(InputError, match=message):
         _inputs({**options, **changes})
     inputs = _inputs(options)
-    assert len(inputs.pairs) == len(QA_ROWS)
+    assert inputs.pairs == [QAPair(**row) for row in QA_ROWS[:DEFAULT_MAX_QUESTIONS]]
+    assert inputs.max_heldout_tokens == DEFAULT_MAX_HELDOUT_TOKENS
     assert inputs.config.min_scores == {"contains_answer": 0.5}
+
+
+@pytest.mark.parametrize(("bound", "expected"), [(0, 60), (3, 3), (1000, 60)])
+def test_eval_max_questions_keeps_the_first_questions_and_is_part_of_the_fingerprint(bound: int, expected: int):
+    options = {"qa_path": "data/qa.jsonl", "heldout_path": "data/heldout.txt", "reference_model_uri": "auto", **GATE}
+    inputs = _inputs({**options, "eval_max_questions": bound, "eval_max_heldout_tokens": 0})
+    assert [pair.question for pair in inputs.pairs] == [row["question"] for row in QA_ROWS[:expected]]
+    fingerprint = inputs.fingerprint()
+    assert fingerprint[TAG_EVAL_MAX_QUESTIONS] == str(bound)
+    assert fingerprint != _inputs({**options, "eval_max_questions": bound + 1}).fingerprint()
 
 
 @pytest.mark.parametrize(
@@ -203,6 +221,8 @@ def test_step_script_takes_its_defaults_from_mlproject(monkeypatch):
         "qa_path": "data/qa.jsonl",
         "heldout_path": "data/heldout.txt",
         "eval_max_new_tokens": 32,
+        "eval_max_questions": 10,
+        "eval_max_heldout_tokens": 512,
         "reference_model_uri": "auto",
         **GATE,
     }

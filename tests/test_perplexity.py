@@ -331,3 +331,15 @@ def test_onnx_bad_inputs(onnx_dir: Path, tmp_path: Path):
         perplexity_onnx(onnx_dir, SHORT_TEXT, window=513)
     with pytest.raises(InputError, match=r"stride 9 is not accepted; expected 1 to window \(8\)"):
         perplexity_onnx(onnx_dir, SHORT_TEXT, window=8, stride=9)
+
+
+def test_max_tokens_scores_the_same_first_tokens_in_both_flavours(onnx_fp32_dir: Path, model, tokenizer, heldout: str):
+    """The evaluation's bound (eval_max_heldout_tokens): the first N ids, the same ids and windows for both models."""
+    onnx = perplexity_onnx(onnx_fp32_dir, heldout, window=64, stride=32, max_tokens=200)
+    torch_result = perplexity_transformers(model, tokenizer, heldout, window=64, stride=32, max_tokens=200)
+    whole = perplexity_transformers(model, tokenizer, heldout, window=64, stride=32)
+    assert onnx.tokens == torch_result.tokens == 199  # every token after BOS of the first 200
+    assert onnx.ids_sha256 == torch_result.ids_sha256 != whole.ids_sha256
+    assert onnx.windows == torch_result.windows == len(token_windows(200, 64, 32))
+    assert onnx.perplexity == pytest.approx(torch_result.perplexity, rel=1e-4)
+    assert perplexity_transformers(model, tokenizer, heldout, max_tokens=0).tokens == whole.tokens

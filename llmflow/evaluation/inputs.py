@@ -18,10 +18,19 @@ from llmflow.evaluation.gate import GateConfig, parse_gate_metrics, parse_min_sc
 from llmflow.evaluation.perplexity import load_heldout
 from llmflow.evaluation.qa import QAPair, load_qa
 from llmflow.options import StepOptions, fraction, non_empty, option
-from llmflow.tracking.names import TAG_EVAL_MAX_NEW_TOKENS, TAG_HELDOUT_SHA, TAG_QA_SHA
+from llmflow.tracking.names import (
+    TAG_EVAL_MAX_HELDOUT_TOKENS,
+    TAG_EVAL_MAX_NEW_TOKENS,
+    TAG_EVAL_MAX_QUESTIONS,
+    TAG_HELDOUT_SHA,
+    TAG_QA_SHA,
+)
 
 # reference_model_uri values that are not URIs.
 AUTO, NONE = "auto", "none"
+# The evaluation's default bounds, for a CPU run of a model of Phi-3-mini's size (README, "At full size"); 0 lifts one.
+DEFAULT_MAX_QUESTIONS = 10
+DEFAULT_MAX_HELDOUT_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -35,12 +44,16 @@ class EvalInputs:
     max_new_tokens: int
     reference_model_uri: str
     config: GateConfig
+    max_questions: int = 0  # the QA file had more rows than ``pairs`` when set; 0: no bound
+    max_heldout_tokens: int = 0  # perplexity scores at most this many tokens of ``heldout``; 0: all
 
     def fingerprint(self) -> dict[str, str]:
         """What must match for two evaluations to be comparable."""
         return {
             **fingerprint_files(self.qa_file, self.heldout_file),
             TAG_EVAL_MAX_NEW_TOKENS: str(self.max_new_tokens),
+            TAG_EVAL_MAX_QUESTIONS: str(self.max_questions),
+            TAG_EVAL_MAX_HELDOUT_TOKENS: str(self.max_heldout_tokens),
         }
 
 
@@ -85,6 +98,11 @@ def _check_positive(name: str, value: int) -> None:
         raise InputError(f"{name} {value!r} is not accepted; expected a positive whole number")
 
 
+def _check_bound(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"{name} {value!r} is not accepted; expected a whole number of 0 (no bound) or more")
+
+
 def _check_metrics(name: str, value: str) -> None:
     parse_gate_metrics(value)
 
@@ -113,6 +131,16 @@ class EvaluationSettings(StepOptions):
         "data/heldout.txt", help="Held-out text for perplexity; a relative path may also be from the project root."
     )
     eval_max_new_tokens: int = option(32, help="Most tokens generated per question.", check=_check_positive)
+    eval_max_questions: int = option(
+        DEFAULT_MAX_QUESTIONS,
+        help="Score the first N questions of the QA file (0: all); bounds the evaluation's time on a large model.",
+        check=_check_bound,
+    )
+    eval_max_heldout_tokens: int = option(
+        DEFAULT_MAX_HELDOUT_TOKENS,
+        help="Perplexity on the first N tokens of the held-out text (0: all of it); the same tokens for every model.",
+        check=_check_bound,
+    )
     gate_metrics: str = option(
         "exact_match,contains_answer,token_f1,rouge_l",
         help="Comma-separated metrics compared with the champion and the reference.",
@@ -163,12 +191,15 @@ def validate_evaluate_options(settings: EvaluationSettings, reference_model_uri:
     )
     validate_gate_config(config)
     qa_file, heldout_file = resolve_data_path(settings.qa_path), resolve_data_path(settings.heldout_path)
+    pairs = load_qa(qa_file)
     return EvalInputs(
-        pairs=load_qa(qa_file),
+        pairs=pairs[: settings.eval_max_questions or None],
         qa_file=qa_file,
         heldout=load_heldout(heldout_file),
         heldout_file=heldout_file,
         max_new_tokens=settings.eval_max_new_tokens,
         reference_model_uri=validate_reference_uri(reference_model_uri),
         config=config,
+        max_questions=settings.eval_max_questions,
+        max_heldout_tokens=settings.eval_max_heldout_tokens,
     )

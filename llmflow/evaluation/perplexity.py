@@ -181,6 +181,13 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
+def first_tokens(ids: list[int], max_tokens: int | None) -> list[int]:
+    """The first ``max_tokens`` ids (BOS included), or all of them for ``None`` or 0; at least two stay, one scored."""
+    if max_tokens is None or max_tokens == 0:
+        return ids
+    return ids[: max(2, _check_whole("max_tokens", max_tokens, 0))]
+
+
 def tokenizer_kind(tokenizer: Any) -> str:
     return "onnxruntime-genai" if _is_og_tokenizer(tokenizer) else "transformers"
 
@@ -227,19 +234,25 @@ def score(
 
 
 def perplexity_transformers(
-    model: Any, tokenizer: Any, text: str, window: int | None = None, stride: int | None = None
+    model: Any,
+    tokenizer: Any,
+    text: str,
+    window: int | None = None,
+    stride: int | None = None,
+    max_tokens: int | None = None,
 ) -> PerplexityResult:
     """Perplexity of a transformers causal LM on ``text`` (torch, no gradients).
 
     ``model`` and ``tokenizer`` as a text-generation pipeline holds them (``pipe.model``, ``pipe.tokenizer``).
     ``window`` defaults to ``min(config.max_position_embeddings, 2048)``, ``stride`` to half the window.
+    ``max_tokens`` keeps the first that many tokens of the text (``None`` or 0: all of it).
     """
     import torch
 
     started = time.perf_counter()
     max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     window, stride = resolve_window(window, stride, max_positions)
-    ids = encode_text(tokenizer, text)
+    ids = first_tokens(encode_text(tokenizer, text), max_tokens)
     device = getattr(model, "device", "cpu")
 
     def window_nll(inputs: list[int], targets: list[int]) -> float:
@@ -290,7 +303,12 @@ def _hf_tokenizer(folder: Path) -> Any:
 
 
 def perplexity_onnx(
-    model: Any, text: str, tokenizer: Any = None, window: int | None = None, stride: int | None = None
+    model: Any,
+    text: str,
+    tokenizer: Any = None,
+    window: int | None = None,
+    stride: int | None = None,
+    max_tokens: int | None = None,
 ) -> PerplexityResult:
     """Perplexity of an onnxruntime-genai model on ``text``.
 
@@ -300,6 +318,7 @@ def perplexity_onnx(
     folder (``AutoTokenizer.from_pretrained``), or ``og.Tokenizer`` for a bare ``og.Model``.
     ``window`` defaults to ``min(context_length, 2048)`` (required for a bare ``og.Model``, whose context
     length onnxruntime-genai does not expose); ``stride`` to half the window.
+    ``max_tokens`` keeps the first that many tokens of the text (``None`` or 0: all of it).
     """
     import onnxruntime_genai as og
 
@@ -311,7 +330,7 @@ def perplexity_onnx(
         )
     window, stride = resolve_window(window, stride, context_length)
     tokenizer = default_tokenizer if tokenizer is None else tokenizer
-    ids = encode_text(tokenizer, text)
+    ids = first_tokens(encode_text(tokenizer, text), max_tokens)
 
     def window_nll(inputs: list[int], targets: list[int]) -> float:
         params = og.GeneratorParams(og_model)

@@ -67,18 +67,18 @@ def chat_answer(model: PyFuncModel, question: str, max_new_tokens: int) -> tuple
     return response["choices"][0]["message"]["content"] or "", int(response["usage"]["completion_tokens"])
 
 
-def model_perplexity(model: PyFuncModel, text: str) -> PerplexityResult:
-    """Perplexity of a loaded transformers or ONNX pyfunc on ``text``."""
+def model_perplexity(model: PyFuncModel, text: str, max_tokens: int | None = None) -> PerplexityResult:
+    """Perplexity of a loaded transformers or ONNX pyfunc on the first ``max_tokens`` tokens of ``text``."""
     if "transformers" in model.metadata.flavors:
         pipeline = model.get_raw_model()
-        return perplexity_transformers(pipeline.model, pipeline.tokenizer, text)
+        return perplexity_transformers(pipeline.model, pipeline.tokenizer, text, max_tokens=max_tokens)
     onnx_dir = getattr(model.unwrap_python_model(), "onnx_dir", None)
     if onnx_dir is None:
         raise InputError(
             f"model flavours {sorted(model.metadata.flavors)} have no perplexity; expected a transformers "
             "model or this project's ONNX pyfunc"
         )
-    return perplexity_onnx(onnx_dir, text)
+    return perplexity_onnx(onnx_dir, text, max_tokens=max_tokens)
 
 
 def genai_scorers() -> list[Any]:
@@ -156,8 +156,9 @@ def score_model(model_uri: str, label: str, inputs: EvalInputs, data: EvalData) 
     examples = examples_from_result(result.result_df, inputs, timings)
     metrics = summarize(examples)
     mlflow.log_metrics(metrics, model_id=model_id, dataset=data.qa)
-    logger.info("%s: perplexity on %s", label, inputs.heldout_file.name)
-    ppl = model_perplexity(model, inputs.heldout)
+    bound = f"first {inputs.max_heldout_tokens} tokens of " if inputs.max_heldout_tokens else ""
+    logger.info("%s: perplexity on %s%s", label, bound, inputs.heldout_file.name)
+    ppl = model_perplexity(model, inputs.heldout, inputs.max_heldout_tokens)
     heldout = {"perplexity": ppl.perplexity, "heldout_tokens": float(ppl.tokens)}
     mlflow.log_metrics(heldout, model_id=model_id, dataset=data.heldout)
     metrics.update(heldout)
