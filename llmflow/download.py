@@ -32,7 +32,7 @@ from llmflow.export.architectures import check_architecture, supported_architect
 from llmflow.options import StepOptions, non_empty, option
 from llmflow.sources.manifest import build_manifest, manifest_digest, sha256_file  # noqa: F401
 from llmflow.tracking.names import MANIFEST_ARTIFACT, MODEL_ARTIFACT_DIR, TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE
-from llmflow.tracking.runs import get_step_run, step_run
+from llmflow.tracking.runs import artifacts_in_place, get_step_run, step_run
 
 logger = logging.getLogger(__name__)
 
@@ -220,16 +220,6 @@ def download(options: DownloadOptions) -> DownloadResult:
         return DownloadResult(run.info.run_id, source, repo_id, commit_sha, model_dir)
 
 
-def _local_artifact_dir(artifact_uri: str) -> Path:
-    """The folder of a run's artifacts when the store is a local folder (``file://`` or a plain path), else ``/-``."""
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(artifact_uri)
-    if parsed.scheme not in ("", "file") or parsed.netloc not in ("", "localhost"):
-        return Path("/-")
-    return Path(unquote(parsed.path))
-
-
 def read_manifest(download_run_id: str) -> dict[str, Any]:
     """The ``manifest.json`` of a download run: repo id, commit sha and every file with its size and sha256."""
     path = mlflow.artifacts.download_artifacts(run_id=download_run_id, artifact_path=MANIFEST_ARTIFACT)
@@ -247,8 +237,8 @@ def model_dir_from_run(download_run_id: str, dst: Path | None = None, weights: b
     run = get_step_run(download_run_id, "download")
     manifest = read_manifest(download_run_id)
     expected = [f for f in manifest["files"] if weights or not f["file"].endswith(WEIGHT_SUFFIXES)]
-    in_place = _local_artifact_dir(run.info.artifact_uri) / MODEL_ARTIFACT_DIR
-    if run.data.tags[TAG_SOURCE] == "local" and weights and in_place.is_dir():
+    in_place = artifacts_in_place(run, MODEL_ARTIFACT_DIR)
+    if run.data.tags[TAG_SOURCE] == "local" and weights and in_place is not None:
         # The artifact store is a folder on this machine: read the weights where they are, checked below.
         model_dir = in_place
     elif run.data.tags[TAG_SOURCE] == "local":

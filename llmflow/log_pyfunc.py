@@ -43,7 +43,7 @@ from llmflow.tracking.names import (
     TAG_ONNX_SOURCE,
     TAG_PRECISION,
 )
-from llmflow.tracking.runs import get_step_run, pinned_requirements, step_run
+from llmflow.tracking.runs import artifacts_in_place, get_step_run, pinned_requirements, step_run
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,8 @@ def log_pyfunc(options: LogPyfuncOptions) -> LogPyfuncResult:
     export_run_id, max_new_tokens = options.export_run_id, options.max_new_tokens
     with step_run("log_pyfunc", options) as run, tempfile.TemporaryDirectory(prefix="llmflow-pyfunc-") as tmp:
         export_run = get_step_run(export_run_id, "export_onnx")
-        onnx_dir = Path(
+        # Read in place on a local store: MLflow copies the folder into the logged model anyway.
+        onnx_dir = artifacts_in_place(export_run, ONNX_ARTIFACT_DIR) or Path(
             mlflow.artifacts.download_artifacts(run_id=export_run_id, artifact_path=ONNX_ARTIFACT_DIR, dst_path=tmp)
         )
         if not (onnx_dir / "genai_config.json").is_file():

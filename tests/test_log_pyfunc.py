@@ -354,3 +354,19 @@ def test_a_cuda_export_is_logged_with_the_cuda_runtime(store: Logged):
     assert mlflow.get_run(result.run_id).data.tags[TAG_EXECUTION_PROVIDER] == "cuda"
     requirements = Path(mlflow.pyfunc.get_model_dependencies(result.model_uri)).read_text().split()
     assert sorted(requirements) == serving_requirements("cuda")
+
+
+def test_the_export_is_read_in_place_on_a_local_store(store: Logged, monkeypatch: pytest.MonkeyPatch):
+    """No temporary copy of the export's folder (2.7 GB at full size) when the store is a folder on this machine."""
+    fetched: list[str] = []
+    real = mlflow.artifacts.download_artifacts
+
+    def recording(*args, **kwargs):
+        fetched.append(str(kwargs.get("artifact_path") or (args[0] if args else "")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", recording)
+    result = log_pyfunc(LogPyfuncOptions(export_run_id=store.export_run_id, max_new_tokens=8))
+    assert not [path for path in fetched if path.rstrip("/").endswith("onnx")], fetched
+    local = Path(real(result.model_uri))
+    assert (local / "artifacts" / "onnx" / "model.onnx.data").is_file()

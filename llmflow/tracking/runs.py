@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import distributions, version
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -152,3 +153,18 @@ def get_step_run(run_id: str, step: str) -> Run:
     if run.info.status != "FINISHED":
         raise InputError(f"run '{run_id}' has status {run.info.status}; expected the id of a finished '{step}' run")
     return run
+
+
+def artifacts_in_place(run: Run, artifact_path: str) -> Path | None:
+    """The folder ``artifact_path`` of ``run`` where it lies, when the artifact store is a folder on this machine.
+
+    ``None`` for a remote store (``mlflow-artifacts:``, ``s3:``, ``dbfs:`` ...) or a path the run does not have:
+    then the caller downloads it. Reading in place saves a copy of the weights per step on the default store.
+    """
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(run.info.artifact_uri)
+    if parsed.scheme not in ("", "file") or parsed.netloc not in ("", "localhost"):
+        return None
+    folder = Path(unquote(parsed.path)) / artifact_path
+    return folder if folder.is_dir() else None
