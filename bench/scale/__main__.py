@@ -2,8 +2,9 @@
 
 1. Builds (once; reused after) a random bf16 model with Phi-3-mini-4k-instruct's config and tokenizer, read from
    ``../shared/phi3-mini-4k-instruct/`` next to the project; says so and stops when that folder is missing.
-2. Runs ``main`` on it with a bounded evaluation (``--questions`` questions, ``--heldout-words`` words of held-out
-   text, ``--eval-max-new-tokens`` tokens an answer), in a store of its own under ``--out``.
+2. Runs ``main`` on it with main's own evaluation bounds (``eval_max_questions`` questions of the shipped QA set,
+   ``eval_max_heldout_tokens`` tokens of its held-out text, ``eval_max_new_tokens`` tokens an answer; the
+   defaults unless given), in a store of its own under ``--out``.
 3. Reports per step: wall time, peak RSS of the step's process tree, bytes added to the artifact store, peak
    temporary disk; and for the ONNX export, TTFT, prefill and decode tokens/s at a 512-token prompt against the
    memory-bandwidth bound. Prints a table and writes ``scale.json`` under ``--out``.
@@ -21,20 +22,9 @@ from bench.scale.model import SHARED_PHI3, build_real_shape
 from bench.scale.speed import speed_with_bound
 from llmflow import PROJECT_ROOT
 from llmflow.errors import InputError
-from llmflow.evaluation.qa import load_qa
+from llmflow.evaluation.inputs import DEFAULT_MAX_HELDOUT_TOKENS, DEFAULT_MAX_QUESTIONS
 
 GIB = 1 << 30
-
-
-def bounded_data(out: Path, questions: int, heldout_words: int) -> tuple[Path, Path]:
-    """The first ``questions`` of the shipped QA set and the first ``heldout_words`` words of its held-out text."""
-    lines = (PROJECT_ROOT / "data" / "qa.jsonl").read_text().splitlines()
-    rows = [line for line in lines if line.strip()][:questions]
-    load_qa(PROJECT_ROOT / "data" / "qa.jsonl")  # the full set parses, so the slice does
-    qa, heldout = out / "qa.jsonl", out / "heldout.txt"
-    qa.write_text("\n".join(rows) + "\n")
-    heldout.write_text(" ".join((PROJECT_ROOT / "data" / "heldout.txt").read_text().split()[:heldout_words]) + "\n")
-    return qa, heldout
 
 
 def onnx_dir_of(figures: dict) -> Path:
@@ -89,9 +79,11 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=PROJECT_ROOT / "build" / "phi3-real-shape")
     parser.add_argument("--shared", type=Path, default=SHARED_PHI3, help="Phi-3-mini's config and tokenizer.")
     parser.add_argument("--layers", type=int, default=None, help="Fewer layers than the real 32 (a smaller model).")
-    parser.add_argument("--questions", type=int, default=3, help="QA questions the evaluation scores.")
-    parser.add_argument("--heldout-words", type=int, default=600, help="Words of held-out text for perplexity.")
-    parser.add_argument("--eval-max-new-tokens", type=int, default=16, help="Tokens an evaluated answer may have.")
+    parser.add_argument("--eval-max-questions", type=int, default=DEFAULT_MAX_QUESTIONS, help="QA questions scored.")
+    parser.add_argument(
+        "--eval-max-heldout-tokens", type=int, default=DEFAULT_MAX_HELDOUT_TOKENS, help="Held-out tokens scored."
+    )
+    parser.add_argument("--eval-max-new-tokens", type=int, default=32, help="Tokens an evaluated answer may have.")
     parser.add_argument("--prompt-tokens", type=int, default=512, help="Prompt length of the ONNX speed figure.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -100,12 +92,11 @@ def main() -> None:
     except InputError as error:
         raise SystemExit(f"bench-scale: {error}") from None
     args.out.mkdir(parents=True, exist_ok=True)
-    qa, heldout = bounded_data(args.out, args.questions, args.heldout_words)
     params = {
         "model": str(built.path.resolve()),
         "registered_model_name": "phi3-scale",
-        "qa_path": str(qa),
-        "heldout_path": str(heldout),
+        "eval_max_questions": str(args.eval_max_questions),
+        "eval_max_heldout_tokens": str(args.eval_max_heldout_tokens),
         "eval_max_new_tokens": str(args.eval_max_new_tokens),
     }
     chain = run_main(params, args.out / "run")
