@@ -13,8 +13,8 @@ import pytest
 from llmflow import download as dl
 from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
+from llmflow.sources.hf_cache import DEFAULT_REPO, seed_cache
 from llmflow.tracking.names import TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE
-from tests.hf_cache import DEFAULT_REPO, seed_cache
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,3 +132,18 @@ def test_save_pretrained_false_refuses_a_local_folder_in_one_line(tiny_model_dir
         InputError, match=r"^save_pretrained 'false' needs a hub model, and download run '.*' is a local"
     ):
         log_transformers(LogTransformersOptions(download_run_id=run_id, save_pretrained="false"))
+
+
+def test_a_linked_seed_shares_the_files_bytes_and_gives_the_same_commit(tmp_path: Path):
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "sub" / "model.safetensors").write_bytes(b"w" * 4096)
+    copied = seed_cache(tmp_path / "copied", folder)
+    linked = seed_cache(tmp_path / "linked", folder, link=True)
+    assert copied == linked
+    snapshot = tmp_path / "linked" / "models--microsoft--Phi-3-mini-4k-instruct" / "snapshots" / linked
+    blob = (snapshot / "sub" / "model.safetensors").resolve()
+    assert blob.stat().st_ino == (folder / "sub" / "model.safetensors").stat().st_ino
+    copied_blob = (tmp_path / "copied" / blob.relative_to(tmp_path / "linked")).resolve()
+    assert copied_blob.stat().st_ino != blob.stat().st_ino and copied_blob.read_bytes() == b"w" * 4096

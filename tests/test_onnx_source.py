@@ -22,6 +22,7 @@ from llmflow.export_onnx import ExportOptions, export_onnx
 from llmflow.log_pyfunc import LogPyfuncOptions, log_pyfunc
 from llmflow.main import MainOptions
 from llmflow.options import build
+from llmflow.sources.hf_cache import seed_cache
 from llmflow.sources.manifest import manifest_digest
 from llmflow.tracking.names import (
     ONNX_MANIFEST_ARTIFACT,
@@ -34,7 +35,6 @@ from llmflow.tracking.names import (
     TAG_SMOKE_TEST,
 )
 from llmflow.tracking.reuse import STILL_VALID
-from tests.hf_cache import seed_cache
 
 COOKBOOK_REPO = "microsoft/Phi-3-mini-4k-instruct-onnx"
 COOKBOOK_FOLDER = "cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4"

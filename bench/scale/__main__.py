@@ -23,6 +23,7 @@ from bench.scale.speed import speed_with_bound
 from llmflow import PROJECT_ROOT
 from llmflow.errors import InputError
 from llmflow.evaluation.inputs import DEFAULT_MAX_HELDOUT_TOKENS, DEFAULT_MAX_QUESTIONS
+from llmflow.sources.hf_cache import DEFAULT_REPO, seed_cache
 
 GIB = 1 << 30
 
@@ -62,6 +63,13 @@ def table(figures: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = [" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
+    added = {step["step"]: step["store_added"] for step in chain["steps"]}
+    export, logged = added.get("export_onnx", 0), added.get("log_transformers", 0)
+    if export + logged:
+        lines.append(
+            f"\nartifact store: +{chain['store_added'] / 1e9:.2f} GB, {chain['store_added'] / (export + logged):.2f} x "
+            f"what the int4 export ({export / 1e9:.2f} GB) and the transformers model ({logged / 1e9:.2f} GB) hold"
+        )
     speed = figures.get("onnx_speed")
     if speed:
         lines.append(
@@ -84,6 +92,13 @@ def main() -> None:
         "--eval-max-heldout-tokens", type=int, default=DEFAULT_MAX_HELDOUT_TOKENS, help="Held-out tokens scored."
     )
     parser.add_argument("--eval-max-new-tokens", type=int, default=32, help="Tokens an evaluated answer may have.")
+    parser.add_argument(
+        "--hub",
+        action="store_true",
+        help=f"Serve the model as the hub id {DEFAULT_REPO} from a Hugging Face cache under --out (hard links, "
+        "offline), as a user's download of the Hub model would, instead of as a local folder.",
+    )
+    parser.add_argument("--save-pretrained", default="true", help="main's save_pretrained (false: a hub reference).")
     parser.add_argument("--prompt-tokens", type=int, default=512, help="Prompt length of the ONNX speed figure.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -92,14 +107,21 @@ def main() -> None:
     except InputError as error:
         raise SystemExit(f"bench-scale: {error}") from None
     args.out.mkdir(parents=True, exist_ok=True)
+    extra_env = {}
+    model = str(built.path.resolve())
+    if args.hub:
+        hf_home = args.out / "hf-home"
+        seed_cache(hf_home / "hub", built.path, link=True)
+        extra_env["HF_HOME"], model = str(hf_home), DEFAULT_REPO
     params = {
-        "model": str(built.path.resolve()),
+        "model": model,
+        "save_pretrained": args.save_pretrained,
         "registered_model_name": "phi3-scale",
         "eval_max_questions": str(args.eval_max_questions),
         "eval_max_heldout_tokens": str(args.eval_max_heldout_tokens),
         "eval_max_new_tokens": str(args.eval_max_new_tokens),
     }
-    chain = run_main(params, args.out / "run")
+    chain = run_main(params, args.out / "run", extra_env=extra_env)
     figures = {"model": {"parameters": built.parameters, "layers": built.num_layers}, "params": params, "chain": chain}
     figures["onnx_speed"] = speed_with_bound(onnx_dir_of(chain), args.prompt_tokens)
     write_json(args.out / "scale.json", figures)

@@ -119,7 +119,9 @@ class ChainSampler:
             figures.store_at_end = figures.store_at_end or folder_bytes(self.store)
 
 
-def run_main(params: dict[str, str], workdir: Path, interval: float = 1.0) -> dict:
+def run_main(
+    params: dict[str, str], workdir: Path, interval: float = 1.0, extra_env: dict[str, str] | None = None
+) -> dict:
     """Run ``python -m steps.main`` with ``params`` against a new store under ``workdir``; return its figures."""
     store, tmp = workdir / "artifacts", workdir / "tmp"
     store.mkdir(parents=True, exist_ok=True)
@@ -130,6 +132,7 @@ def run_main(params: dict[str, str], workdir: Path, interval: float = 1.0) -> di
         "TMPDIR": str(tmp),
         "HF_HUB_OFFLINE": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        **(extra_env or {}),
     }
     experiment = subprocess.run(
         [sys.executable, "-c", f"import mlflow; print(mlflow.create_experiment('scale', '{store.as_uri()}'))"],

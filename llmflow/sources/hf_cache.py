@@ -2,30 +2,41 @@
 
 It is the layout huggingface_hub itself writes: each file's bytes once under ``blobs/`` (named by sha256), the
 snapshot folder of the commit linking to them, and ``refs/<branch>`` holding the commit sha without a newline.
+The tests serve the tiny model under a hub id from such a cache (offline, no fakes), and the scale benchmark serves
+the full-size model so (``python -m bench.scale --hub``), its blobs hard-linked to the model folder's files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
+
+from llmflow.sources.manifest import sha256_file
 
 DEFAULT_REPO = "microsoft/Phi-3-mini-4k-instruct"
 
 
-def seed_cache(cache: Path, folder: Path, repo_id: str = DEFAULT_REPO, branch: str = "main") -> str:
-    """Put every file of ``folder`` into the cache at ``cache`` as ``repo_id``'s ``branch``; return the commit sha."""
+def seed_cache(cache: Path, folder: Path, repo_id: str = DEFAULT_REPO, branch: str = "main", link: bool = False) -> str:
+    """Put every file of ``folder`` into the cache at ``cache`` as ``repo_id``'s ``branch``; return the commit sha.
+
+    With ``link``, each blob is a hard link to the folder's file (same file system; no second copy of the bytes).
+    """
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    digest = hashlib.sha1(b"".join(hashlib.sha256(p.read_bytes()).digest() for p in files))
-    sha = digest.hexdigest()
+    sha256 = {path: sha256_file(path) for path in files}
+    sha = hashlib.sha1(b"".join(bytes.fromhex(sha256[p]) for p in files)).hexdigest()
     repo = cache / ("models--" + repo_id.replace("/", "--"))
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "blobs").mkdir(exist_ok=True)
     snapshot = repo / "snapshots" / sha
     for path in files:
-        data = path.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
+        blob = repo / "blobs" / sha256[path]
+        if not blob.exists():
+            if link:
+                os.link(path, blob)
+            else:
+                shutil.copyfile(path, blob)
         link = snapshot / path.relative_to(folder)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
