@@ -37,8 +37,8 @@ def seed_cache(cache: Path, folder: Path, repo_id: str = DEFAULT_REPO, branch: s
                 os.link(path, blob)
             else:
                 shutil.copyfile(path, blob)
-        link = snapshot / path.relative_to(folder)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
+        entry = snapshot / path.relative_to(folder)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        entry.symlink_to(os.path.relpath(blob, entry.parent))
     (repo / "refs" / branch).write_text(sha)  # no trailing newline: huggingface_hub would not find the ref
     return sha
