@@ -12,7 +12,15 @@ Writes, in its MLflow run, a logged model (``models:/<model_id>``) built from th
   refuses a signature without outputs);
 - a chat request as its input example;
 - pip requirements pinned to the versions installed here.
-It tags the run with the model URI and with the lineage copied from the export run.
+It tags the run with the model URI, ``llmflow.onnx_storage`` and the lineage copied from the export run.
+
+``onnx_storage`` says where the logged model's ONNX folder lives. ``copy`` (the default): MLflow copies it into the
+logged model, which then serves anywhere on its own (a container, another registry, Databricks), at the cost of a
+second copy of the export in the store (2.7 GB for Phi-3-mini int4). ``reference``: the model holds no ONNX
+files, only ``onnx_uri = runs:/<export run>/onnx`` in its model config; it loads where that run's artifacts can be
+read (the same tracking server and artifact store), and ``promote`` makes a full copy when it copies such a model
+to another registry. MLflow has no third way: a pyfunc's ``artifacts`` are always copied into the model, and a
+LoggedModel's files live under its own artifact location.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA
 from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
 from llmflow.errors import InputError
-from llmflow.options import GenerationSettings, non_empty, option
+from llmflow.options import GenerationSettings, StepOptions, non_empty, one_of, option
 from llmflow.serving.chat_protocol import find_chat_template
 from llmflow.tracking.model_cards import logged_model_tags, onnx_model_name, onnx_model_params
 from llmflow.tracking.names import (
@@ -41,6 +49,7 @@ from llmflow.tracking.names import (
     TAG_HF_SHA,
     TAG_MODEL_URI,
     TAG_ONNX_SOURCE,
+    TAG_ONNX_STORAGE,
     TAG_PRECISION,
 )
 from llmflow.tracking.runs import artifacts_in_place, get_step_run, pinned_requirements, step_run
@@ -134,8 +143,23 @@ def serving_requirements(execution_provider: str) -> list[str]:
     return sorted([f"{genai}=={onnxruntime_genai.__version__}", *pinned_requirements(*runtime, *COMMON_PACKAGES)])
 
 
+ONNX_STORAGE = ("copy", "reference")
+
+
 @dataclass(frozen=True, kw_only=True)
-class LogPyfuncOptions(GenerationSettings):
+class PyfuncSettings(StepOptions):
+    """Where the logged ONNX model's files live."""
+
+    onnx_storage: str = option(
+        "copy",
+        help="copy: the logged model holds the ONNX folder (serves anywhere); reference: it points to the export "
+        "run's folder (no second copy; loading needs that run's artifact store).",
+        check=one_of(*ONNX_STORAGE),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogPyfuncOptions(GenerationSettings, PyfuncSettings):
     """Log the ONNX export as an MLflow pyfunc model served by onnxruntime-genai."""
 
     export_run_id: str = option(help="Id of a finished `export_onnx` run whose ONNX folder to log.", check=non_empty)
@@ -163,20 +187,34 @@ def log_pyfunc(options: LogPyfuncOptions) -> LogPyfuncResult:
         execution_provider = export_run.data.tags[TAG_EXECUTION_PROVIDER]
         defaults = generation_defaults(max_new_tokens)
         name, params = onnx_model_name(export_run), onnx_model_params(export_run, defaults["max_new_tokens"])
+        params["onnx_storage"] = options.onnx_storage
+        copied = options.onnx_storage == "copy"
+        located = {} if copied else {"onnx_uri": f"runs:/{export_run_id}/{ONNX_ARTIFACT_DIR}"}
         model_info = mlflow.pyfunc.log_model(
             name=name,
             params=params,
             tags=logged_model_tags(name, params),
             python_model=str(MODEL_CODE),
             code_paths=[str(SERVING_PACKAGE)],
-            artifacts={"onnx": str(onnx_dir)},
-            model_config={**defaults, "model_name": export_run.data.tags.get(TAG_HF_REPO, "")},
+            artifacts={"onnx": str(onnx_dir)} if copied else None,
+            model_config={
+                **defaults,
+                "model_name": export_run.data.tags.get(TAG_HF_REPO, ""),
+                **located,
+            },
             signature=build_signature(defaults),
             input_example=CHAT_EXAMPLE,
             pip_requirements=serving_requirements(execution_provider),
         )
         lineage = {tag: export_run.data.tags.get(tag, "") for tag in LINEAGE_TAGS}
         lineage[TAG_ONNX_SOURCE] = lineage[TAG_ONNX_SOURCE] or "export"  # export runs from before onnx_source
-        mlflow.set_tags({TAG_MODEL_URI: model_info.model_uri, TAG_EXPORT_RUN: export_run_id, **lineage})
+        mlflow.set_tags(
+            {
+                TAG_MODEL_URI: model_info.model_uri,
+                TAG_EXPORT_RUN: export_run_id,
+                TAG_ONNX_STORAGE: options.onnx_storage,
+                **lineage,
+            }
+        )
         logger.info("log_pyfunc: logged %s from export run %s", model_info.model_uri, export_run_id)
         return LogPyfuncResult(run.info.run_id, export_run_id, model_info.model_id, model_info.model_uri)

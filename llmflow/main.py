@@ -32,6 +32,7 @@ from llmflow.errors import InputError, StepFailed
 from llmflow.evaluate import EvaluationSettings
 from llmflow.export.prebuilt import parse_onnx_source
 from llmflow.export_onnx import ExportSettings
+from llmflow.log_pyfunc import PyfuncSettings
 from llmflow.log_transformers import TransformersSettings
 from llmflow.options import GenerationSettings, StepOptions, option
 from llmflow.register import check_registered_model_name
@@ -125,6 +126,7 @@ class MainOptions(StepOptions):
     export: ExportSettings = field(default_factory=ExportSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     transformers: TransformersSettings = field(default_factory=TransformersSettings)
+    pyfunc: PyfuncSettings = field(default_factory=PyfuncSettings)
     registered_model_name: str = option(
         "phi3-mini-4k-instruct",
         help="Base registered model name; '-onnx' and '-transformers' are appended.",
@@ -176,7 +178,7 @@ def _chain(parent: Run, options: MainOptions) -> ChainResult:
     logged = {
         "onnx": runner.step(
             "log_pyfunc",
-            _as_params(options.generation, export_run_id=export.info.run_id),
+            {**_as_params(options.generation, export_run_id=export.info.run_id), **_as_params(options.pyfunc)},
             [export.info.run_id],
         ),
         "transformers": runner.step(

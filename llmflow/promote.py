@@ -13,6 +13,8 @@ or ``databricks-uc``) under ``target_name``:
 Within one registry it calls MLflow's ``copy_model_version``. Between registries, where that call cannot
 reach the source, it downloads the model and logs it as a LoggedModel of the target's tracking store
 (experiment ``llmflow-promoted``, same name and params), then registers it from ``models:/<model_id>``.
+An ONNX model logged with ``onnx_storage=reference`` points to its export run, which the target cannot read: its
+ONNX folder is fetched into the copy, which then holds it (``onnx_storage`` ``copy`` in the copy's params).
 Promoting the same version again reuses its copy and only moves the aliases.
 """
 
@@ -23,6 +25,7 @@ import logging
 import tempfile
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -148,14 +151,17 @@ def _copy_across(
     logged = mlflow.get_logged_model(model_id) if model_id else None
     experiment = target.get_experiment_by_name(TARGET_EXPERIMENT)
     experiment_id = experiment.experiment_id if experiment else target.create_experiment(TARGET_EXPERIMENT)
-    copy = target.create_logged_model(
-        experiment_id,
-        name=logged.name if logged else target_name.replace(".", "-"),
-        params=dict(logged.params) if logged else None,
-        tags={TAG_PROMOTED_FROM: origin},
-    )
     with tempfile.TemporaryDirectory(prefix="llmflow-promote-") as tmp:
         local = mlflow.artifacts.download_artifacts(f"models:/{source.name}/{source.version}", dst_path=tmp)
+        params = dict(logged.params) if logged else None
+        if include_referenced_onnx(Path(local)) and params is not None:
+            params["onnx_storage"] = "copy"
+        copy = target.create_logged_model(
+            experiment_id,
+            name=logged.name if logged else target_name.replace(".", "-"),
+            params=params,
+            tags={TAG_PROMOTED_FROM: origin},
+        )
         target.log_model_artifacts(copy.model_id, local)
     target.finalize_logged_model(copy.model_id, LoggedModelStatus.READY)
     try:
@@ -177,6 +183,29 @@ def _copy_across(
         )
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def include_referenced_onnx(model_dir: Path) -> bool:
+    """Fetch the ONNX folder of a model logged with ``onnx_storage=reference`` into ``model_dir``; False if none.
+
+    The folder becomes the model's ``onnx`` artifact, as ``onnx_storage=copy`` logs it, and ``onnx_uri`` leaves the
+    model config, so the copy loads wherever it is (``OnnxChatModel.load_context`` reads either form).
+    """
+    from mlflow.models import Model
+
+    mlmodel = Model.load(model_dir / "MLmodel")
+    pyfunc = mlmodel.flavors.get("python_function", {})
+    config = pyfunc.get("config") or {}
+    uri = config.get("onnx_uri")
+    if not uri:
+        return False
+    (model_dir / "artifacts").mkdir(exist_ok=True)
+    fetched = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(model_dir / "artifacts")))
+    pyfunc["artifacts"] = {"onnx": {"path": fetched.relative_to(model_dir).as_posix(), "uri": uri}}
+    pyfunc["config"] = {key: value for key, value in config.items() if key != "onnx_uri"}
+    mlmodel.save(model_dir / "MLmodel")
+    logger.info("promote: %s copied into the promoted model (it was logged with onnx_storage=reference)", uri)
+    return True
 
 
 def promote(options: PromoteOptions) -> PromoteResult:

@@ -33,12 +33,14 @@ from llmflow.export_onnx import ExportOptions, export_onnx
 from llmflow.log_pyfunc import (
     CHAT_EXAMPLE,
     LogPyfuncOptions,
+    LogPyfuncResult,
     build_signature,
     generation_defaults,
     log_pyfunc,
     serving_requirements,
 )
 from llmflow.options import names, parse
+from llmflow.promote import PromoteOptions, promote
 from llmflow.tracking.names import (
     TAG_DOWNLOAD_RUN,
     TAG_EXECUTION_PROVIDER,
@@ -46,8 +48,10 @@ from llmflow.tracking.names import (
     TAG_HF_REPO,
     TAG_HF_SHA,
     TAG_MODEL_URI,
+    TAG_ONNX_STORAGE,
     TAG_PRECISION,
 )
+from llmflow.tracking.runs import artifacts_in_place
 
 
 def phi3(question: str) -> str:
@@ -180,7 +184,10 @@ def test_step_parser_has_exactly_the_mlproject_parameters():
     assert parse(LogPyfuncOptions, "log_pyfunc", "", ["--export-run-id", "abc"]).params() == {
         "export_run_id": "abc",
         "max_new_tokens": 256,
+        "onnx_storage": "copy",
     }
+    with pytest.raises(InputError, match=r"^onnx_storage 'link' is not supported; expected one of: copy, reference$"):
+        parse(LogPyfuncOptions, "log_pyfunc", "", ["--export-run-id", "abc", "--onnx-storage", "link"]).check()
     assert (
         parse(LogPyfuncOptions, "log_pyfunc", "", ["--export-run-id", "abc", "--max-new-tokens", "32.0"]).max_new_tokens
         == 32
@@ -370,3 +377,60 @@ def test_the_export_is_read_in_place_on_a_local_store(store: Logged, monkeypatch
     assert not [path for path in fetched if path.rstrip("/").endswith("onnx")], fetched
     local = Path(real(result.model_uri))
     assert (local / "artifacts" / "onnx" / "model.onnx.data").is_file()
+
+
+@pytest.fixture
+def referenced(store: Logged) -> LogPyfuncResult:
+    return log_pyfunc(LogPyfuncOptions(export_run_id=store.export_run_id, max_new_tokens=24, onnx_storage="reference"))
+
+
+def test_a_reference_model_holds_no_onnx_files_and_answers_as_the_copy(
+    store: Logged, referenced: LogPyfuncResult, loaded: mlflow.pyfunc.PyFuncModel
+):
+    local = Path(mlflow.artifacts.download_artifacts(referenced.model_uri))
+    assert not (local / "artifacts").exists()
+    config = mlflow.models.Model.load(local / "MLmodel").flavors["python_function"]["config"]
+    assert config["onnx_uri"] == f"runs:/{store.export_run_id}/onnx"
+    copy_bytes = sum(f.stat().st_size for f in Path(mlflow.artifacts.download_artifacts(store.model_uri)).rglob("*"))
+    reference_bytes = sum(f.stat().st_size for f in local.rglob("*"))
+    export_dir = Path(mlflow.artifacts.download_artifacts(run_id=store.export_run_id, artifact_path="onnx"))
+    onnx_bytes = sum(f.stat().st_size for f in export_dir.rglob("*"))
+    assert copy_bytes - reference_bytes >= onnx_bytes  # the ONNX folder is stored once, in the export run
+    assert mlflow.get_run(referenced.run_id).data.tags[TAG_ONNX_STORAGE] == "reference"
+    assert mlflow.get_logged_model(referenced.model_id).params["onnx_storage"] == "reference"
+    model = mlflow.pyfunc.load_model(referenced.model_uri)
+    request = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}]}
+    assert content(model.predict(request)[0]) == content(loaded.predict(request)[0]) == "Madrid"
+    # Read where it lies on this local store: no copy of the export.
+    assert model.unwrap_python_model().onnx_dir == artifacts_in_place(mlflow.get_run(store.export_run_id), "onnx")
+
+
+def test_a_reference_model_says_which_store_it_needs_when_it_cannot_be_read(
+    store: Logged, referenced: LogPyfuncResult, tmp_path: Path
+):
+    local = Path(mlflow.artifacts.download_artifacts(referenced.model_uri, dst_path=str(tmp_path / "model")))
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")
+    with pytest.raises(Exception, match=r"logged with onnx_storage=reference\) cannot be read from this tracking"):
+        mlflow.pyfunc.load_model(str(local))
+
+
+def test_promote_copies_a_referenced_onnx_folder_into_the_other_registry(
+    store: Logged, referenced: LogPyfuncResult, tmp_path: Path
+):
+    client = mlflow.MlflowClient()
+    version = mlflow.register_model(referenced.model_uri, "tiny-onnx-referenced").version
+    client.set_model_version_tag("tiny-onnx-referenced", version, "validation_status", "passed")
+    client.set_registered_model_alias("tiny-onnx-referenced", "champion", version)
+    prod = f"sqlite:///{tmp_path / 'prod.db'}"
+    mlflow.MlflowClient(tracking_uri=prod).create_experiment("llmflow-promoted", (tmp_path / "prod").as_uri())
+    promote(PromoteOptions(registered_model_name="tiny-onnx-referenced", target_registry_uri=prod, target_name="p"))
+    mlflow.set_tracking_uri(prod)  # the source store's runs cannot be resolved from here
+    target = mlflow.MlflowClient(tracking_uri=prod, registry_uri=prod)
+    copy_id = target.get_model_version_by_alias("p", "champion").model_id
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{copy_id}"))
+    assert (local / "artifacts" / "onnx" / "model.onnx.data").is_file()
+    assert "onnx_uri" not in mlflow.models.Model.load(local / "MLmodel").flavors["python_function"]["config"]
+    assert target.get_logged_model(copy_id).params["onnx_storage"] == "copy"
+    model = mlflow.pyfunc.load_model("models:/p@champion")
+    request = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}]}
+    assert content(model.predict(request)[0]) == "Madrid"

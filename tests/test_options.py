@@ -110,11 +110,12 @@ def test_main_composes_the_steps_groups_without_repeating_their_fields():
     groups = {f.name: f.type for f in dataclasses.fields(MainOptions)}
     own = [f.name for f in dataclasses.fields(MainOptions) if f.name in ("registered_model_name", "rerun_from")]
     assert own == ["registered_model_name", "rerun_from"]
-    assert len(groups) - len(own) == 5
+    assert len(groups) - len(own) == 6
     for step, group in (
         ("download", "source"),
         ("export_onnx", "export"),
         ("log_transformers", "transformers"),
+        ("log_pyfunc", "pyfunc"),
         ("evaluate", "evaluation"),
     ):
         assert issubclass(step_options(step), type(getattr(MainOptions(), group))), step

@@ -99,6 +99,7 @@ def main() -> None:
         "offline), as a user's download of the Hub model would, instead of as a local folder.",
     )
     parser.add_argument("--save-pretrained", default="true", help="main's save_pretrained (false: a hub reference).")
+    parser.add_argument("--onnx-storage", default="copy", help="main's onnx_storage (reference: no second copy).")
     parser.add_argument("--prompt-tokens", type=int, default=512, help="Prompt length of the ONNX speed figure.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -116,6 +117,7 @@ def main() -> None:
     params = {
         "model": model,
         "save_pretrained": args.save_pretrained,
+        "onnx_storage": args.onnx_storage,
         "registered_model_name": "phi3-scale",
         "eval_max_questions": str(args.eval_max_questions),
         "eval_max_heldout_tokens": str(args.eval_max_heldout_tokens),

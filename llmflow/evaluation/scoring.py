@@ -13,6 +13,7 @@ was measured on, so it shows on the model's page as well as on the run.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -139,17 +140,19 @@ def score_model(model_uri: str, label: str, inputs: EvalInputs, data: EvalData) 
     model_id = logged_model_id(model_uri)
     if model_id is None:
         logger.warning("%s: %s is no LoggedModel of this store: its figures stay on the run only", label, model_uri)
-    model = mlflow.pyfunc.load_model(model_uri)
+    # The model is reached only through this holder, emptied at the end: mlflow.genai.evaluate may keep the answer
+    # function, and the next model scored in this process (the reference) must not find this one still loaded.
+    holder = [mlflow.pyfunc.load_model(model_uri)]
     timings: dict[str, tuple[float, int]] = {}
 
     def answer(question: str) -> str:
         begin = time.perf_counter()
-        text, tokens = chat_answer(model, question, inputs.max_new_tokens)
+        text, tokens = chat_answer(holder[0], question, inputs.max_new_tokens)
         timings[question] = (time.perf_counter() - begin, tokens)
         return text
 
     # One untimed call first, so the first question's latency holds no one-off start-up cost.
-    chat_answer(model, inputs.pairs[0].question, inputs.max_new_tokens)
+    chat_answer(holder[0], inputs.pairs[0].question, inputs.max_new_tokens)
     logger.info("%s: answering %d questions (%s)", label, len(inputs.pairs), model_uri)
     with _sequential_evaluation():
         result = mlflow.genai.evaluate(data=data.qa_rows, predict_fn=answer, scorers=genai_scorers(), model_id=model_id)
@@ -158,7 +161,9 @@ def score_model(model_uri: str, label: str, inputs: EvalInputs, data: EvalData) 
     mlflow.log_metrics(metrics, model_id=model_id, dataset=data.qa)
     bound = f"first {inputs.max_heldout_tokens} tokens of " if inputs.max_heldout_tokens else ""
     logger.info("%s: perplexity on %s%s", label, bound, inputs.heldout_file.name)
-    ppl = model_perplexity(model, inputs.heldout, inputs.max_heldout_tokens)
+    ppl = model_perplexity(holder[0], inputs.heldout, inputs.max_heldout_tokens)
+    holder.clear()
+    gc.collect()
     heldout = {"perplexity": ppl.perplexity, "heldout_tokens": float(ppl.tokens)}
     mlflow.log_metrics(heldout, model_id=model_id, dataset=data.heldout)
     metrics.update(heldout)

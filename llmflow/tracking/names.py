@@ -34,6 +34,7 @@ TAG_EXPORT_RUN = "llmflow.export_run_id"
 TAG_SMOKE_TEST = "llmflow.smoke_test"  # "passed" or "skipped: <why>"
 TAG_TRANSFORMERS_WEIGHTS = "llmflow.transformers_weights"  # "stored", or "hub reference" (save_pretrained=false)
 TAG_ONNX_SOURCE = "llmflow.onnx_source"  # "export", hf://<repo>@<commit sha>[/<subfolder>], or a local folder
+TAG_ONNX_STORAGE = "llmflow.onnx_storage"  # copy (the logged model holds the ONNX) or reference (runs:/<export>/onnx)
 TAG_ONNX_SOURCE_SHA = "llmflow.onnx_source_sha"  # a prebuilt source's hub commit, or sha256:<folder digest>
 TAG_INT4_BLOCK_SIZE = "llmflow.int4_block_size"  # read from the model for a prebuilt source
 TAG_INT4_ACCURACY_LEVEL = "llmflow.int4_accuracy_level"
