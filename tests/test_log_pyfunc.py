@@ -426,8 +426,9 @@ def test_promote_copies_a_referenced_onnx_folder_into_the_other_registry(
     promote(PromoteOptions(registered_model_name="tiny-onnx-referenced", target_registry_uri=prod, target_name="p"))
     mlflow.set_tracking_uri(prod)  # the source store's runs cannot be resolved from here
     target = mlflow.MlflowClient(tracking_uri=prod, registry_uri=prod)
-    copy_id = target.get_model_version_by_alias("p", "champion").model_id
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{copy_id}"))
+    source = target.get_model_version_by_alias("p", "champion").source  # the SQL registry keeps no model_id
+    copy_id = source.removeprefix("models:/")
+    local = Path(mlflow.artifacts.download_artifacts(source))
     assert (local / "artifacts" / "onnx" / "model.onnx.data").is_file()
     assert "onnx_uri" not in mlflow.models.Model.load(local / "MLmodel").flavors["python_function"]["config"]
     assert target.get_logged_model(copy_id).params["onnx_storage"] == "copy"

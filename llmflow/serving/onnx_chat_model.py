@@ -24,12 +24,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import mlflow
 import numpy as np
 import onnxruntime_genai as og
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
 # The logged model carries this package as ``code/serving`` (its code path); the project has it in llmflow.
 # This file is loaded as a script, not as a member of the package, so it cannot import relatively.
@@ -93,16 +95,21 @@ class Row:
 def onnx_folder(artifacts: dict[str, str], config: dict[str, Any]) -> Path:
     """The ONNX folder: the model's own ``onnx`` artifact, or the folder its ``onnx_uri`` names.
 
-    ``mlflow.artifacts.download_artifacts`` gives a local store's folder where it lies, and downloads from any
-    other store (the tracking server's, S3 ...), with the credentials of the process that loads the model.
+    A ``runs:/`` folder on a local store is read where it lies (no copy of the weights); from any other store (the
+    tracking server's, S3 ...) it is downloaded, with the credentials of the process that loads the model.
     """
     if "onnx" in artifacts:
         return Path(artifacts["onnx"])
-    uri = config.get("onnx_uri")
+    uri = str(config.get("onnx_uri") or "")
     if not uri:
         raise ValueError("the model has neither an 'onnx' artifact nor an 'onnx_uri' in its model config")
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=str(uri)))
+        stored = RunsArtifactRepository.get_underlying_uri(uri) if RunsArtifactRepository.is_runs_uri(uri) else uri
+        parsed = urlparse(stored)
+        in_place = Path(unquote(parsed.path))
+        if parsed.scheme in ("", "file") and parsed.netloc in ("", "localhost") and in_place.is_dir():
+            return in_place
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as exc:
         raise ValueError(
             f"the model's ONNX folder {uri} (logged with onnx_storage=reference) cannot be read from this "
