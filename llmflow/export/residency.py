@@ -29,20 +29,23 @@ MADV_PAGEOUT = 21  # <asm-generic/mman-common.h>, Linux 5.4
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
+def weight_files(folder: Path) -> set[str]:
+    """The real paths of the weight files in ``folder``, links followed: a Hugging Face cache snapshot links each
+    file to a blob named by its sha256, and the process's maps name the blob."""
+    return {str(path.resolve()) for path in Path(folder).rglob("*") if path.name.endswith(WEIGHT_FILE_SUFFIXES)}
+
+
 def mapped_ranges(folder: Path, maps: Path = Path("/proc/self/maps")) -> list[tuple[int, int]]:
-    """Address ranges ``(start, length)`` of this process's mappings of weight files under ``folder``."""
-    root = str(Path(folder).resolve())
+    """Address ranges ``(start, length)`` of this process's mappings of the weight files in ``folder``."""
+    targets = weight_files(folder)
     ranges = []
     try:
-        lines = maps.read_text().splitlines()
+        lines = maps.read_text().splitlines() if targets else []
     except OSError:
         return []
     for line in lines:
         fields = line.split(maxsplit=5)
-        if len(fields) < 6:
-            continue
-        path = fields[5].removesuffix(" (deleted)")
-        if not (path.startswith(root + "/") and path.endswith(WEIGHT_FILE_SUFFIXES)):
+        if len(fields) < 6 or fields[5] not in targets:
             continue
         start, end = (int(address, 16) for address in fields[0].split("-"))
         ranges.append((start, end - start))
