@@ -99,9 +99,12 @@ class ChainSampler:
         if self.progress:
             # What has been seen so far, for a run that is stopped before it ends.
             snapshot = [{**asdict(f), "wall": round(f.wall, 1)} for f in self.steps.values()]
-            self.progress.write_text(
-                json.dumps({"peak_rss": self.peak_rss, "peak_tmp": self.peak_tmp, "steps": snapshot})
-            )
+            try:
+                self.progress.write_text(
+                    json.dumps({"peak_rss": self.peak_rss, "peak_tmp": self.peak_tmp, "steps": snapshot})
+                )
+            except OSError as error:  # a full disk must not stop the sampling, whose figures are the point
+                logger.warning("bench-scale: cannot write %s: %s", self.progress, error)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
