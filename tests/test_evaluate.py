@@ -481,3 +481,21 @@ def test_one_model_at_a_time_is_loaded(models: Models, qa_file: Path, monkeypatc
     monkeypatch.setattr(mlflow.pyfunc, "load_model", load_model)
     _evaluate("one-at-a-time-onnx", qa_file, reference=models.transformers)
     assert len(loaded) >= 2 and alive_at_load == [0] * len(loaded)
+
+
+def test_each_bound_of_the_qa_set_is_its_own_dataset(tracking_uri: str):
+    """eval_max_questions changes which questions are scored: a dataset made for one bound never serves another."""
+    from llmflow.evaluation.datasets import qa_dataset
+
+    options = {"qa_path": "data/qa.jsonl", "heldout_path": "data/heldout.txt", "reference_model_uri": "auto", **GATE}
+    experiment_id = mlflow.create_experiment("datasets")
+    made = {bound: qa_dataset(_inputs({**options, "eval_max_questions": bound}), experiment_id) for bound in (3, 5, 0)}
+    again = qa_dataset(_inputs({**options, "eval_max_questions": 3}), experiment_id)
+    assert again.dataset_id == made[3].dataset_id
+    assert {bound: (d.name, len(d.to_df())) for bound, d in made.items()} == {
+        3: ("qa.jsonl (first 3)", 3),
+        5: ("qa.jsonl (first 5)", 5),
+        0: ("qa.jsonl", len(QA_ROWS)),
+    }
+    questions = [row["question"] for row in made[3].to_df()["inputs"]]
+    assert sorted(questions) == sorted(row["question"] for row in QA_ROWS[:3])

@@ -1,8 +1,10 @@
 """The evaluation data as MLflow datasets, so every figure says what it was measured on.
 
 - The QA set is one **MLflow GenAI evaluation dataset** (the SQL stores keep them), named after its file and
-  tagged with the file's path (``llmflow.qa_source``) and sha256 (``llmflow.qa_sha256``); each record's
-  source is that file. Each evaluation of the same file reuses the dataset, and ``mlflow.genai.evaluate``
+  tagged with the file's path (``llmflow.qa_source``), sha256 (``llmflow.qa_sha256``) and the number of its
+  questions scored (``llmflow.qa_rows``: ``eval_max_questions`` may keep only the first ones, and the name then
+  says so, e.g. ``qa.jsonl (first 10)``); each record's source is that file. Each evaluation of the same file
+  and bound reuses the dataset, and ``mlflow.genai.evaluate``
   is given it, so a run lists the QA set once and every score on a LoggedModel names it.
 - The held-out text is a dataset of its own (its file as the source, its sha256 as the digest), named on the
   perplexity figures.
@@ -26,7 +28,7 @@ from mlflow.exceptions import MlflowException
 
 from llmflow import PROJECT_ROOT
 from llmflow.evaluation.inputs import EvalInputs, file_sha256
-from llmflow.tracking.names import TAG_QA_SHA, TAG_QA_SOURCE
+from llmflow.tracking.names import TAG_QA_ROWS, TAG_QA_SHA, TAG_QA_SOURCE
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +58,20 @@ def qa_records(inputs: EvalInputs) -> list[dict[str, Any]]:
     return [{"inputs": {"question": p.question}, "expectations": {EXPECTATION: p.answer}} for p in inputs.pairs]
 
 
-def _find(name: str, sha: str, experiment_id: str) -> Any | None:
+def _find(name: str, sha: str, rows: int, experiment_id: str) -> Any | None:
     from mlflow.genai.datasets import search_datasets
 
     for dataset in search_datasets(experiment_ids=[experiment_id], filter_string=f"name = '{name}'"):
-        if dataset.tags.get(TAG_QA_SHA) == sha:
+        if dataset.tags.get(TAG_QA_SHA) == sha and dataset.tags.get(TAG_QA_ROWS) == str(rows):
             return dataset
     return None
+
+
+def dataset_name(inputs: EvalInputs) -> str:
+    """The QA file's name, and ``(first N)`` when ``eval_max_questions`` may have cut it."""
+    rows = len(inputs.pairs)
+    bounded = inputs.max_questions and rows == inputs.max_questions
+    return f"{inputs.qa_file.name} (first {rows})" if bounded else inputs.qa_file.name
 
 
 def eval_data(inputs: EvalInputs, experiment_id: str) -> EvalData:
@@ -79,13 +88,13 @@ def qa_dataset(inputs: EvalInputs, experiment_id: str) -> Any | None:
     """
     from mlflow.genai.datasets import create_dataset
 
-    name, sha, source = inputs.qa_file.name, file_sha256(inputs.qa_file), source_name(inputs.qa_file)
+    name, sha, source = dataset_name(inputs), file_sha256(inputs.qa_file), source_name(inputs.qa_file)
+    rows = len(inputs.pairs)
     try:
-        dataset = _find(name, sha, experiment_id)
+        dataset = _find(name, sha, rows, experiment_id)
         if dataset is None:
-            dataset = create_dataset(
-                name=name, experiment_id=experiment_id, tags={TAG_QA_SOURCE: source, TAG_QA_SHA: sha}
-            )
+            tags = {TAG_QA_SOURCE: source, TAG_QA_SHA: sha, TAG_QA_ROWS: str(rows)}
+            dataset = create_dataset(name=name, experiment_id=experiment_id, tags=tags)
             document = {"source_type": "DOCUMENT", "source_data": {"doc_uri": source}}
             dataset = dataset.merge_records([{**row, "source": document} for row in qa_records(inputs)])
             logger.info(

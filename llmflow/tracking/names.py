@@ -53,6 +53,7 @@ TAG_DECISION_REASON = "llmflow.decision_reason"
 TAG_VALIDATION_STATUS = "validation_status"  # MLflow's conventional version tag, not ours: no prefix
 TAG_PREVIOUS_CHAMPION = "llmflow.previous_champion"
 TAG_QA_SHA = "llmflow.qa_sha256"
+TAG_QA_ROWS = "llmflow.qa_rows"  # questions of the QA file an evaluation dataset holds
 TAG_HELDOUT_SHA = "llmflow.heldout_sha256"
 TAG_EVAL_MAX_NEW_TOKENS = "llmflow.eval_max_new_tokens"
 TAG_EVAL_MAX_QUESTIONS = "llmflow.eval_max_questions"
