@@ -150,7 +150,7 @@ def quantize_graph(
     return model
 
 
-def streaming_to_nbits(builder_model: Any) -> ir.Model:
+def streaming_to_nbits(builder_model: Any, after_each: Callable[[], object] | None = None) -> ir.Model:
     """A drop-in for the builder's ``Model.to_nbits`` that quantizes one weight at a time (see the module doc)."""
     if not applies_to(builder_model):
         logger.info("quantization options outside the streaming path; using the builder's own to_nbits")
@@ -163,12 +163,11 @@ def streaming_to_nbits(builder_model: Any) -> ir.Model:
         is_symmetric=attrs["is_symmetric"],
         accuracy_level=attrs["accuracy_level"],
         nodes_to_exclude=list(attrs["nodes_to_exclude"]),
-        after_each=_AFTER_EACH[0] if _AFTER_EACH else None,
+        after_each=after_each,
     )
 
 
 _STOCK_TO_NBITS: list[Any] = []
-_AFTER_EACH: list[Callable[[], object]] = []
 
 
 def _builder_model_classes() -> list[type]:
@@ -201,15 +200,15 @@ def streaming_quantization(after_each: Callable[[], object] | None = None) -> It
     classes = _builder_model_classes()
     stock = [cls.__dict__["to_nbits"] for cls in classes]
     _STOCK_TO_NBITS.insert(0, stock[0])
-    if after_each is not None:
-        _AFTER_EACH.insert(0, after_each)
+
+    def with_after_each(builder_model: Any) -> ir.Model:
+        return streaming_to_nbits(builder_model, after_each)
+
     for cls in classes:
-        cls.to_nbits = streaming_to_nbits
+        cls.to_nbits = streaming_to_nbits if after_each is None else with_after_each
     try:
         yield
     finally:
         for cls, original in zip(classes, stock, strict=True):
             cls.to_nbits = original
         _STOCK_TO_NBITS.pop(0)
-        if after_each is not None:
-            _AFTER_EACH.pop(0)

@@ -23,16 +23,17 @@ import sys
 from functools import cache
 from pathlib import Path
 
+from llmflow.download import WEIGHT_SUFFIXES
+
 logger = logging.getLogger(__name__)
 
 MADV_PAGEOUT = 21  # <asm-generic/mman-common.h>, Linux 5.4
-WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
 def weight_files(folder: Path) -> set[str]:
     """The real paths of the weight files in ``folder``, links followed: a Hugging Face cache snapshot links each
     file to a blob named by its sha256, and the process's maps name the blob."""
-    return {str(path.resolve()) for path in Path(folder).rglob("*") if path.name.endswith(WEIGHT_FILE_SUFFIXES)}
+    return {str(path.resolve()) for path in Path(folder).rglob("*") if path.name.endswith(WEIGHT_SUFFIXES)}
 
 
 def mapped_ranges(folder: Path, maps: Path = Path("/proc/self/maps")) -> list[tuple[int, int]]:
