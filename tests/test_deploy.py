@@ -260,9 +260,16 @@ def _image_layout(root: Path) -> Path:
 
 def test_dockerfile_installs_cpu_torch_first_and_copies_what_the_steps_need():
     instructions = _dockerfile()
-    assert instructions[0] == ["FROM", "python:3.11-slim"]
+    # The base is a build argument whose default is the official Python image.
+    assert instructions[:2] == [["ARG", "BASE_IMAGE=python:3.11-slim"], ["FROM", "${BASE_IMAGE}"]]
+    args = dict(words[1].partition("=")[::2] for words in instructions if words[0] == "ARG")
+    assert args["TORCH_INDEX_URL"] == TORCH_CPU_INDEX
+    # pip's own settings are declared without a value, so that pip keeps its defaults unless one is given.
+    assert {key: args[key] for key in args if key.startswith("PIP_")} == dict.fromkeys(
+        ["PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"], ""
+    )
     installs = " ".join(" ".join(words) for words in instructions if words[0] == "RUN" and "pip" in words)
-    assert installs.index(f"--index-url {TORCH_CPU_INDEX} $(grep '^torch==' requirements.txt)") < installs.index(
+    assert installs.index("--index-url $TORCH_INDEX_URL $(grep '^torch==' requirements.txt)") < installs.index(
         "-r requirements.txt"
     )
     copied = _copied()
@@ -272,8 +279,8 @@ def test_dockerfile_installs_cpu_torch_first_and_copies_what_the_steps_need():
     # Everything the code digest covers is in the image, so a run reuses a step run made elsewhere.
     for root_item in set(CODE_ROOTS) | {"data", ".git"}:
         assert copied.get(root_item) == root_item, f"{root_item} is not copied to {workdir}/{root_item}"
-    # The build context is exactly what the Dockerfile copies (BuildKit reads Dockerfile.dockerignore).
-    ignore = (KUBERNETES / "Dockerfile.dockerignore").read_text().splitlines()
+    # The build context is exactly what the Dockerfile copies (the root .dockerignore: both builders read it).
+    ignore = (PROJECT_ROOT / ".dockerignore").read_text().splitlines()
     ignore = [line for line in ignore if line and not line.startswith("#")]
     assert ignore[0] == "*"
     assert {line[1:] for line in ignore if line.startswith("!")} == set(copied)
