@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 import pytest
+import yaml
 from databricks.sdk.service.jobs import JobSettings
 
 from llmflow import PROJECT_ROOT
@@ -169,10 +170,16 @@ def test_job_clusters_run_an_ml_runtime_with_mlflow_3_and_install_no_second_mlfl
         assert packages == [r for r in REQUIREMENTS if not r.startswith("mlflow==")]
         torch = next(library["pypi"] for library in task["libraries"] if library["pypi"]["package"].startswith("torch"))
         assert torch["repo"] == TORCH_CPU_INDEX
-    # export_onnx on a node of its own (it peaks at about 22.5 GiB), evaluate on its own cluster.
+    # export_onnx on a cluster of its own, whose node type is a variable of its own (a high-memory node for an
+    # fp16/fp32 export; the int4 one peaks at 5.3 GiB), evaluate on its own cluster.
     by_task = {task["task_key"]: task["job_cluster_key"] for task in PIPELINE["tasks"]}
     assert by_task["export_onnx"] not in {by_task[k] for k in by_task if k != "export_onnx"}
-    assert clusters[by_task["export_onnx"]]["node_type_id"] == "r5d.2xlarge"
+    written = yaml.safe_load((PROJECT_ROOT / "deploy/databricks/resources/llmflow_pipeline.yml").read_text())
+    written = {
+        c["job_cluster_key"]: c["new_cluster"] for c in written["resources"]["jobs"]["llmflow_pipeline"]["job_clusters"]
+    }
+    assert written[by_task["export_onnx"]]["node_type_id"] == "${var.export_node_type}"
+    assert clusters[by_task["export_onnx"]]["node_type_id"] == "m5d.2xlarge"
     assert by_task["evaluate_onnx"] == by_task["evaluate_transformers"]
     assert {by_task["evaluate_onnx"]} & {by_task[k] for k in by_task if not k.startswith("evaluate")} == set()
 
