@@ -13,7 +13,7 @@ export PATH := $(BIN):$(PATH)
 # The demo and the tests never reach the Hugging Face Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv system-deps tiny demo test test-fast bench bench-deps bench-scale lint clean
+.PHONY: FORCE venv system-deps tiny demo test test-fast bench bench-deps bench-scale lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,13 +47,26 @@ test-fast: $(STAMP)
 # The sdist stays unpacked under build/llama: its vendored llama.cpp holds the GGUF converter.
 LLAMA_DIR := build/llama
 BENCH_STAMP := $(VENV)/.bench-installed
-$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+# No multimodal part. On x86, without ggml's AMX kernels: on this machine's Sapphire Rapids cores they crash
+# (SIGSEGV in ggml_backend_amx_mul_mat at the first Q4_0 decode, as in llama.cpp issue 20824); the native
+# AVX-512/VNNI kernels and the Q4_0 repacking stay. GCC keeps an explicit -mno-* over -march=native.
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS += "-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+LLAMA_CMAKE_ARGS += "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+endif
+# Rewritten only when the arguments change, so that a change rebuilds llama-cpp-python and nothing else does.
+$(LLAMA_DIR)/cmake-args: FORCE
+	@mkdir -p $(LLAMA_DIR)
+	@echo '$(LLAMA_CMAKE_ARGS)' | cmp -s - $@ || echo '$(LLAMA_CMAKE_ARGS)' > $@
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt $(LLAMA_DIR)/cmake-args
 	mkdir -p $(LLAMA_DIR)
 	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: -d $(LLAMA_DIR) -r requirements-bench.txt
 	cd $(LLAMA_DIR) && for sdist in llama_cpp_python-*.tar.gz; do tar -xzf $$sdist; done
 	@echo "building llama-cpp-python from its sdist with cmake and g++: this takes several minutes ..."
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/python -m pip install --quiet \
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(BIN)/python -m pip install --quiet --no-cache-dir --force-reinstall --no-deps \
 		$(LLAMA_DIR)/llama_cpp_python-$$(sed -n 's/^llama-cpp-python==//p' requirements-bench.txt).tar.gz
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	touch $@
 
 bench-deps: $(BENCH_STAMP)
