@@ -183,6 +183,23 @@ def source_fingerprint(model: str, revision: str, token: str | None = None) -> s
         return None
 
 
+def check_readable(model_dir: Path, model: str) -> None:
+    """Refuse, in one line, a local folder with files this user cannot read.
+
+    It happens where the folder was written by another user: transformers writes ``model.safetensors`` with mode
+    0600, and a container's user (uid 1000 in deploy/kubernetes) cannot read a mounted folder saved by root.
+    """
+    unreadable = sorted(
+        p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file() and not os.access(p, os.R_OK)
+    )
+    if unreadable:
+        shown = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
+        raise InputError(
+            f"local model folder '{model}': {shown} not readable by this user (uid {os.getuid()}); "
+            f"make the folder readable, e.g. chmod -R a+rX '{model}'"
+        )
+
+
 def download(options: DownloadOptions) -> DownloadResult:
     """Pin ``options.model`` (hub id at ``revision``, or local folder) and record it in this step's MLflow run."""
     token = os.environ.get("HF_TOKEN") or None
@@ -196,6 +213,7 @@ def download(options: DownloadOptions) -> DownloadResult:
                     f"local model folder '{model}' has no config.json; expected a folder saved with save_pretrained"
                 )
             check_architecture(json.loads((model_dir / "config.json").read_text()), f"local model folder '{model}'")
+            check_readable(model_dir, model)
             source, repo_id = "local", f"local/{model_dir.name}"
             manifest = build_manifest(model_dir)
             commit_sha = "sha256:" + manifest_digest(manifest)

@@ -146,15 +146,20 @@ def readable_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     return folder
 
 
-def _run_in_docker(server: str, entry_point: str, *args: str) -> tuple[str, str]:
-    """``mlflow run deploy/kubernetes -e <entry_point> --build-image`` as a user runs it; returns (run id, output)."""
+def _mlflow_run_docker(server: str, entry_point: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``mlflow run deploy/kubernetes -e <entry_point> --build-image`` as a user runs it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_EXPERIMENT_", "MLFLOW_RUN_ID"))}
     env.pop("MLFLOW_REGISTRY_URI", None)
     env["MLFLOW_TRACKING_URI"] = server
     # The container shares the host's network, so it reaches the server on 127.0.0.1.
     command = [sys.executable, "-m", "mlflow", "run", str(KUBERNETES), "-e", entry_point, "--build-image"]
     command += ["-A", "network=host", *args]
-    proc = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _run_in_docker(server: str, entry_point: str, *args: str) -> tuple[str, str]:
+    """:func:`_mlflow_run_docker`, which must succeed; returns (run id, output)."""
+    proc = _mlflow_run_docker(server, entry_point, *args)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     match = re.search(r"=== Run \(ID '([0-9a-f]{32})'\) succeeded ===", output)
@@ -201,3 +206,23 @@ def test_runs_in_the_container_wrote_to_the_server(docker_runs: dict[str, str], 
     assert {"model.onnx", "genai_config.json"} <= onnx_files
     # The export's smoke test generated with onnxruntime-genai inside the image.
     assert "smoke test 'What is the capital of Spain?' -> 'Madrid'" in docker_runs["output"]
+
+
+def test_a_mounted_folder_the_image_user_cannot_read_fails_in_one_line(
+    base_image: str, tracking_server: str, tiny_model_dir: Path
+):
+    """The tiny model as transformers wrote it (model.safetensors 0600, owned by root), mounted as it is."""
+    assert (tiny_model_dir / "model.safetensors").stat().st_mode & 0o077 == 0
+    proc = _mlflow_run_docker(
+        tracking_server,
+        "download",
+        "-A",
+        f"volume={tiny_model_dir}:{MODEL_IN_CONTAINER}:ro",
+        "-P",
+        f"model={MODEL_IN_CONTAINER}",
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert (
+        f"local model folder '{MODEL_IN_CONTAINER}': model.safetensors not readable by this user (uid 1000)" in output
+    ), output[-3000:]

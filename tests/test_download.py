@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -60,6 +61,23 @@ def test_missing_local_folder_names_it(tracking_uri: str, tmp_path: Path):
     failed = mlflow.search_runs(output_format="list")[0]
     assert failed.info.status == "FAILED"
     assert "not found" in failed.data.tags["llmflow.error"]
+
+
+def test_unreadable_weights_are_named_with_the_fix(
+    tiny_model_dir: Path, tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """As another user sees a folder saved by root (model.safetensors is 0600); these tests run as root, for whom
+    every file is readable, so ``os.access`` answers as it would for that user."""
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "mounted")
+    real_access = os.access
+    monkeypatch.setattr(
+        dl.os, "access", lambda path, mode: Path(path).name != "model.safetensors" and real_access(path, mode)
+    )
+    with pytest.raises(InputError, match=r"'.*mounted': model.safetensors not readable by this user.*chmod -R a\+rX"):
+        dl.download(DownloadOptions(model=str(folder), revision="main"))
+    failed = mlflow.search_runs(output_format="list")[0]
+    assert failed.info.status == "FAILED"
+    assert "not readable" in failed.data.tags["llmflow.error"]
 
 
 def test_unsupported_architecture_fails_in_download(tiny_model_dir: Path, tracking_uri: str, tmp_path: Path):
