@@ -2,7 +2,8 @@
 
 Nothing here reaches a Databricks workspace, a Kubernetes cluster, a registry or a Docker engine. MLflow
 runs for real up to its call into each of those (an HTTP request, a docker build or push, the Kubernetes
-API); that call is replaced, and the tests assert what MLflow would have sent.
+API); that call is replaced, and the tests assert what MLflow would have sent. The image itself is built and
+run with Docker in tests/test_container.py.
 """
 
 from __future__ import annotations
@@ -299,8 +300,10 @@ def test_rendered_job_command_runs_the_step_in_the_image_layout(
 ):
     """Run the container's command as the pod would: image layout on PYTHONPATH, MLflow's working directory.
 
-    No Docker engine here, so the image is its file layout (from the Dockerfile's COPY lines) and the pod's
-    environment is the rendered one; the Python environment is this one, which holds requirements.txt.
+    Without Docker (tests/test_container.py runs the image itself), the image is its file layout (from the
+    Dockerfile's COPY lines) and the pod's environment is the rendered one; the Python environment is this one,
+    which holds requirements.txt. This checks the pod's rendered command and environment, which no
+    ``mlflow run`` in Docker uses.
     """
     submitted = kubernetes_submission.submit("download", {"model": str(tiny_model_dir), "revision": "main"})
     image_root = _image_layout(tmp_path / "opt-llmflow")
