@@ -7,6 +7,8 @@ as wheels served on loopback (pip's ``--find-links``: the CPU torch wheel comes 
 PyTorch's index, which is not reachable here). Then ``mlflow run deploy/kubernetes -e download`` and
 ``-e export_onnx`` run in it through MLflow's docker environment (``--build-image``: MLflow adds
 ``deploy/kubernetes/`` to the base as the Kubernetes backend does), against ``mlflow server`` on 127.0.0.1.
+``log_pyfunc`` follows, and the same image then serves the logged model behind the OpenAI-compatible endpoint
+(``docker run ... python -m llmflow.serving.openai_server``), which the real ``openai`` client calls with a key.
 
 What stays unrun: the Kubernetes cluster itself (``--backend kubernetes`` is checked up to the Job it would
 submit in tests/test_deploy.py) and a push to a registry.
@@ -36,8 +38,8 @@ from mlflow.entities import RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_DOCKER_IMAGE_URI, MLFLOW_PROJECT_ENV
 
 from llmflow import PROJECT_ROOT
-from llmflow.tracking.names import TAG_STEP
-from tests.servers import free_port, running
+from llmflow.tracking.names import TAG_MODEL_URI, TAG_STEP
+from tests.servers import free_port, running, started
 
 pytestmark = pytest.mark.e2e
 
@@ -178,12 +180,18 @@ def docker_runs(base_image: str, tracking_server: str, readable_model: Path) -> 
         f"model={MODEL_IN_CONTAINER}",
     )
     export, export_output = _run_in_docker(tracking_server, "export_onnx", "-P", f"download_run_id={download}")
-    return {"download": download, "export_onnx": export, "output": download_output + export_output}
+    logged, log_output = _run_in_docker(tracking_server, "log_pyfunc", "-P", f"export_run_id={export}")
+    return {
+        "download": download,
+        "export_onnx": export,
+        "log_pyfunc": logged,
+        "output": download_output + export_output + log_output,
+    }
 
 
 def test_download_and_export_finish_in_the_image(docker_runs: dict[str, str], tracking_server: str):
     client = MlflowClient(tracking_server)
-    for step in ("download", "export_onnx"):
+    for step in ("download", "export_onnx", "log_pyfunc"):
         run = client.get_run(docker_runs[step])
         assert run.info.status == RunStatus.to_string(RunStatus.FINISHED), step
         assert run.data.tags[TAG_STEP] == step
@@ -226,3 +234,31 @@ def test_a_mounted_folder_the_image_user_cannot_read_fails_in_one_line(
     assert (
         f"local model folder '{MODEL_IN_CONTAINER}': model.safetensors not readable by this user (uid 1000)" in output
     ), output[-3000:]
+
+
+def test_the_image_serves_the_logged_model_behind_the_openai_endpoint(
+    docker_runs: dict[str, str], tracking_server: str, tmp_path: Path
+):
+    import openai
+
+    model_uri = MlflowClient(tracking_server).get_run(docker_runs["log_pyfunc"]).data.tags[TAG_MODEL_URI]
+    port, key, name = free_port(), "container-test-key", f"llmflow-endpoint-{os.getpid()}"
+    # As a pod runs it: the image's user, the tracking server's URL and the key (a Secret) in the environment.
+    command = ["docker", "run", "--rm", "--name", name, "--network", "host"]
+    command += ["-e", f"MLFLOW_TRACKING_URI={tracking_server}", "-e", f"LLMFLOW_API_KEY={key}", IMAGE]
+    command += ["python", "-m", "llmflow.serving.openai_server", "--model-uri", model_uri]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    try:
+        with started(command, port, tracking_server, tmp_path / "endpoint.log", timeout=300) as server:
+            # 503 while the model loads (if the first look came that early), then 200 naming what it serves.
+            assert set(server.health_seen) <= {503, 200} and server.health_seen[-1] == 200
+            client = openai.OpenAI(base_url=f"{server.base}/v1", api_key=key, max_retries=0)
+            answer = client.chat.completions.create(
+                model=model_uri, messages=[{"role": "user", "content": "What is the capital of Spain?"}]
+            )
+            assert answer.choices[0].message.content == "Madrid"
+            assert answer.usage.completion_tokens > 0
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=f"{server.base}/v1", api_key="wrong", max_retries=0).models.list()
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
