@@ -1,11 +1,13 @@
 """Concurrent clients against the OpenAI endpoint: ``python -m bench.concurrency``.
 
-Builds the random Phi-3 of ``--shape`` (``bench.model``; ``mid`` is the 168 M benchmark model), exports it to
-int4 for CPU, logs it as the project's ONNX pyfunc in a temporary SQLite store, starts
+Builds the random Phi-3 of ``--shape`` (``bench.model``; ``mid`` is the 168 M benchmark model; ``phi3-mini`` is
+Phi-3-mini's real shape and tokenizer from ``../shared``, ``bench.scale.model``, kept in ``build/phi3-real-shape``),
+exports it to int4 for CPU, logs it as the project's ONNX pyfunc in a temporary SQLite store, starts
 ``python -m llmflow.serving.openai_server`` on loopback, then, for each client count, runs that many clients at once,
 each sending ``--requests`` streamed greedy chat requests one after another with the real ``openai`` client.
-It reports aggregate generated tokens/s (all clients' tokens over the wall time), time to first token p50/p99, and
-whether every answer equals the answer the same prompt got alone (the 1-client round). Writes JSON (``--out``).
+It reports aggregate generated tokens/s (all clients' tokens over the wall time), time to first token p50/p99,
+whether every answer equals the answer the same prompt got alone, and the server's memory: its RSS after the
+warm-up request and its peak (``bench.scale.monitor``, sampled every 0.5 s). Writes JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -109,17 +111,42 @@ def run_round(client: Any, prompts: list[str], clients: int, requests: int, max_
     }
 
 
-def run(shape: str, clients: list[int], requests: int, max_tokens: int, max_concurrent: int, out: Path) -> dict:
+REAL_SHAPE = "phi3-mini"
+REAL_SHAPE_DIR = PROJECT_ROOT / "build" / "phi3-real-shape"
+
+
+def build_model(shape: str, tmp: Path) -> tuple[Path, int]:
+    """The model folder and its parameter count: a random ``bench.model`` shape, or Phi-3-mini's real shape."""
+    if shape == REAL_SHAPE:
+        from bench.scale.model import build_real_shape
+
+        real = build_real_shape(REAL_SHAPE_DIR)
+        return real.path, real.parameters
+    built = build_random_phi3(tmp / "model", SHAPES[shape])
+    return built.path, built.parameters
+
+
+def run(
+    shape: str,
+    clients: list[int],
+    requests: int,
+    max_tokens: int,
+    max_concurrent: int,
+    out: Path,
+    prompt_count: int = 16,
+    prompt_tokens: int = 32,
+) -> dict:
     import openai
 
+    from bench.scale.monitor import GIB, TreeSampler, _status_kib
     from llmflow.export_onnx import run_builder
 
     with tempfile.TemporaryDirectory(prefix="llmflow-conc-") as tmp_name:
         tmp = Path(tmp_name)
         with tracking_store(tmp) as uri:
-            built = build_random_phi3(tmp / "model", SHAPES[shape])
-            prompts = [p.content for p in make_prompts(built.path, 16, 32)]
-            onnx_dir = run_builder(built.path, tmp / "onnx", "int4", "cpu", 32, 4)
+            model_dir, parameters = build_model(shape, tmp)
+            prompts = [p.content for p in make_prompts(model_dir, prompt_count, prompt_tokens)]
+            onnx_dir = run_builder(model_dir, tmp / "onnx", "int4", "cpu", 32, 4)
             model_uri = log_model(onnx_dir, max_tokens)
             port = 18000 + int(time.time()) % 1000
             command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri]
@@ -128,14 +155,18 @@ def run(shape: str, clients: list[int], requests: int, max_tokens: int, max_conc
             env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}
             with (tmp / "server.log").open("w") as log:
                 proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                sampler = TreeSampler(proc.pid).start()
                 try:
                     base = f"http://127.0.0.1:{port}"
                     wait_ready(base, proc)
-                    client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=600)
+                    client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=1800)
                     one_request(client, prompts[0], max_tokens)  # warm-up
+                    warm_rss = _status_kib(proc.pid, "VmRSS") * 1024
                     alone = {i: one_request(client, p, max_tokens)["text"] for i, p in enumerate(prompts)}
                     rounds = [run_round(client, prompts, n, requests, max_tokens) for n in clients]
                 finally:
+                    sampler.stop()
+                    sampler.sample()  # a last look: the server's VmHWM covers everything since it started
                     proc.terminate()
                     proc.wait(timeout=30)
     for r in rounds:
@@ -143,9 +174,12 @@ def run(shape: str, clients: list[int], requests: int, max_tokens: int, max_conc
         del r["records"]
     base_rate = rounds[0]["tokens_per_second"]
     result = {
-        "model": {"shape": shape, "parameters": built.parameters},
+        "model": {"shape": shape, "parameters": parameters},
         "max_tokens": max_tokens,
+        "prompt_tokens": prompt_tokens,
         "max_concurrent": max_concurrent,
+        "server_rss_gib_after_warmup": warm_rss / GIB,
+        "server_peak_rss_gib": sampler.peak_rss / GIB,
         "rounds": rounds,
         "speedup_vs_first": {str(r["clients"]): r["tokens_per_second"] / base_rate for r in rounds},
     }
@@ -156,7 +190,14 @@ def run(shape: str, clients: list[int], requests: int, max_tokens: int, max_conc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Concurrent clients against the OpenAI endpoint.")
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="mid", help="Model shape: mid (168 M) or tiny.")
+    parser.add_argument(
+        "--shape",
+        choices=sorted([*SHAPES, REAL_SHAPE]),
+        default="mid",
+        help="Model shape: mid (168 M), tiny, or phi3-mini (3.82 B, Phi-3-mini's real shape; needs ../shared).",
+    )
+    parser.add_argument("--prompts", type=int, default=16, help="Distinct prompts (each also answered alone).")
+    parser.add_argument("--prompt-tokens", type=int, default=32, help="Tokens of each prompt, chat template included.")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="Client counts, first the base.")
     parser.add_argument("--requests", type=int, default=4, help="Requests each client sends in turn.")
     parser.add_argument("--max-tokens", type=int, default=64, help="New tokens per request (greedy).")
@@ -166,8 +207,21 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    result = run(args.shape, args.clients, args.requests, args.max_tokens, args.max_concurrent, args.out)
-    print(f"\n{result['model']['parameters'] / 1e6:.0f} M random Phi-3, {args.max_tokens} greedy tokens per request")
+    result = run(
+        args.shape,
+        args.clients,
+        args.requests,
+        args.max_tokens,
+        args.max_concurrent,
+        args.out,
+        args.prompts,
+        args.prompt_tokens,
+    )
+    print(
+        f"\n{result['model']['parameters'] / 1e6:.0f} M random Phi-3, {args.prompt_tokens}-token prompts, "
+        f"{args.max_tokens} greedy tokens per request, --max-concurrent {args.max_concurrent}; server RSS "
+        f"{result['server_rss_gib_after_warmup']:.2f} GiB after warm-up, peak {result['server_peak_rss_gib']:.2f} GiB"
+    )
     print("| clients | requests | tokens/s (aggregate) | x 1 client | TTFT p50 | TTFT p99 | answers = alone |")
     print("|---|---|---|---|---|---|---|")
     for r in result["rounds"]:

@@ -27,8 +27,8 @@ EOS_TOKENS = ("<|endoftext|>", "<|end|>")
 
 
 def is_word_token(token: str) -> bool:
-    """A byte-level BPE token that is a space and letters, such as ``Ġcapital``."""
-    return token.startswith("Ġ") and token[1:].isalpha()
+    """A token that is a space and letters: ``Ġcapital`` (byte-level BPE) or ``▁capital`` (SentencePiece, Phi-3's)."""
+    return token[:1] in ("Ġ", "▁") and token[1:].isalpha()
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,15 @@ def test_random_model_mutes_all_but_word_tokens(tmp_path):
     assert all(p.content in p.templated for p in prompts)
 
 
+@pytest.mark.parametrize(
+    ("token", "word"),
+    [("Ġcapital", True), ("▁capital", True), ("capital", False), ("▁", False), ("▁12", False), ("Ġ<|end|>", False)],
+)
+def test_word_tokens_are_a_space_then_letters_in_both_tokenizer_kinds(token: str, word: bool):
+    """Byte-level BPE (the benchmark models) and SentencePiece (Phi-3-mini's own tokenizer, for --shape phi3-mini)."""
+    assert is_word_token(token) is word
+
+
 def test_other_load_is_measured_in_cores():
     meter = OtherLoad()
     time.sleep(0.5)  # /proc/stat counts in ticks of 10 ms: a short window would round badly
