@@ -45,6 +45,8 @@ from llmflow.tracking.names import (
     TAG_REGISTERED_NAME,
     TAG_REGISTERED_VERSION,
     TAG_VALIDATION_STATUS,
+    registry_key,
+    registry_tag,
 )
 from llmflow.tracking.runs import step_run
 from llmflow.tracking.unity_catalog import is_three_level, uc_tags
@@ -134,8 +136,7 @@ def _existing_copy(target: MlflowClient, target_name: str, origin: str) -> Model
         versions = target.search_model_versions(f"name='{target_name}'")
     except MlflowException:
         return None
-    keys = (TAG_PROMOTED_FROM, TAG_PROMOTED_FROM.replace(".", "_"))  # as written in MLflow or in Unity Catalog
-    return next((v for v in versions if origin in (v.tags.get(k) for k in keys)), None)
+    return next((v for v in versions if registry_tag(v.tags, TAG_PROMOTED_FROM) == origin), None)
 
 
 def _copy_across(
@@ -230,10 +231,13 @@ def promote(options: PromoteOptions) -> PromoteResult:
         copied = copy is None
         if copied and same:
             copy = source.copy_model_version(f"models:/{registered_model_name}/{version.version}", target_name)
-            target.set_model_version_tag(target_name, copy.version, TAG_PROMOTED_FROM, origin)
+            target.set_model_version_tag(target_name, copy.version, registry_key(TAG_PROMOTED_FROM), origin)
         elif copied:
             card = target_card(
-                registry, target_name, {**version.tags, TAG_PROMOTED_FROM: origin}, version.description or ""
+                registry,
+                target_name,
+                {**version.tags, registry_key(TAG_PROMOTED_FROM): origin},
+                version.description or "",
             )
             copy = _copy_across(version, target, tracking_uri, target_name, card, origin)
         described = target.get_registered_model(target_name).description

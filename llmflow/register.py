@@ -47,6 +47,7 @@ from llmflow.tracking.names import (
     TAG_VERSION_CREATED,
 )
 from llmflow.tracking.runs import step_run
+from llmflow.tracking.unity_catalog import uc_tags
 
 logger = logging.getLogger(__name__)
 
@@ -149,9 +150,13 @@ def register(options: RegisterOptions) -> RegisterResult:
         if created:
             # One call creates the version with all its tags, so a failure leaves no half-tagged version.
             # (A failure before the description below leaves a tagged version without it; a re-run keeps it.)
-            version = mlflow.register_model(model_uri, registered_model_name, tags=tags)
+            # The version's tags in the form every registry takes (Unity Catalog: no `.` in keys, values of at
+            # most 1,000 characters); a value that had to be cut is kept whole in the description.
+            fitted = uc_tags(tags)
+            version = mlflow.register_model(model_uri, registered_model_name, tags=fitted.tags)
             # Until evaluate writes its report above it, the description is the lineage alone.
-            client.update_model_version(registered_model_name, version.version, description=lineage_section(details))
+            description = lineage_section({**details, **fitted.cut})
+            client.update_model_version(registered_model_name, version.version, description=description)
             logger.info("registered %s version %s", registered_model_name, version.version)
             description = registered_model_description(registered_model_name, tags, tags[TAG_LOGGED_BY_STEP])
             client.update_registered_model(registered_model_name, description=description)

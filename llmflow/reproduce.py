@@ -51,6 +51,7 @@ from llmflow.tracking.names import (
     TAG_SCRATCH_EXPERIMENT,
     TAG_SOURCE,
     TAG_SOURCE_RUN,
+    registry_tag,
 )
 from llmflow.tracking.runs import get_step_run, step_run
 
@@ -181,17 +182,18 @@ def reproduce(options: ReproduceOptions) -> ReproduceResult:
             raise InputError(
                 f"model_uri '{model_uri}' names no registered version in tracking store '{mlflow.get_tracking_uri()}'"
             ) from None
-        tags = model_version.tags
-        logged_by = tags.get(TAG_LOGGED_BY_STEP)
-        if logged_by not in MANIFESTS or TAG_DOWNLOAD_RUN not in tags:
+        logged_by = registry_tag(model_version.tags, TAG_LOGGED_BY_STEP)
+        download_run_id = registry_tag(model_version.tags, TAG_DOWNLOAD_RUN)
+        source_run_id = registry_tag(model_version.tags, TAG_SOURCE_RUN)
+        if logged_by not in MANIFESTS or not download_run_id or not source_run_id:
             raise InputError(
                 f"version {model_version.version} of '{name}' has no lineage tags from this pipeline's register step"
             )
-        download_run = get_step_run(tags[TAG_DOWNLOAD_RUN], "download")
+        download_run = get_step_run(download_run_id, "download")
         download_params = _params(download_run, *names(DownloadOptions))
         if download_run.data.tags.get(TAG_SOURCE) == "hub":
             download_params["revision"] = download_run.data.tags[TAG_HF_SHA]  # the commit, not the branch
-        source_run = client.get_run(tags[TAG_SOURCE_RUN])
+        source_run = client.get_run(source_run_id)
         scratch = mlflow.get_experiment_by_name(SCRATCH_EXPERIMENT)
         experiment_id = scratch.experiment_id if scratch else mlflow.create_experiment(SCRATCH_EXPERIMENT)
         chain = ChainResult(run.info.run_id)
@@ -206,7 +208,7 @@ def reproduce(options: ReproduceOptions) -> ReproduceResult:
         new_download = runner.step("download", download_params, [])
         original_runs = {"download": download_run.info.run_id}
         if logged_by == "log_pyfunc":
-            export_run = get_step_run(tags[TAG_EXPORT_RUN], "export_onnx")
+            export_run = get_step_run(registry_tag(model_version.tags, TAG_EXPORT_RUN) or "", "export_onnx")
             export_params = _params(export_run, *names(ExportSettings))
             pinned = export_run.data.tags.get(TAG_ONNX_SOURCE, "")
             if pinned.startswith(HUB_SCHEME):

@@ -31,6 +31,7 @@ from llmflow.options import build
 from llmflow.register import RegisterOptions
 from llmflow.rollback import RollbackOptions, rollback
 from llmflow.tracking.names import TAG_ERROR, TAG_EVAL_MAX_QUESTIONS
+from llmflow.tracking.unity_catalog import tag_problems
 from tests.stores import own_store
 
 QA_ROWS = [json.loads(line) for line in (PROJECT_ROOT / "data" / "qa.jsonl").read_text().splitlines()]
@@ -303,7 +304,7 @@ def test_onnx_challenger_is_judged_against_its_reference_and_reported(models: Mo
     assert any(c.startswith("pass: perplexity ratio: ") for c in criteria)
     assert len(criteria) == 1 + 4 + 1  # floor, four retention checks, perplexity ratio (no champion yet)
     tags = client.get_model_version(name, v1).tags
-    assert (tags["validation_status"], tags["llmflow.evaluate_run_id"]) == ("passed", result.run_id)
+    assert (tags["validation_status"], tags["llmflow_evaluate_run_id"]) == ("passed", result.run_id)
     # The report: decision first, then the figures that were logged as metrics; and two PNG plots.
     report_dir = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="report"))
     assert {p.name for p in report_dir.iterdir()} >= {"report.md", "metrics.png", "latency.png", "decision.json"}
@@ -325,7 +326,9 @@ def test_onnx_challenger_is_judged_against_its_reference_and_reported(models: Mo
     assert "![metrics]" not in description and result.run_id in description
     # register's lineage section stays, after the report.
     assert description.index("## Metrics") < description.index("## Lineage") and "| git tree clean |" in description
-    assert "llmflow.decision_reason" not in client.get_model_version(name, v1).tags  # long text: in the description
+    tags = client.get_model_version(name, v1).tags
+    assert not {"llmflow_decision_reason", "llmflow.decision_reason"} & set(tags)  # long text: in the description
+    assert tag_problems(tags, f"{name}/{v1}") == []  # what evaluate wrote fits Unity Catalog's limits
     assert mlflow.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
@@ -442,7 +445,7 @@ def test_better_challenger_is_promoted_and_rollback_restores_the_previous_champi
     assert second.promoted, second.reason
     assert "champion is version 1" in second.reason
     assert _aliases(name) == {"challenger": v2, "champion": v2, "previous": v1}
-    assert client.get_model_version(name, v2).tags["llmflow.previous_champion"] == v1
+    assert client.get_model_version(name, v2).tags["llmflow_previous_champion"] == v1
     # The report compares challenger and champion side by side.
     decision = json.loads(
         Path(
@@ -455,7 +458,9 @@ def test_better_challenger_is_promoted_and_rollback_restores_the_previous_champi
 
     assert (restored.restored, restored.replaced, restored.previous) == (v1, v2, None)
     assert _aliases(name) == {"challenger": v2, "champion": v1}
-    assert client.get_model_version(name, v2).tags["llmflow.rolled_back_by_run"] == restored.run_id
+    assert client.get_model_version(name, v2).tags["llmflow_rolled_back_by_run"] == restored.run_id
+    for version in (v1, v2):  # what register, two evaluations and the rollback wrote fits Unity Catalog's limits
+        assert tag_problems(client.get_model_version(name, version).tags, f"{name}/{version}") == []
     with pytest.raises(InputError, match=r"^registered model 'improving' has no 'previous' alias"):
         rollback(RollbackOptions(registered_model_name=name))
 

@@ -226,7 +226,7 @@ def test_both_models_are_registered_with_the_commit(git_runs: GitRuns, client: M
         name = f"{MODEL_NAME}-{flavour}"
         versions = client.search_model_versions(f"name='{name}'")
         assert len(versions) == 1, name
-        assert versions[0].tags[TAG_GIT_COMMIT] == git_runs.commit
+        assert versions[0].tags["llmflow_git_commit"] == git_runs.commit
         assert client.get_registered_model(name).aliases.get("challenger") == versions[0].version
 
 

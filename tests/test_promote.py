@@ -51,8 +51,8 @@ def _check_copy(target_uri: str, target_name: str, source: MlflowClient, name: s
     target = MlflowClient(tracking_uri=target_uri, registry_uri=target_uri)
     copy = target.get_model_version_by_alias(target_name, "champion")
     original = source.get_model_version(name, version)
-    assert {k: v for k, v in copy.tags.items() if k != "llmflow.promoted_from"} == original.tags
-    assert copy.tags["llmflow.promoted_from"].endswith(f"#models:/{name}/{version}")
+    assert {k: v for k, v in copy.tags.items() if k != "llmflow_promoted_from"} == original.tags
+    assert copy.tags["llmflow_promoted_from"].endswith(f"#models:/{name}/{version}")
     assert copy.description == REPORT
     assert "models:/" in target.get_registered_model(target_name).description  # the card came along
     previous = mlflow.get_tracking_uri()

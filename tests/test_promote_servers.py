@@ -52,7 +52,7 @@ def test_promote_between_two_tracking_servers(tmp_path: Path, monkeypatch: pytes
         copy = target.get_model_version_by_alias("phi3-prod", "champion")
         assert copy.description == REPORT
         assert copy.tags["validation_status"] == "passed"
-        assert copy.tags["llmflow.promoted_from"] == f"{dev}#models:/tiny-onnx/{version}"
+        assert copy.tags["llmflow_promoted_from"] == f"{dev}#models:/tiny-onnx/{version}"
         assert copy.source.startswith("models:/m-")  # a LoggedModel of the production server
         logged = target.get_logged_model(copy.source.removeprefix("models:/"))
         assert (logged.name, logged.params["precision"]) == ("tiny-phi3-int4-cpu", "int4")

@@ -13,9 +13,12 @@ from llmflow.tracking.names import (
     TAG_EXECUTION_PROVIDER,
     TAG_HF_REPO,
     TAG_HF_SHA,
+    TAG_ONNX_SOURCE,
     TAG_PRECISION,
     TAG_STEP,
+    registry_key,
 )
+from llmflow.tracking.unity_catalog import MAX_VALUE_LENGTH, tag_problems
 
 
 class Echo(mlflow.pyfunc.PythonModel):
@@ -38,18 +41,31 @@ def test_register_tags_lineage_and_sets_challenger(tracking_uri: str):
     client = MlflowClient()
     version = client.get_model_version("tiny-onnx", result.version)
     assert result.created and result.version == "1"
-    for key, value in LINEAGE.items():
-        assert version.tags[key] == value
-    assert version.tags["llmflow.logged_by_step"] == "log_pyfunc"
-    assert version.tags["llmflow.git_commit"]
+    # Registry keys: the run tags' keys with `_` for `.`, the form Unity Catalog (and every other registry) takes.
+    assert {registry_key(key): value for key, value in LINEAGE.items()}.items() <= version.tags.items()
+    assert tag_problems(version.tags, "tiny-onnx/1") == []
+    assert version.tags["llmflow_logged_by_step"] == "log_pyfunc"
+    assert version.tags["llmflow_git_commit"]
     # The lineage people read but do not filter on is the description, not more tags.
-    assert not {"llmflow.seed", "llmflow.git_tree_clean", "llmflow.environment_uri"} & set(version.tags)
+    assert not {"llmflow_seed", "llmflow_git_tree_clean", "llmflow_environment_uri"} & set(version.tags)
     assert version.description.startswith("## Lineage")
     assert f"| logged model | `{uri.removeprefix('models:/')}` |" in version.description
     assert "| seed | `0` |" in version.description and "/environment/pip-freeze.txt` |" in version.description
     assert str(client.get_model_version_by_alias("tiny-onnx", "challenger").version) == "1"
     assert "champion" not in client.get_registered_model("tiny-onnx").aliases
     assert mlflow.get_run(result.run_id).data.tags["llmflow.registered_model_version"] == "1"
+
+
+def test_a_lineage_value_too_long_for_a_registry_tag_is_cut_and_kept_whole_in_the_description(tracking_uri: str):
+    folder = "/mnt/models/" + "/".join(["a-very-deep-folder"] * 80)  # an ONNX source given as a local folder
+    assert len(folder) > MAX_VALUE_LENGTH
+    uri = _logged_model({**LINEAGE, TAG_ONNX_SOURCE: folder})
+    result = register(RegisterOptions(model_uri=uri, registered_model_name="tiny-onnx"))
+    version = MlflowClient().get_model_version("tiny-onnx", result.version)
+    value = version.tags[registry_key(TAG_ONNX_SOURCE)]
+    assert len(value) == MAX_VALUE_LENGTH and value.endswith("…") and folder.startswith(value[:-1])
+    assert tag_problems(version.tags, "tiny-onnx/1") == []
+    assert f"| {TAG_ONNX_SOURCE} | `{folder}` |" in version.description
 
 
 def test_registering_the_same_model_twice_keeps_one_version(tracking_uri: str):

@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store._unity_catalog.registry.rest_store import UcModelRegistryStore
 
 from llmflow.download import DownloadOptions
+from llmflow.tracking.names import TAG_EVALUATE_RUN, registry_key, registry_tag
 from llmflow.tracking.unity_catalog import MAX_VALUE_LENGTH, is_three_level, tag_problems, uc_key, uc_tags
 
 
@@ -86,3 +87,12 @@ def test_both_logged_models_pass_mlflows_unity_catalog_signature_check(
 
 
 # --- every tag a main run writes on registry objects -------------------------------------------------
+
+
+def test_registry_keys_are_the_run_keys_in_unity_catalogs_form_and_old_versions_still_read():
+    assert registry_key(TAG_EVALUATE_RUN) == "llmflow_evaluate_run_id"
+    assert tag_problems({registry_key(TAG_EVALUATE_RUN): "r"}, "m/1") == []
+    # A version registered before registry keys existed carries the run key: it is still read, the new key first.
+    assert registry_tag({TAG_EVALUATE_RUN: "old"}, TAG_EVALUATE_RUN) == "old"
+    assert registry_tag({TAG_EVALUATE_RUN: "old", "llmflow_evaluate_run_id": "new"}, TAG_EVALUATE_RUN) == "new"
+    assert registry_tag({}, TAG_EVALUATE_RUN) is None

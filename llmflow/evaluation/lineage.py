@@ -25,7 +25,15 @@ from llmflow.evaluation.gate import Champion
 from llmflow.evaluation.inputs import AUTO, NONE, EvalInputs
 from llmflow.evaluation.metrics import QUALITY_METRICS
 from llmflow.evaluation.scoring import SCORED_METRICS, Scored, score_nested
-from llmflow.tracking.names import CHALLENGER, TAG_DOWNLOAD_RUN, TAG_EVALUATE_RUN, TAG_MODEL_URI, TAG_STEP
+from llmflow.tracking.names import (
+    CHALLENGER,
+    TAG_DOWNLOAD_RUN,
+    TAG_EVALUATE_RUN,
+    TAG_MODEL_URI,
+    TAG_STEP,
+    registry_key,
+    registry_tag,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +58,7 @@ def registered_aliases(client: MlflowClient, name: str) -> dict[str, str]:
 
 def recorded_evaluation(client: MlflowClient, version: ModelVersion, inputs: EvalInputs) -> dict[str, float] | None:
     """The metrics of the evaluate run recorded on ``version`` if it used the same data and settings."""
-    run_id = version.tags.get(TAG_EVALUATE_RUN)
+    run_id = registry_tag(version.tags, TAG_EVALUATE_RUN)
     if not run_id:
         return None
     try:
@@ -85,7 +93,7 @@ def resolve_reference(client: MlflowClient, version: ModelVersion, requested: st
         return None
     if requested != AUTO:
         return requested
-    download_run_id = version.tags.get(TAG_DOWNLOAD_RUN)
+    download_run_id = registry_tag(version.tags, TAG_DOWNLOAD_RUN)
     if not download_run_id or "transformers" in flavours(version):
         return None  # a transformers challenger is its own reference
     runs = mlflow.search_runs(
@@ -112,11 +120,11 @@ def load_tokenizer(version: ModelVersion) -> Any:
 
     from llmflow.download import model_dir_from_run
 
-    download_run_id = version.tags.get(TAG_DOWNLOAD_RUN)
+    download_run_id = registry_tag(version.tags, TAG_DOWNLOAD_RUN)
     if not download_run_id:
         raise InputError(
-            f"version {version.version} of registered model '{version.name}' has no '{TAG_DOWNLOAD_RUN}' tag; "
-            "expected a version registered by the register step"
+            f"version {version.version} of registered model '{version.name}' has no "
+            f"'{registry_key(TAG_DOWNLOAD_RUN)}' tag; expected a version registered by the register step"
         )
     with tempfile.TemporaryDirectory(prefix="llmflow-tokenizer-") as tmp:
         return AutoTokenizer.from_pretrained(model_dir_from_run(download_run_id, Path(tmp), weights=False))

@@ -28,7 +28,10 @@ from llmflow.tracking.names import (
     TAG_PREVIOUS_CHAMPION,
     TAG_ROLLED_BACK,
     TAG_VALIDATION_STATUS,
+    registry_key,
+    registry_tag,
 )
+from llmflow.tracking.unity_catalog import uc_tags
 
 PASSED, FAILED = "passed", "failed"
 
@@ -70,7 +73,7 @@ def record_decision(
     replaced = champion.version if decision.passed and champion and champion.version != version else None
     if replaced:
         version_tags[TAG_PREVIOUS_CHAMPION] = replaced
-    for key, value in version_tags.items():
+    for key, value in uc_tags(version_tags).tags.items():  # registry keys (no `.`), as every registry takes
         client.set_model_version_tag(name, version, key, value)
     if decision.passed:
         promote_alias(client, name, version, replaced)
@@ -97,9 +100,9 @@ def roll_back(client: MlflowClient, name: str, run_id: str) -> Rollback:
             "there is no earlier champion to roll back to"
         )
     restored, replaced = aliases[PREVIOUS], aliases.get(CHAMPION)
-    before = client.get_model_version(name, restored).tags.get(TAG_PREVIOUS_CHAMPION)
+    before = registry_tag(client.get_model_version(name, restored).tags, TAG_PREVIOUS_CHAMPION)
     if replaced:
-        client.set_model_version_tag(name, replaced, TAG_ROLLED_BACK, run_id)
+        client.set_model_version_tag(name, replaced, registry_key(TAG_ROLLED_BACK), run_id)
     client.set_registered_model_alias(name, CHAMPION, restored)
     if before:
         client.set_registered_model_alias(name, PREVIOUS, before)

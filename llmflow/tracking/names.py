@@ -7,6 +7,10 @@ another module of the library.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from llmflow.tracking.unity_catalog import uc_key
+
 # Registry aliases: `challenger` is registered and not yet judged; `champion` is what serving uses;
 # `previous` is the champion that the current one replaced (what rollback restores).
 CHALLENGER = "challenger"
@@ -75,6 +79,21 @@ TAG_REPLACED_VERSION = "llmflow.replaced_version"
 TAG_SCRATCH_EXPERIMENT = "llmflow.scratch_experiment_id"
 TAG_REPRODUCE_RESULT = "llmflow.reproduce_result"
 TAG_REBUILT_PREFIX = "llmflow.rebuilt."  # + step key
+
+
+# Registry tags. A registered version carries some of the run tags above (its lineage, its evaluation, its
+# rollback) in the form every registry takes, Unity Catalog included, whose tag keys may not hold `.`:
+# `llmflow.evaluate_run_id` on a run is `llmflow_evaluate_run_id` on a version. Run tags keep the `.` form.
+def registry_key(tag: str) -> str:
+    """The key that run tag ``tag`` has on a registered model or version (``llmflow.x`` -> ``llmflow_x``)."""
+    return uc_key(tag)
+
+
+def registry_tag(tags: Mapping[str, str], tag: str) -> str | None:
+    """Run tag ``tag`` as recorded on a registry object's ``tags``: its registry key, or the run key that versions
+    registered before registry keys existed carry."""
+    return tags.get(registry_key(tag), tags.get(tag))
+
 
 # Environment variables. main hands a step the ids of its upstream runs in ENV_UPSTREAM; the step records
 # them as TAG_UPSTREAM.

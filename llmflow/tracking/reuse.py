@@ -35,6 +35,7 @@ from llmflow.tracking.names import (
     TAG_REGISTERED_VERSION,
     TAG_STEP,
     TAG_UPSTREAM,
+    registry_tag,
 )
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def _evaluate_still_valid(run: Run, params: dict[str, str]) -> bool:
     tags = run.data.tags
     name, version = params["registered_model_name"], tags.get(TAG_REGISTERED_VERSION)
     try:
-        recorded = MlflowClient().get_model_version(name, version).tags.get(TAG_EVALUATE_RUN)
+        recorded = registry_tag(MlflowClient().get_model_version(name, version).tags, TAG_EVALUATE_RUN)
     except MlflowException:
         return False
     try:
