@@ -138,7 +138,7 @@ def run(
 ) -> dict:
     import openai
 
-    from bench.scale.monitor import GIB, TreeSampler, _status_kib
+    from bench.scale.monitor import GIB, TreeSampler, status_kib
     from llmflow.export_onnx import run_builder
 
     with tempfile.TemporaryDirectory(prefix="llmflow-conc-") as tmp_name:
@@ -161,7 +161,7 @@ def run(
                     wait_ready(base, proc)
                     client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=1800)
                     one_request(client, prompts[0], max_tokens)  # warm-up
-                    warm_rss = _status_kib(proc.pid, "VmRSS") * 1024
+                    warm_rss = status_kib(proc.pid, "VmRSS") * 1024
                     alone = {i: one_request(client, p, max_tokens)["text"] for i, p in enumerate(prompts)}
                     rounds = [run_round(client, prompts, n, requests, max_tokens) for n in clients]
                 finally:

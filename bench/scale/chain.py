@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.scale.monitor import _status_kib, cmdline, descendants, folder_bytes
+from bench.scale.monitor import cmdline, descendants, folder_bytes, status_kib
 from llmflow import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class ChainSampler:
     def _sample(self) -> None:
         now = time.perf_counter()
         pids = descendants(self.root_pid)
-        self.peak_rss = max(self.peak_rss, sum(_status_kib(p, "VmRSS") for p in pids) * 1024)
+        self.peak_rss = max(self.peak_rss, sum(status_kib(p, "VmRSS") for p in pids) * 1024)
         tmp = folder_bytes(self.tmp)
         self.peak_tmp = max(self.peak_tmp, tmp)
         tops = {}
@@ -88,8 +88,8 @@ class ChainSampler:
                 store = folder_bytes(self.store) if store is None else store
                 figures = self.steps[key] = StepFigures(key, started=now, store_at_start=store)
             tree = descendants(pid)
-            rss = sum(_status_kib(p, "VmRSS") for p in tree) * 1024
-            hwm = max((_status_kib(p, "VmHWM") for p in tree), default=0) * 1024
+            rss = sum(status_kib(p, "VmRSS") for p in tree) * 1024
+            hwm = max((status_kib(p, "VmHWM") for p in tree), default=0) * 1024
             figures.peak_rss = max(figures.peak_rss, rss, hwm)
             figures.peak_tmp = max(figures.peak_tmp, tmp)
             figures.ended = now

@@ -16,7 +16,8 @@ from pathlib import Path
 GIB = 1 << 30
 
 
-def _status_kib(pid: int, key: str) -> int:
+def status_kib(pid: int, key: str) -> int:
+    """A `/proc/<pid>/status` figure in KiB (VmRSS, VmHWM, ...); 0 when the process or the line is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
@@ -82,8 +83,8 @@ class TreeSampler:
 
     def sample(self) -> None:
         pids = descendants(self.pid)
-        rss = sum(_status_kib(p, "VmRSS") for p in pids) * 1024
-        hwm = max((_status_kib(p, "VmHWM") for p in pids), default=0) * 1024
+        rss = sum(status_kib(p, "VmRSS") for p in pids) * 1024
+        hwm = max((status_kib(p, "VmHWM") for p in pids), default=0) * 1024
         self.peak_rss = max(self.peak_rss, rss, hwm)
         for name, folder in self.folders.items():
             self.peak_folder[name] = max(self.peak_folder.get(name, 0), folder_bytes(folder))
