@@ -185,7 +185,9 @@ def reproduce(options: ReproduceOptions) -> ReproduceResult:
         logged_by = registry_tag(model_version.tags, TAG_LOGGED_BY_STEP)
         download_run_id = registry_tag(model_version.tags, TAG_DOWNLOAD_RUN)
         source_run_id = registry_tag(model_version.tags, TAG_SOURCE_RUN)
-        if logged_by not in MANIFESTS or not download_run_id or not source_run_id:
+        export_run_id = registry_tag(model_version.tags, TAG_EXPORT_RUN)
+        needed = [download_run_id, source_run_id, *([export_run_id] if logged_by == "log_pyfunc" else [])]
+        if logged_by not in MANIFESTS or not all(needed):
             raise InputError(
                 f"version {model_version.version} of '{name}' has no lineage tags from this pipeline's register step"
             )
@@ -208,7 +210,7 @@ def reproduce(options: ReproduceOptions) -> ReproduceResult:
         new_download = runner.step("download", download_params, [])
         original_runs = {"download": download_run.info.run_id}
         if logged_by == "log_pyfunc":
-            export_run = get_step_run(registry_tag(model_version.tags, TAG_EXPORT_RUN) or "", "export_onnx")
+            export_run = get_step_run(export_run_id, "export_onnx")
             export_params = _params(export_run, *names(ExportSettings))
             pinned = export_run.data.tags.get(TAG_ONNX_SOURCE, "")
             if pinned.startswith(HUB_SCHEME):

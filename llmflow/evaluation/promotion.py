@@ -31,7 +31,6 @@ from llmflow.tracking.names import (
     registry_key,
     registry_tag,
 )
-from llmflow.tracking.unity_catalog import uc_tags
 
 PASSED, FAILED = "passed", "failed"
 
@@ -73,8 +72,8 @@ def record_decision(
     replaced = champion.version if decision.passed and champion and champion.version != version else None
     if replaced:
         version_tags[TAG_PREVIOUS_CHAMPION] = replaced
-    for key, value in uc_tags(version_tags).tags.items():  # registry keys (no `.`), as every registry takes
-        client.set_model_version_tag(name, version, key, value)
+    for key, value in version_tags.items():
+        client.set_model_version_tag(name, version, registry_key(key), value)
     if decision.passed:
         promote_alias(client, name, version, replaced)
 
