@@ -5,10 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import onnx_ir as ir
+import pytest
 
-from llmflow.reproduce import tensor_differences
+from llmflow.errors import InputError
+from llmflow.reproduce import ReproduceOptions, reproduce, tensor_differences
 
 
 def _edited_copy(onnx_dir: Path, dst: Path, name: str) -> Path:
@@ -46,3 +49,24 @@ def test_a_parameter_added_later_takes_the_value_older_runs_behaved_as():
     recorded = {"precision": "int4", "execution_provider": "cpu", "int4_block_size": "32", "int4_accuracy_level": "4"}
     old_export = SimpleNamespace(data=SimpleNamespace(params=recorded), info=SimpleNamespace(run_id="r1"))
     assert _params(old_export, *names(ExportSettings)) == {**recorded, "onnx_source": "export"}
+
+
+class _Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return list(model_input["prompt"])
+
+
+@pytest.mark.parametrize("missing", ["llmflow_export_run_id", "llmflow_download_run_id", "llmflow_source_run_id"])
+def test_an_onnx_version_without_its_whole_lineage_is_refused_in_one_line(tracking_uri: str, missing: str):
+    with mlflow.start_run():
+        uri = mlflow.pyfunc.log_model(name="model", python_model=_Echo(), pip_requirements=["mlflow"]).model_uri
+    lineage = {
+        "llmflow_logged_by_step": "log_pyfunc",
+        "llmflow_download_run_id": "d1",
+        "llmflow_source_run_id": "s1",
+        "llmflow_export_run_id": "e1",
+    }
+    del lineage[missing]
+    mlflow.register_model(uri, "partial", tags=lineage)
+    with pytest.raises(InputError, match=r"^version 1 of 'partial' has no lineage tags from this pipeline's register"):
+        reproduce(ReproduceOptions(model_uri="models:/partial/1"))
