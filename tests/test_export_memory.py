@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.scale.model import SHARED_PHI3, SHARED_PHI3_ENV
 from llmflow.errors import InputError
 from llmflow.export.memory import GIB, MemoryFound, check_export_memory, export_need, memory_found
 
-PHI3_CONFIG_PATH = Path(__file__).resolve().parents[2] / "shared/phi3-mini-4k-instruct/config.json"
+PHI3_CONFIG_PATH = SHARED_PHI3 / "config.json"
 PHI3_WEIGHT_BYTES = 7_642_159_104  # the Hub repo's two bf16 shards
 # The export's peak RSS on a random model of that shape (bench.scale.export_check, this machine): VmHWM 5.16 GiB.
 PHI3_MEASURED_PEAK = 5.16 * GIB
@@ -19,7 +20,7 @@ PHI3_MEASURED_PEAK = 5.16 * GIB
 @pytest.fixture(scope="module")
 def phi3_config() -> dict:
     if not PHI3_CONFIG_PATH.is_file():
-        pytest.fail(f"{PHI3_CONFIG_PATH} is missing: these tests read Phi-3-mini's real config from ../shared")
+        pytest.fail(f"{PHI3_CONFIG_PATH} is missing: these tests read Phi-3-mini's real config (set {SHARED_PHI3_ENV})")
     return json.loads(PHI3_CONFIG_PATH.read_text())
 
 

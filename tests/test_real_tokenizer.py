@@ -15,11 +15,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from bench.scale.model import SHARED_PHI3
 from llmflow.demo.shapes import PHI3_TOKENIZER_FILES, build_with_phi3_tokenizer
 from tests.stores import own_store
 
 pytestmark = pytest.mark.integration
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "phi3-mini-4k-instruct"
+SHARED = SHARED_PHI3
 EOS_IDS = (32000, 32001, 32007)  # <|endoftext|>, <|assistant|>, <|end|>
 REFERENCE_STRINGS = [
     "What",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ from llmflow.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-SHARED_PHI3 = PROJECT_ROOT.parent / "shared" / "phi3-mini-4k-instruct"
+# Next to the project folder by default; LLMFLOW_PHI3_SHAPE_DIR names another place (a clone elsewhere).
+SHARED_PHI3_ENV = "LLMFLOW_PHI3_SHAPE_DIR"
+SHARED_PHI3 = Path(os.environ.get(SHARED_PHI3_ENV) or PROJECT_ROOT.parent / "shared" / "phi3-mini-4k-instruct")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -47,7 +50,7 @@ def require_shared(folder: Path = SHARED_PHI3) -> Path:
     if missing:
         raise InputError(
             f"'{folder}' is missing {', '.join(missing)}; the scale benchmark needs Phi-3-mini-4k-instruct's "
-            "config.json and tokenizer files there (no weights), next to the project folder"
+            f"config.json and tokenizer files there (no weights): next to the project folder, or set {SHARED_PHI3_ENV}"
         )
     return folder
 
