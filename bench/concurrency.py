@@ -139,14 +139,14 @@ def run(
     import openai
 
     from bench.scale.monitor import GIB, TreeSampler, status_kib
-    from llmflow.export_onnx import run_builder
+    from llmflow.export_onnx import ExportSettings, run_builder
 
     with tempfile.TemporaryDirectory(prefix="llmflow-conc-") as tmp_name:
         tmp = Path(tmp_name)
         with tracking_store(tmp) as uri:
             model_dir, parameters = build_model(shape, tmp)
             prompts = [p.content for p in make_prompts(model_dir, prompt_count, prompt_tokens)]
-            onnx_dir = run_builder(model_dir, tmp / "onnx", "int4", "cpu", 32, 4)
+            onnx_dir = run_builder(model_dir, tmp / "onnx", ExportSettings(precision="int4"))
             model_uri = log_model(onnx_dir, max_tokens)
             port = 18000 + int(time.time()) % 1000
             command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri]

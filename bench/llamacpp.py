@@ -137,7 +137,7 @@ def run(
 ) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from llmflow.export_onnx import run_builder
+    from llmflow.export_onnx import ExportSettings, run_builder
 
     if not (llama_cpp / "convert_hf_to_gguf.py").is_file():
         raise FileNotFoundError(f"no convert_hf_to_gguf.py in {llama_cpp}; run `make bench` (it unpacks the sdist)")
@@ -149,7 +149,7 @@ def run(
         tokenizer = AutoTokenizer.from_pretrained(str(built.path))
         ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         step = time.perf_counter()
-        onnx_dir = run_builder(built.path, tmp / "onnx", "int4", "cpu", 32, 4)
+        onnx_dir = run_builder(built.path, tmp / "onnx", ExportSettings(precision="int4"))
         export_seconds = time.perf_counter() - step
         gguf = tmp / "model-q4_0.gguf"
         setup = {"onnx_export_seconds": export_seconds, **convert_to_gguf(llama_cpp, built.path, gguf, tmp)}

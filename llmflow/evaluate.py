@@ -8,7 +8,9 @@ the QA set at ``qa_path`` and the held-out text at ``heldout_path``.
 Each model is scored through ``mlflow.genai.evaluate`` with code-based scorers (exact match,
 contains-answer, token F1, ROUGE-L), so every answer is a trace with its assessments in the MLflow UI;
 latency, tokens per second and perplexity on the held-out text are measured alongside. The challenger
-is scored in this step's run; the reference and a re-scored champion each in a nested run.
+is scored in this step's run; the reference and a re-scored champion each in a nested run. The gate
+(``llmflow.evaluation.gate``) compares the challenger with the reference and the champion question by
+question, from those per-question scores.
 
 Writes, in its MLflow run:
 - the challenger's metrics (``exact_match``, ``contains_answer``, ``token_f1``, ``rouge_l``,
@@ -125,7 +127,15 @@ def evaluate(options: EvaluateOptions) -> EvaluateResult:
         figures = export_figures(challenger, reference, load_tokenizer(version)) if reference else {}
         if figures:
             mlflow.log_metrics(figures, model_id=challenger.model_id)
-        decision = gate(number, challenger.metrics, champion, reference.metrics if reference else None, inputs.config)
+        decision = gate(
+            number,
+            challenger.metrics,
+            champion,
+            reference.metrics if reference else None,
+            inputs.config,
+            challenger_scores=challenger.question_scores,
+            reference_scores=reference.question_scores if reference else None,
+        )
         columns = [s for s in (challenger, champion_scored, reference) if s is not None]
         report = log_report(name, number, decision, columns, figures)
         description = version_description(report, run.info.run_id, lineage_of(version.description))

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from llmflow.download import WEIGHT_SUFFIXES, build_manifest, model_dir_from_run, read_manifest
 from llmflow.errors import InputError, first_line
-from llmflow.export import prebuilt
+from llmflow.export import prebuilt, recipe
 from llmflow.export.builder import build, builder_extra_options  # noqa: F401 - builder_extra_options: API
 from llmflow.export.memory import check_export_memory, config_of, export_need, memory_found
 from llmflow.export.smoke import SMOKE_QUESTION, SmokeResult, smoke_test, smoke_test_skip_reason
@@ -47,6 +47,7 @@ from llmflow.tracking.names import (
     TAG_HF_SHA,
     TAG_INT4_ACCURACY_LEVEL,
     TAG_INT4_BLOCK_SIZE,
+    TAG_INT4_RECIPE,
     TAG_PRECISION,
     TAG_SMOKE_TEST,
 )
@@ -68,6 +69,7 @@ SUPPORTED_PAIRS = (
 )
 INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
 INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+DEFAULT_MIXED_PRECISION = recipe.mixed_precision_text(recipe.DEFAULT_INT4_RECIPE.int8)
 
 STAGES = ("validate", "fetch model", "build", "smoke test", "log")
 PREBUILT_STAGES = ("validate", "fetch ONNX", "check", "smoke test", "log")
@@ -93,12 +95,30 @@ class ExportSettings(StepOptions):
     )
     # Checked for every precision, so a bad value fails even where it would be ignored.
     int4_block_size: int = option(
-        32, help="Block size for int4 quantization: 16, 32, 64, 128 or 256.", check=one_of(*INT4_BLOCK_SIZES)
+        recipe.DEFAULT_INT4_RECIPE.block_size,
+        help="Block size for int4 quantization: 16, 32, 64, 128 or 256.",
+        check=one_of(*INT4_BLOCK_SIZES),
     )
     int4_accuracy_level: int = option(
-        4,
+        recipe.DEFAULT_INT4_RECIPE.accuracy_level,
         help="int4 MatMul accuracy level: 0 to 4 (4, the default: int8 compute).",
         check=one_of(*INT4_ACCURACY_LEVELS),
+    )
+    int4_algo: str = option(
+        recipe.DEFAULT_INT4_RECIPE.algo,
+        help="int4 quantization method: default (MLAS round-to-nearest), rtn or k_quant.",
+        check=one_of(*recipe.ALGORITHMS),
+    )
+    int4_mixed_precision: str = option(
+        DEFAULT_MIXED_PRECISION,
+        help="MatMuls kept at int8 in an int4 model: none, or a comma-separated list of last_matmul (the LM head), "
+        "mixed_layers (llama.cpp's sensitive layers) and qkv (every layer's attention input projection).",
+        check=recipe.check_mixed_precision,
+    )
+    int4_symmetric: str = option(
+        str(recipe.DEFAULT_INT4_RECIPE.symmetric).lower(),
+        help="int4 weights symmetric (true: int4 and a scale) or not (false: uint4 and a zero point).",
+        check=recipe.check_bool,
     )
     onnx_source: str = option(
         prebuilt.EXPORT,
@@ -106,6 +126,16 @@ class ExportSettings(StepOptions):
         "local onnxruntime-genai model folder; a prebuilt model's own precision and provider are recorded.",
         check=prebuilt.check_onnx_source,
     )
+
+    def int4_recipe(self) -> recipe.Int4Recipe:
+        """The int4 quantization recipe these settings describe (``llmflow.export.recipe``)."""
+        return recipe.recipe_from(
+            self.int4_algo,
+            self.int4_mixed_precision,
+            self.int4_symmetric,
+            self.int4_block_size,
+            self.int4_accuracy_level,
+        )
 
     def check_together(self) -> None:
         if (self.precision, self.execution_provider) not in SUPPORTED_PAIRS:
@@ -123,33 +153,15 @@ class ExportOptions(ExportSettings):
     download_run_id: str = option(help="Id of a finished `download` run whose model to export.", check=non_empty)
 
 
-def validate_export_options(
-    precision: str, execution_provider: str, int4_block_size: int, int4_accuracy_level: int
-) -> None:
-    """Raise ``InputError`` unless the options are ones the onnxruntime-genai builder accepts."""
-    ExportSettings(
-        precision=precision,
-        execution_provider=execution_provider,
-        int4_block_size=int4_block_size,
-        int4_accuracy_level=int4_accuracy_level,
-    ).check()
-
-
-def run_builder(
-    model_dir: Path,
-    out_dir: Path,
-    precision: str,
-    execution_provider: str,
-    int4_block_size: int,
-    int4_accuracy_level: int,
-) -> Path:
-    """Check the options, then export the HF model folder ``model_dir`` into ``out_dir`` (``llmflow.export.builder``).
+def run_builder(model_dir: Path, out_dir: Path, settings: ExportSettings | None = None) -> Path:
+    """Check ``settings`` (default: the defaults), then export the HF model folder ``model_dir`` into ``out_dir``.
 
     The same input gives the same files at any commit of this project; a model or option the builder rejects becomes
-    an ``InputError``.
+    an ``InputError`` (``llmflow.export.builder``).
     """
-    validate_export_options(precision, execution_provider, int4_block_size, int4_accuracy_level)
-    return build(model_dir, out_dir, precision, execution_provider, int4_block_size, int4_accuracy_level)
+    settings = ExportSettings() if settings is None else settings
+    settings.check()
+    return build(model_dir, out_dir, settings.precision, settings.execution_provider, settings.int4_recipe())
 
 
 def preflight_memory(download_run_id: str, precision: str) -> None:
@@ -184,6 +196,7 @@ def export_onnx(options: ExportOptions) -> ExportResult:
         options.execution_provider,
     )
     int4_block_size, int4_accuracy_level = options.int4_block_size, options.int4_accuracy_level
+    int4_recipe = options.int4_recipe()
     source = prebuilt.parse_onnx_source(options.onnx_source)
     stages = STAGES if source.kind == prebuilt.EXPORT else PREBUILT_STAGES
     with (
@@ -199,9 +212,7 @@ def export_onnx(options: ExportOptions) -> ExportResult:
                 model_dir = model_dir_from_run(download_run_id, dst=Path(tmp) / "hf")
             with _stage(bar, stages[2]):
                 started = time.perf_counter()
-                out = run_builder(
-                    model_dir, Path(tmp) / "onnx", precision, execution_provider, int4_block_size, int4_accuracy_level
-                )
+                out = run_builder(model_dir, Path(tmp) / "onnx", options)
                 export_seconds = time.perf_counter() - started
             pin = ""
             int4 = (int4_block_size, int4_accuracy_level) if precision == "int4" else (None, None)
@@ -231,6 +242,8 @@ def export_onnx(options: ExportOptions) -> ExportResult:
             size = sum(f["size"] for f in manifest)
             smoke_status = f"skipped: {skip_reason}" if skip_reason else "passed"
             int4_tags = {TAG_INT4_BLOCK_SIZE: str(int4[0]), TAG_INT4_ACCURACY_LEVEL: str(int4[1])} if int4[0] else {}
+            if int4[0] and source.kind == prebuilt.EXPORT:
+                int4_tags[TAG_INT4_RECIPE] = int4_recipe.label
             mlflow.set_tags(
                 {
                     TAG_PRECISION: precision,

@@ -144,7 +144,13 @@ def _onnx_dir(run_id: str, dst: Path) -> Path:
 
 
 # Parameters added after runs were recorded without them, and the value those runs behaved as.
-ADDED_LATER = {"onnx_source": "export", "save_pretrained": "true"}
+ADDED_LATER = {
+    "onnx_source": "export",
+    "save_pretrained": "true",
+    "int4_algo": "default",
+    "int4_mixed_precision": "none",
+    "int4_symmetric": "true",
+}
 
 
 def _params(run: Run, *names: str) -> dict[str, str]:

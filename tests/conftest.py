@@ -83,12 +83,10 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _empty_store: 
 @pytest.fixture(scope="session")
 def onnx_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Phi-3 exported to ONNX int4 for CPU by the onnxruntime-genai builder, once per session."""
-    from llmflow.export_onnx import run_builder
+    from llmflow.export_onnx import ExportSettings, run_builder
 
     out = tmp_path_factory.mktemp("onnx") / "onnx"
-    run_builder(
-        tiny_model_dir, out, precision="int4", execution_provider="cpu", int4_block_size=32, int4_accuracy_level=4
-    )
+    run_builder(tiny_model_dir, out, ExportSettings(precision="int4", execution_provider="cpu"))
     return out
 
 

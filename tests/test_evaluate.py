@@ -44,11 +44,12 @@ PICKED = [
     "What is the capital city of the United States?",
 ]
 GATE = {
-    "gate_metrics": "exact_match,contains_answer,token_f1,rouge_l",
+    "gate_metrics": "contains_answer",
     "min_scores": "contains_answer=0.5",
     "champion_tolerance": 0.02,
-    "min_quality_retained": 0.9,
+    "min_quality_retained": 0.0,
     "max_perplexity_ratio": 1.2,
+    "max_paired_regressions": 0.1,
 }
 
 
@@ -139,6 +140,11 @@ def _aliases(name: str) -> dict[str, str]:
         ({"min_scores": "accuracy=0.9"}, r"^min_scores names metric 'accuracy', which does not exist; expected one"),
         ({"champion_tolerance": 2.0}, r"^champion_tolerance 2.0 is not accepted"),
         ({"max_perplexity_ratio": 0.5}, r"^max_perplexity_ratio 0.5 is not accepted"),
+        (
+            {"max_paired_regressions": 1.5},
+            r"^max_paired_regressions 1.5 is not accepted; expected a fraction between 0 and 1 \(e.g. 0.5\)$",
+        ),
+        ({"min_quality_retained": -0.1}, r"^min_quality_retained -0.1 is not accepted; expected a fraction"),
         (
             {"reference_model_uri": "transformers"},
             r"^reference_model_uri 'transformers' is not accepted; expected 'auto'",
@@ -241,6 +247,29 @@ def test_step_script_reports_a_bad_threshold_in_one_line(tracking_uri, capsys):
     assert run.data.tags[TAG_ERROR] == err.removeprefix("error: evaluate: ")
 
 
+def test_a_champions_per_question_scores_are_read_back_from_its_evaluate_run(tracking_uri: str):
+    """The champion is compared question by question from the table its evaluation logged, in this QA order."""
+    from llmflow.evaluation.lineage import recorded_question_scores
+    from llmflow.evaluation.metrics import SCORERS, Example, example_table
+    from llmflow.tracking.names import TABLE_FILE
+
+    def example(question: str, prediction: str) -> Example:
+        answer = ANSWERS[question]
+        return Example(question, answer, prediction, 0.1, 3, {n: s(prediction, answer) for n, s in SCORERS.items()})
+
+    right, wrong = PICKED[0], PICKED[1]
+    with mlflow.start_run() as run:
+        mlflow.log_table(example_table([example(right, ANSWERS[right]), example(wrong, "No idea.")]), TABLE_FILE)
+    with mlflow.start_run() as bare:
+        pass
+
+    scores = recorded_question_scores(run.info.run_id, [wrong, right])
+    assert [s["contains_answer"] for s in scores] == [0.0, 1.0]
+    assert set(scores[0]) == set(SCORERS)
+    assert recorded_question_scores(run.info.run_id, [right, PICKED[2]]) is None  # a question it was not asked
+    assert recorded_question_scores(bare.info.run_id, [right]) is None  # no table: the gate compares the means
+
+
 # Integration tier: the project's own models in one tracking store.
 
 
@@ -301,8 +330,13 @@ def test_onnx_challenger_is_judged_against_its_reference_and_reported(models: Mo
     assert run.data.tags["llmflow.decision"] == "promoted"
     criteria = [v for k, v in sorted(run.data.tags.items()) if k.startswith("llmflow.criterion.")]
     assert criteria[0] == "pass: floor: contains_answer: 1 >= floor 0.5"
-    assert any(c.startswith("pass: perplexity ratio: ") for c in criteria)
-    assert len(criteria) == 1 + 4 + 1  # floor, four retention checks, perplexity ratio (no champion yet)
+    # The int4 export answers as its reference does, question by question: nothing lost, nothing allowed on five.
+    assert criteria[1] == (
+        "pass: paired vs reference: contains_answer: 0 regressions, 0 improvements of 5 questions: "
+        "net 0 <= allowed 0 (max_paired_regressions 0.1)"
+    )
+    assert criteria[2].startswith("pass: perplexity ratio: ")
+    assert len(criteria) == 3  # floor, paired vs reference, perplexity ratio (no champion yet)
     tags = client.get_model_version(name, v1).tags
     assert (tags["validation_status"], tags["llmflow_evaluate_run_id"]) == ("passed", result.run_id)
     # The report: decision first, then the figures that were logged as metrics; and two PNG plots.
@@ -323,6 +357,7 @@ def test_onnx_challenger_is_judged_against_its_reference_and_reported(models: Mo
     description = client.get_model_version(name, v1).description
     assert description.startswith("**PASSED**: version 1 is now champion.")
     assert "| perplexity ratio | pass |" in description and "## Metrics" in description
+    assert "| paired vs reference: contains_answer | pass | 0 regressions, 0 improvements of 5 questions" in description
     assert "![metrics]" not in description and result.run_id in description
     # register's lineage section stays, after the report.
     assert description.index("## Metrics") < description.index("## Lineage") and "| git tree clean |" in description
@@ -409,7 +444,13 @@ def test_a_collapsed_export_is_refused_even_with_no_champion(models: Models, qa_
     # The tiny model learnt only its answers, so its perplexity on prose is worse than chance (~7,000 against
     # a vocabulary of 448) and the untrained weights' ratio to it is low: here only quality catches the collapse.
     assert "perplexity_ratio" in run.data.metrics
-    assert "quality retained: exact_match" in result.reason and "quality retained: token_f1" in result.reason
+    # The trained reference is right on all five; what the collapsed export lost is counted question by question.
+    lost = 5 - round(5 * run.data.metrics["contains_answer"])
+    assert lost > 0
+    assert result.reason.startswith(
+        f"paired vs reference: contains_answer {lost} regression{'s' * (lost != 1)}, 0 improvements of 5 questions: "
+        f"net {lost} > allowed 0 (max_paired_regressions 0.1)"
+    )
     assert result.reason.endswith("(no champion yet)")
     assert MlflowClient().get_model_version(name, v1).tags["validation_status"] == "failed"
     report = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="report/report.md"))
@@ -426,9 +467,13 @@ def test_worse_challenger_keeps_challenger_and_never_touches_champion(models: Mo
 
     assert not result.promoted
     assert _aliases(name) == {"challenger": v2, "champion": v1}
-    failed = result.reason.rsplit(" (", 1)[0].split("; ")
-    assert all(part.startswith("vs champion: ") for part in failed), result.reason
-    assert "champion v1 1 - tolerance 0.02 = 0.98" in result.reason
+    # The champion's per-question scores are read back from its evaluate run's table: compared question by question.
+    lost = 5 - round(5 * mlflow.get_run(result.run_id).data.metrics["contains_answer"])
+    assert lost > 0
+    assert result.reason == (
+        f"paired vs champion: contains_answer {lost} regression{'s' * (lost != 1)}, 0 improvements of 5 questions: "
+        f"net {lost} > allowed 0 (champion_tolerance 0.02) (champion is version 1; no reference)"
+    )
     assert MlflowClient().get_model_version(name, v2).tags["validation_status"] == "failed"
 
 

@@ -12,7 +12,7 @@ from onnxruntime_genai.models.builders.base import Model
 from llmflow.download import sha256_file
 from llmflow.export import nbits
 from llmflow.export.stamp import package_build_stamp, package_commit
-from llmflow.export_onnx import run_builder
+from llmflow.export_onnx import ExportSettings, run_builder
 
 
 def stock_export(model_dir: Path, out: Path, extra: list[str]) -> Path:
@@ -36,10 +36,12 @@ def test_streaming_export_is_byte_identical_to_the_builder(
     monkeypatch.setattr(
         nbits, "_quantize_node", lambda graph, node, *a: quantized.append(node.name) or real(graph, node, *a)
     )
-    ours = run_builder(tiny_model_dir, tmp_path / "ours", "int4", "cpu", block, level)
-    theirs = stock_export(
-        tiny_model_dir, tmp_path / "stock", [f"int4_block_size={block}", f"int4_accuracy_level={level}"]
+    ours = run_builder(
+        tiny_model_dir,
+        tmp_path / "ours",
+        ExportSettings(precision="int4", int4_block_size=block, int4_accuracy_level=level),
     )
+    theirs = stock_export(tiny_model_dir, tmp_path / "stock", [f"block_size={block}", f"accuracy_level={level}"])
     # 2 layers x (qkv, o, gate_up or gate + up, down) + the LM head went through the streaming path.
     assert len(quantized) >= 9 and any("lm_head" in name for name in quantized)
     assert digests(ours) == digests(theirs)
@@ -55,12 +57,61 @@ def test_the_builder_is_restored_after_the_export():
 
 
 def test_other_quantization_methods_keep_the_builders_own_pass(tiny_model_dir: Path, tmp_path: Path):
-    """``int4_algo_config=rtn`` is outside the streaming path: the output must still equal the stock builder's."""
-    extra = ["int4_block_size=32", "int4_accuracy_level=4", "int4_algo_config=rtn"]
+    """``algo_config=rtn`` is outside the streaming path: the output must still equal the stock builder's."""
+    extra = ["block_size=32", "accuracy_level=4", "algo_config=rtn"]
     with nbits.streaming_quantization():
         ours = stock_export(tiny_model_dir, tmp_path / "ours", extra)
     theirs = stock_export(tiny_model_dir, tmp_path / "stock", extra)
     assert digests(ours) == digests(theirs)
+
+
+def test_mixed_precision_streams_byte_identical_to_the_builder(tiny_model_dir: Path, tmp_path: Path, monkeypatch):
+    """The builder's own int8 placements (LM head, llama.cpp's layers) go through the streaming path unchanged."""
+    widths: list[int] = []
+    real = nbits._quantize_node
+    monkeypatch.setattr(
+        nbits, "_quantize_node", lambda graph, node, q, bits, *a: widths.append(bits) or real(graph, node, q, bits, *a)
+    )
+    settings = ExportSettings(precision="int4", int4_mixed_precision="last_matmul,mixed_layers")
+    ours = run_builder(tiny_model_dir, tmp_path / "ours", settings)
+    theirs = stock_export(
+        tiny_model_dir,
+        tmp_path / "stock",
+        ["block_size=32", "accuracy_level=4", "matmul_mixed_precision=last_matmul:int8,mixed_layers:int8"],
+    )
+    assert 4 in widths and 8 in widths, "both passes streamed"
+    assert digests(ours) == digests(theirs)
+
+
+def quantized_attributes(folder: Path, name: str) -> dict[str, int]:
+    """``{node name: attribute}`` of every MatMulNBits node of the export at ``folder``."""
+    import onnx
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    return {
+        node.name: next(a.i for a in node.attribute if a.name == name)
+        for node in model.graph.node
+        if node.op_type == "MatMulNBits"
+    }
+
+
+@pytest.mark.parametrize(("block", "level"), [(16, 1), (128, 4)])
+def test_block_size_and_accuracy_level_reach_every_quantized_matmul(
+    tiny_model_dir: Path, tmp_path: Path, block: int, level: int
+):
+    """The builder ignores its documented ``int4_``-prefixed aliases; the keys it reads must be the ones passed."""
+    settings = ExportSettings(int4_block_size=block, int4_accuracy_level=level, int4_mixed_precision="last_matmul")
+    out = run_builder(tiny_model_dir, tmp_path / "onnx", settings)
+    assert set(quantized_attributes(out, "block_size").values()) == {block}
+    assert set(quantized_attributes(out, "accuracy_level").values()) == {level}
+
+
+def test_the_qkv_selector_makes_every_attention_input_projection_int8(tiny_model_dir: Path, tmp_path: Path):
+    out = run_builder(tiny_model_dir, tmp_path / "qkv", ExportSettings(int4_mixed_precision="qkv"))
+    bits = quantized_attributes(out, "bits")
+    qkv = {name: b for name, b in bits.items() if "/attn/qkv_proj/" in name}
+    assert qkv and set(qkv.values()) == {8}
+    assert {b for name, b in bits.items() if name not in qkv} == {4}
 
 
 def test_applies_to_only_the_default_path():

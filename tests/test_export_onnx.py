@@ -18,14 +18,15 @@ from onnxruntime_genai.models import builder
 from llmflow import export_onnx as export_module
 from llmflow.download import DownloadOptions, build_manifest, download
 from llmflow.errors import InputError
+from llmflow.export.recipe import Int4Recipe
 from llmflow.export_onnx import (
     SUPPORTED_PAIRS,
     TAG_SMOKE_TEST,
     ExportOptions,
+    ExportSettings,
     builder_extra_options,
     export_onnx,
     run_builder,
-    validate_export_options,
 )
 from llmflow.options import names, parse
 from llmflow.tracking.names import (
@@ -103,6 +104,15 @@ def fake_builder(monkeypatch: pytest.MonkeyPatch) -> FakeBuilder:
 # --- unit tier ---------------------------------------------------------------------------------------------
 
 
+def validate_export_options(precision: str, provider: str, block_size: int, accuracy_level: int) -> None:
+    ExportSettings(
+        precision=precision,
+        execution_provider=provider,
+        int4_block_size=block_size,
+        int4_accuracy_level=accuracy_level,
+    ).check()
+
+
 @pytest.mark.parametrize(
     ("precision", "provider"), itertools.product(("int4", "int8", "fp16", "fp32"), ("cpu", "cuda"))
 )
@@ -138,13 +148,65 @@ def test_validation_names_the_value_and_what_is_accepted(options: tuple, expecte
 
 
 def test_int4_options_only_for_int4():
-    assert builder_extra_options("int4", 64, 1) == ["int4_block_size=64", "int4_accuracy_level=1"]
-    assert builder_extra_options("int8", 64, 1) == []
-    assert builder_extra_options("fp32", 64, 1) == []
+    recipe = Int4Recipe(block_size=64, accuracy_level=1)
+    assert builder_extra_options("int4", recipe) == ["block_size=64", "accuracy_level=1"]
+    assert builder_extra_options("int8", recipe) == []
+    assert builder_extra_options("fp32", recipe) == []
+
+
+def test_every_recipe_choice_becomes_a_builder_option():
+    recipe = Int4Recipe(algo="k_quant", int8=("last_matmul", "mixed_layers", "qkv"), symmetric=False, block_size=16)
+    assert builder_extra_options("int4", recipe, tied_embeddings=True) == [
+        "block_size=16",
+        "accuracy_level=4",
+        "algo_config=k_quant",
+        "is_symmetric=false",
+        "matmul_mixed_precision=last_matmul:int8,mixed_layers:int8",
+        "shared_embeddings=false",
+    ]
+    # A tied embedding stays shared with a symmetric int4 head, as the builder does by default.
+    assert "shared_embeddings=false" not in builder_extra_options("int4", Int4Recipe(), tied_embeddings=True)
+    assert recipe.label == "k_quant-asym-b16-a4+last_matmul+mixed_layers+qkv"
+
+
+def test_the_qkv_selector_picks_every_attention_input_projection():
+    names = ["/model/layers.0/attn/qkv_proj/MatMul", "/model/layers.0/attn/o_proj/MatMul", "/lm_head/MatMul"]
+    assert Int4Recipe(int8=("qkv",)).int8_nodes(names) == ["/model/layers.0/attn/qkv_proj/MatMul"]
+    assert Int4Recipe(int8=("last_matmul",)).int8_nodes(names) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("int4_algo", "gptq", "int4_algo 'gptq' is not supported; expected one of: default, rtn, k_quant"),
+        (
+            "int4_mixed_precision",
+            "last_matmul,lm_head",
+            "int4_mixed_precision 'last_matmul,lm_head' is not accepted; expected 'none' or a comma-separated list "
+            "of last_matmul, mixed_layers, qkv",
+        ),
+        ("int4_mixed_precision", "none,qkv", "int4_mixed_precision 'none,qkv' is not accepted"),
+        ("int4_symmetric", "yes", "int4_symmetric 'yes' is not accepted; expected true or false"),
+    ],
+)
+def test_recipe_options_name_the_value_and_what_is_accepted(field: str, value: str, expected: str):
+    with pytest.raises(InputError) as info:
+        ExportSettings(**{field: value}).check()
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_settings_make_the_recipe():
+    settings = ExportSettings(int4_algo="rtn", int4_mixed_precision="qkv, last_matmul", int4_symmetric="FALSE")
+    assert settings.int4_recipe() == Int4Recipe(algo="rtn", int8=("last_matmul", "qkv"), symmetric=False)
+    assert ExportSettings(int4_mixed_precision="none").int4_recipe().int8 == ()
 
 
 def test_run_builder_passes_exact_arguments(fake_builder: FakeBuilder, tmp_path: Path):
-    out = run_builder(tmp_path / "hf", tmp_path / "out", "int4", "cuda", 64, 1)
+    out = run_builder(
+        tmp_path / "hf",
+        tmp_path / "out",
+        ExportSettings(precision="int4", execution_provider="cuda", int4_block_size=64, int4_accuracy_level=1),
+    )
     assert out == tmp_path / "out"
     [(model_name, input_path, output_dir, precision, provider, cache_dir, extra)] = fake_builder.parse_calls
     assert (model_name, input_path, output_dir, precision, provider) == (
@@ -154,7 +216,7 @@ def test_run_builder_passes_exact_arguments(fake_builder: FakeBuilder, tmp_path:
         "int4",
         "cuda",
     )
-    assert extra == ["int4_block_size=64", "int4_accuracy_level=1"]
+    assert extra == ["block_size=64", "accuracy_level=1"]
     [(args, kwargs)] = fake_builder.create_calls
     assert args == (None, str(tmp_path / "hf"), str(tmp_path / "out"), "int4", "cuda", cache_dir)
     assert kwargs == {"parsed": "options"}
@@ -162,21 +224,21 @@ def test_run_builder_passes_exact_arguments(fake_builder: FakeBuilder, tmp_path:
 
 
 def test_run_builder_passes_no_int4_options_for_fp32(fake_builder: FakeBuilder, tmp_path: Path):
-    run_builder(tmp_path / "hf", tmp_path / "out", "fp32", "cpu", 32, 4)
+    run_builder(tmp_path / "hf", tmp_path / "out", ExportSettings(precision="fp32"))
     assert fake_builder.parse_calls[0][3:5] == ("fp32", "cpu")
     assert fake_builder.parse_calls[0][6] == []
 
 
 def test_run_builder_validates_before_calling_the_builder(fake_builder: FakeBuilder, tmp_path: Path):
     with pytest.raises(InputError, match="precision 'fp16' with execution_provider 'cpu'"):
-        run_builder(tmp_path, tmp_path / "out", "fp16", "cpu", 32, 4)
+        run_builder(tmp_path, tmp_path / "out", ExportSettings(precision="fp16"))
     assert fake_builder.parse_calls == [] and fake_builder.create_calls == []
 
 
 def test_run_builder_turns_builder_errors_into_one_line(fake_builder: FakeBuilder, tmp_path: Path):
     fake_builder.error = NotImplementedError("The /x/gpt2 model is not currently supported.\nsecond line")
     with pytest.raises(InputError) as info:
-        run_builder(tmp_path / "gpt2", tmp_path / "out", "int4", "cpu", 32, 4)
+        run_builder(tmp_path / "gpt2", tmp_path / "out", ExportSettings(precision="int4"))
     message = str(info.value)
     assert message == (
         f"the onnxruntime-genai model builder cannot export '{tmp_path / 'gpt2'}' as int4/cpu: "
@@ -187,7 +249,7 @@ def test_run_builder_turns_builder_errors_into_one_line(fake_builder: FakeBuilde
 def test_run_builder_lets_unexpected_errors_through(fake_builder: FakeBuilder, tmp_path: Path):
     fake_builder.error = ZeroDivisionError("bug")
     with pytest.raises(ZeroDivisionError):
-        run_builder(tmp_path, tmp_path / "out", "int4", "cpu", 32, 4)
+        run_builder(tmp_path, tmp_path / "out", ExportSettings(precision="int4"))
 
 
 def test_step_parser_has_exactly_the_mlproject_parameters():
@@ -201,6 +263,9 @@ def test_step_parser_has_exactly_the_mlproject_parameters():
         "execution_provider": "cpu",
         "int4_block_size": 64,
         "int4_accuracy_level": 4,
+        "int4_algo": "default",
+        "int4_mixed_precision": "none",
+        "int4_symmetric": "true",
         "onnx_source": "export",
     }
 
@@ -309,7 +374,7 @@ def test_unsupported_architecture_is_an_input_error(tmp_path: Path, tiny_model_d
     config["architectures"] = ["NotARealForCausalLM"]
     (model_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match="cannot export .* as int4/cpu: The .* model is not currently supported"):
-        run_builder(model_dir, tmp_path / "out", "int4", "cpu", 32, 4)
+        run_builder(model_dir, tmp_path / "out", ExportSettings(precision="int4"))
 
 
 def test_too_little_memory_fails_before_the_weights_are_fetched_or_the_builder_runs(

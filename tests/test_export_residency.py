@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llmflow.export import nbits, residency
-from llmflow.export_onnx import run_builder
+from llmflow.export_onnx import ExportSettings, run_builder
 
 MIB = 1 << 20
 
@@ -86,7 +86,7 @@ def test_the_export_pages_out_the_mapped_weights_after_each_quantized_weight(
     monkeypatch.setattr(
         nbits, "_quantize_node", lambda graph, node, *a: quantized.append(node.name) or real_node(graph, node, *a)
     )
-    run_builder(tiny_model_dir, tmp_path / "onnx", "int4", "cpu", 32, 4)
+    run_builder(tiny_model_dir, tmp_path / "onnx", ExportSettings(precision="int4"))
     assert len(calls) == len(quantized) + 1  # one after each weight, one after the builder is done
     assert calls[0] > 0, "the model's weight file was not mapped while the builder quantized"
     assert calls[-1] == 0, "the builder's weights were still mapped after the export (kept alive past gc)"

@@ -66,9 +66,9 @@ def _logits_pair(model_dir: Path, onnx_dir: Path, length: int) -> tuple[np.ndarr
 
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_the_fp32_export_computes_the_logits_transformers_does(name: str, shape_dirs, tmp_path: Path):
-    from llmflow.export_onnx import run_builder
+    from llmflow.export_onnx import ExportSettings, run_builder
 
-    onnx_dir = run_builder(shape_dirs[name], tmp_path / "onnx", "fp32", "cpu", 32, 4)
+    onnx_dir = run_builder(shape_dirs[name], tmp_path / "onnx", ExportSettings(precision="fp32"))
     for length in PROMPT_LENGTHS:
         got, expected = _logits_pair(shape_dirs[name], onnx_dir, length)
         assert got.shape == expected.shape == (SHAPES[name].vocab_size,)

@@ -133,3 +133,33 @@ def test_token_f1_is_squads_token_overlap(prediction, answer, f1):
 )
 def test_rouge_l_is_the_lcs_f_measure(prediction, answer, score):
     assert rouge_l(prediction, answer) == pytest.approx(score, abs=1e-6)
+
+
+# What the default gate judges by: a chat model answers in sentences.
+SENTENCES = [
+    ("The capital of Germany is Berlin.", "Berlin", 1.0),
+    ("Berlin is the capital of Germany.", "Berlin", 1.0),
+    ("The Pacific Ocean is the largest ocean on Earth.", "Pacific Ocean", 1.0),
+    ("William Shakespeare wrote Romeo and Juliet.", "William Shakespeare", 1.0),
+    ("The capital of Germany is Munich.", "Berlin", 0.0),
+    ("The capital of Italy is Romeo.", "Rome", 0.0),  # a word that starts with the answer is not the answer
+    ("I am not sure which city that is.", "Berlin", 0.0),
+]
+
+
+@pytest.mark.parametrize(("prediction", "answer", "score"), SENTENCES)
+def test_the_default_gate_metrics_score_a_right_sentence_1_and_a_wrong_one_0(prediction, answer, score):
+    from llmflow.evaluation.gate import parse_gate_metrics
+    from llmflow.evaluation.inputs import EvaluationSettings
+
+    gated = parse_gate_metrics(EvaluationSettings().gate_metrics)
+    assert gated == ("contains_answer",)
+    assert {name: SCORERS[name](prediction, answer) for name in gated} == {"contains_answer": score}
+
+
+def test_the_recorded_metrics_that_are_not_gated_punish_a_right_sentence():
+    """Why they are recorded but not gated by default: the sentence is right and they say otherwise."""
+    sentence = "The capital of Germany is Berlin."
+    assert SCORERS["exact_match"](sentence, "Berlin") == 0.0
+    assert SCORERS["token_f1"](sentence, "Berlin") == pytest.approx(1 / 3)  # 1 of 5 tokens: 2 * 0.2 / 1.2
+    assert SCORERS["rouge_l"](sentence, "Berlin") < 0.5

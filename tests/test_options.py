@@ -90,6 +90,9 @@ def test_snake_case_and_kebab_case_flags_parse_the_same():
             "execution_provider": "cpu",
             "int4_block_size": 64,
             "int4_accuracy_level": 0,
+            "int4_algo": "default",
+            "int4_mixed_precision": "none",
+            "int4_symmetric": "true",
             "onnx_source": "export",
         }
     )

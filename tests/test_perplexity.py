@@ -24,7 +24,7 @@ from llmflow.evaluation.perplexity import (
     token_windows,
 )
 from llmflow.evaluation.qa import load_qa
-from llmflow.export_onnx import run_builder
+from llmflow.export_onnx import ExportSettings, run_builder
 
 SHORT_TEXT = "Salt draws water out of fish and meat, so the microbes that spoil them cannot grow."
 
@@ -47,7 +47,7 @@ def model(tiny_model_dir: Path):
 @pytest.fixture(scope="module")
 def onnx_fp32_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("onnx-fp32") / "onnx"
-    return run_builder(tiny_model_dir, out, "fp32", "cpu", 32, 4)
+    return run_builder(tiny_model_dir, out, ExportSettings(precision="fp32"))
 
 
 @pytest.fixture(scope="module")

@@ -265,3 +265,36 @@ def test_bad_input(tmp_path: Path, changes: dict, message: str):
     with pytest.raises(InputError, match=message):
         _write(tmp_path, **changes)
     assert not (tmp_path / "report.md").exists()
+
+
+def test_the_paired_criterion_shows_its_counts_and_what_they_mean(tmp_path: Path):
+    from llmflow.evaluation.gate import GateConfig, gate
+    from llmflow.tracking.model_cards import version_description
+
+    def questions(rights: str) -> list[dict[str, float]]:
+        return [{"contains_answer": float(mark)} for mark in rights]
+
+    mine, theirs = questions("0011111110"), questions("1111111100")  # two lost, one gained, of ten
+    config = GateConfig(
+        gate_metrics=("contains_answer",),
+        min_scores={},
+        champion_tolerance=0.02,
+        min_quality_retained=0.0,
+        max_perplexity_ratio=1.2,
+        max_paired_regressions=0.1,
+    )
+    figures = {"contains_answer": 0.7, "perplexity": 10.0}
+    reference = {"contains_answer": 0.8, "perplexity": 10.0}
+    decision = gate("3", figures, None, reference, config, challenger_scores=mine, reference_scores=theirs)
+    assert decision.passed, decision.reason
+    criteria = [(c.name, c.passed, c.detail) for c in decision.criteria]
+    markdown = _write(tmp_path, criteria=criteria, reason=decision.reason)["report"].read_text(encoding="utf-8")
+    rows = _table_rows(markdown, "| criterion |")
+    assert rows["paired vs reference: contains_answer"] == [
+        "pass",
+        "2 regressions, 1 improvement of 10 questions: net 1 <= allowed 1 (max_paired_regressions 0.1)",
+    ]
+    assert "Paired criteria compare the models question by question" in markdown
+    description = version_description(markdown, "run123")
+    assert "| paired vs reference: contains_answer | pass | 2 regressions, 1 improvement of 10" in description
+    assert "Paired criteria" not in _write(tmp_path / "other")["report"].read_text(encoding="utf-8")

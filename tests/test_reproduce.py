@@ -48,7 +48,13 @@ def test_a_parameter_added_later_takes_the_value_older_runs_behaved_as():
 
     recorded = {"precision": "int4", "execution_provider": "cpu", "int4_block_size": "32", "int4_accuracy_level": "4"}
     old_export = SimpleNamespace(data=SimpleNamespace(params=recorded), info=SimpleNamespace(run_id="r1"))
-    assert _params(old_export, *names(ExportSettings)) == {**recorded, "onnx_source": "export"}
+    assert _params(old_export, *names(ExportSettings)) == {
+        **recorded,
+        "onnx_source": "export",
+        "int4_algo": "default",
+        "int4_mixed_precision": "none",
+        "int4_symmetric": "true",
+    }
 
 
 class _Echo(mlflow.pyfunc.PythonModel):

@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.scale.monitor import GIB, run_sampled
 from llmflow.download import sha256_file
 
-EXTRA = ["int4_block_size=32", "int4_accuracy_level=4"]
+EXTRA = ["block_size=32", "accuracy_level=4"]
 
 
 def _child(mode: str, model: str, out: str) -> None:
@@ -27,9 +27,9 @@ def _child(mode: str, model: str, out: str) -> None:
     from onnxruntime_genai.models import builder
 
     if mode == "stream":
-        from llmflow.export_onnx import run_builder
+        from llmflow.export_onnx import ExportSettings, run_builder
 
-        run_builder(Path(model), Path(out), "int4", "cpu", 32, 4)
+        run_builder(Path(model), Path(out), ExportSettings(precision="int4"))
         return
     with tempfile.TemporaryDirectory() as cache:
         args = (None, model, out, "int4", "cpu", cache)

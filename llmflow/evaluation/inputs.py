@@ -14,7 +14,14 @@ from pathlib import Path
 
 from llmflow import PROJECT_ROOT
 from llmflow.errors import InputError
-from llmflow.evaluation.gate import GateConfig, parse_gate_metrics, parse_min_scores, validate_gate_config
+from llmflow.evaluation.gate import (
+    RATIO_MIN_MEAN,
+    RATIO_MIN_RIGHT,
+    GateConfig,
+    parse_gate_metrics,
+    parse_min_scores,
+    validate_gate_config,
+)
 from llmflow.evaluation.perplexity import load_heldout
 from llmflow.evaluation.qa import QAPair, load_qa
 from llmflow.options import StepOptions, fraction, non_empty, option
@@ -142,8 +149,8 @@ class EvaluationSettings(StepOptions):
         check=_check_bound,
     )
     gate_metrics: str = option(
-        "exact_match,contains_answer,token_f1,rouge_l",
-        help="Comma-separated metrics compared with the champion and the reference.",
+        "contains_answer",
+        help="Comma-separated metrics compared with the champion and the reference, question by question.",
         check=_check_metrics,
     )
     min_scores: str = option(
@@ -152,13 +159,26 @@ class EvaluationSettings(StepOptions):
         check=_check_floors,
     )
     champion_tolerance: float = option(
-        0.02, help="How far (0-1) below the champion a gated metric may fall.", check=fraction
+        0.02,
+        help="How far (0-1) below the champion a gated metric may fall: the share of the questions lost net, "
+        "when the champion's per-question scores are known.",
+        check=fraction,
     )
     min_quality_retained: float = option(
-        0.9, help="Least share (0-1) of the reference's score kept on each gated metric.", check=fraction
+        0.0,
+        help="Least share (0-1) of the reference's mean kept on each gated metric; 0: not judged (the paired check "
+        f"judges quality). Never judged where the reference's mean is under {RATIO_MIN_MEAN:g} or adds up to under "
+        f"{RATIO_MIN_RIGHT} questions.",
+        check=fraction,
     )
     max_perplexity_ratio: float = option(
         1.2, help="Highest perplexity ratio, challenger / reference (>= 1).", check=_check_ratio
+    )
+    max_paired_regressions: float = option(
+        0.1,
+        help="Share (0-1) of the questions the challenger may lose net against the reference: those the reference "
+        "got right and it got wrong, less those it got right and the reference got wrong.",
+        check=fraction,
     )
 
     def check_together(self) -> None:
@@ -188,6 +208,7 @@ def validate_evaluate_options(settings: EvaluationSettings, reference_model_uri:
         champion_tolerance=settings.champion_tolerance,
         min_quality_retained=settings.min_quality_retained,
         max_perplexity_ratio=settings.max_perplexity_ratio,
+        max_paired_regressions=settings.max_paired_regressions,
     )
     validate_gate_config(config)
     qa_file, heldout_file = resolve_data_path(settings.qa_path), resolve_data_path(settings.heldout_path)

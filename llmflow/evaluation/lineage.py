@@ -1,7 +1,8 @@
 """Who the challenger is judged against: the champion's figures and the reference model.
 
 - The **champion**: the figures recorded by the evaluate run named on its version, when that run used the
-  same data and settings (``EvalInputs.fingerprint``); otherwise it is scored again in a nested run.
+  same data and settings (``EvalInputs.fingerprint``), with its per-question scores read back from that run's
+  ``eval_table.json`` so the gate can compare question by question; otherwise it is scored again in a nested run.
 - The **reference**: as given, none, or (``auto``) the transformers model logged from the challenger's own
   download run; a transformers challenger is its own reference.
 - ``export_figures``: what the export cost and bought against the reference, on the same questions.
@@ -27,6 +28,7 @@ from llmflow.evaluation.metrics import QUALITY_METRICS
 from llmflow.evaluation.scoring import SCORED_METRICS, Scored, score_nested
 from llmflow.tracking.names import (
     CHALLENGER,
+    TABLE_FILE,
     TAG_DOWNLOAD_RUN,
     TAG_EVALUATE_RUN,
     TAG_MODEL_URI,
@@ -70,6 +72,22 @@ def recorded_evaluation(client: MlflowClient, version: ModelVersion, inputs: Eva
     return {k: v for k, v in run.data.metrics.items() if k in SCORED_METRICS} if same else None
 
 
+def recorded_question_scores(run_id: str, questions: list[str]) -> list[dict[str, float]] | None:
+    """Per-question scores from the ``eval_table.json`` of evaluate run ``run_id``, in the order of ``questions``.
+
+    None when the table is gone or lacks a question or a metric: the gate then compares the recorded means.
+    """
+    try:
+        # mlflow.log_table writes pandas' "split" layout: {"columns": [...], "data": [[...], ...]}.
+        table = mlflow.artifacts.load_dict(f"runs:/{run_id}/{TABLE_FILE}")
+        rows = {row["question"]: row for row in (dict(zip(table["columns"], r, strict=True)) for r in table["data"])}
+        scores = [{m: float(rows[q][m]) for m in QUALITY_METRICS} for q in questions]
+    except (MlflowException, OSError, ValueError, KeyError, TypeError) as error:
+        logger.warning("evaluate run %s: no per-question scores in %s (%r)", run_id, TABLE_FILE, error)
+        return None
+    return scores
+
+
 def champion_scores(
     client: MlflowClient, name: str, version: str | None, challenger: str, inputs: EvalInputs, data: EvalData
 ) -> tuple[Champion | None, Scored | None]:
@@ -81,10 +99,13 @@ def champion_scores(
     model_version = client.get_model_version(name, version)
     metrics = recorded_evaluation(client, model_version, inputs)
     if metrics is not None:
-        return Champion(version, metrics), Scored(f"champion v{version}", f"models:/{name}/{version}", metrics)
+        questions = [pair.question for pair in inputs.pairs]
+        scores = recorded_question_scores(registry_tag(model_version.tags, TAG_EVALUATE_RUN), questions)
+        scored = Scored(f"champion v{version}", f"models:/{name}/{version}", metrics)
+        return Champion(version, metrics, scores), scored
     logger.info("champion version %s was evaluated on other data or settings: scoring it again", version)
     scored = score_nested(f"models:/{name}/{version}", f"champion v{version}", inputs, data)
-    return Champion(version, scored.metrics), scored
+    return Champion(version, scored.metrics, scored.question_scores), scored
 
 
 def resolve_reference(client: MlflowClient, version: ModelVersion, requested: str) -> str | None:

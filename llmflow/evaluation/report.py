@@ -1,8 +1,9 @@
 """The evaluate step's report: ``report.md`` (decision first) with two plots, and ``decision.json``.
 
-- ``report.md``: the decision on its first line, then the gate's criteria, the metrics of every model side by
-  side, the export figures (what int4 cost and bought), and the two plots (``llmflow.evaluation.plots``)
-  linked relatively. The same Markdown, without the plot links, is the registered version's description.
+- ``report.md``: the decision on its first line, then the gate's criteria (with a note on how a kind of
+  criterion counts, e.g. the paired ones), the metrics of every model side by side, the export figures (what
+  int4 cost and bought), and the two plots (``llmflow.evaluation.plots``) linked relatively. The same
+  Markdown, without the plot links, is the registered version's description.
 - ``decision.json``: the decision, its criteria, the table and the export figures, for programs.
 
 Figures are formatted to 4 significant digits (``format_value``: ``0.8333``, ``171.2``, ``0.00228``); a
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from llmflow.errors import InputError
+from llmflow.evaluation.paired import CORRECT_AT
 from llmflow.evaluation.plots import (
     LATENCY_PLOT,
     METRICS_PLOT,
@@ -49,6 +51,14 @@ EXPORT_FIGURES = {
     "speedup": "generation speed of the ONNX model / the transformers reference's (tokens/s)",
 }
 _QUALITY_RETAINED = "quality_retained_"
+# What a kind of criterion means, by the start of its name; shown under the criteria when one of that kind is there.
+CRITERION_NOTES = {
+    "paired vs ": (
+        "Paired criteria compare the models question by question: a regression is a question the other model got "
+        f"right (score >= {CORRECT_AT:g}) and the challenger got wrong, an improvement the reverse. The net count "
+        "(regressions less improvements) may be at most the allowed share of the questions, rounded down."
+    ),
+}
 
 
 def _cell(text: str) -> str:
@@ -119,6 +129,8 @@ def render_markdown(
     if criteria:
         lines += ["| criterion | result | detail |", "|---|---|---|"]
         lines += [f"| {_cell(name)} | {'pass' if ok else 'FAIL'} | {_cell(detail)} |" for name, ok, detail in criteria]
+        notes = [note for start, note in CRITERION_NOTES.items() if any(c[0].startswith(start) for c in criteria)]
+        lines += [line for note in notes for line in ("", note)]
     else:
         lines.append("No criteria were checked.")
     columns = list(table)

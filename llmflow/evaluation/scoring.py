@@ -57,6 +57,11 @@ class Scored:
     run_id: str | None = None
     model_id: str | None = None
 
+    @property
+    def question_scores(self) -> list[dict[str, float]]:
+        """Each question's scores, in the QA file's order: what the gate compares question by question."""
+        return [dict(e.scores) for e in self.examples]
+
 
 def chat_answer(model: PyFuncModel, question: str, max_new_tokens: int) -> tuple[str, int]:
     """Ask one question as an OpenAI chat request; return the answer and its completion tokens.

@@ -13,6 +13,7 @@ configs and compares the ONNX model's logits with transformers'.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from llmflow.errors import InputError, first_line
 from llmflow.export.nbits import builder_classes, streaming_quantization
+from llmflow.export.recipe import Int4Recipe
 from llmflow.export.residency import page_out
 from llmflow.export.stamp import package_build_stamp
 
@@ -30,10 +32,15 @@ LONGROPE_CLASS = "Phi3MiniLongRoPEModel"
 BUILDER_INPUT_ERRORS = (NotImplementedError, ValueError, OSError)
 
 
-def builder_extra_options(precision: str, int4_block_size: int, int4_accuracy_level: int) -> list[str]:
-    """The builder's ``KEY=VALUE`` extra options; only int4 takes any."""
-    per_precision = {"int4": [f"int4_block_size={int4_block_size}", f"int4_accuracy_level={int4_accuracy_level}"]}
-    return per_precision.get(precision, [])
+def builder_extra_options(precision: str, recipe: Int4Recipe, tied_embeddings: bool = False) -> list[str]:
+    """The builder's ``KEY=VALUE`` extra options; only int4 takes any (``Int4Recipe.builder_options``)."""
+    return recipe.builder_options(tied_embeddings) if precision == "int4" else []
+
+
+def ties_embeddings(model_dir: Path) -> bool:
+    """Whether the HF model at ``model_dir`` ties its embedding and LM head (its ``config.json``)."""
+    config = Path(model_dir) / "config.json"
+    return bool(config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("tie_word_embeddings"))
 
 
 @contextmanager
@@ -77,8 +84,7 @@ def build(
     out_dir: Path,
     precision: str,
     execution_provider: str,
-    int4_block_size: int,
-    int4_accuracy_level: int,
+    recipe: Int4Recipe,
 ) -> Path:
     """Export the HF model folder ``model_dir`` into ``out_dir`` with the onnxruntime-genai builder; return ``out_dir``.
 
@@ -93,12 +99,12 @@ def build(
     # Imported here: the builder pulls in torch and transformers, which validation alone does not need.
     from onnxruntime_genai.models import builder
 
-    extra = builder_extra_options(precision, int4_block_size, int4_accuracy_level)
+    extra = builder_extra_options(precision, recipe, ties_embeddings(model_dir))
     out_dir = Path(out_dir)
     with (
         tempfile.TemporaryDirectory(prefix="llmflow-builder-cache-") as cache_dir,
         _quiet_quantizer(),
-        streaming_quantization(after_each=lambda: page_out(model_dir)),
+        streaming_quantization(after_each=lambda: page_out(model_dir), recipe=recipe if precision == "int4" else None),
         package_build_stamp(),
         longrope_type_key(),
     ):

@@ -11,8 +11,10 @@ The graph that comes out is the one ``MatMulNBitsQuantizer`` makes: the same nod
 attributes in the same order, the quantized initializers appended in node order, unused initializers removed.
 ``tests/test_export_nbits.py`` checks the files are byte-identical to the stock builder's.
 
-Only the builder's default int4/int8 path is handled (DEFAULT method, MatMulNBits operator format, no per-node
-overrides, no CUDA prepacking, MatMul only). ``applies_to`` says when; anything else keeps the stock ``to_nbits``.
+Only the builder's default int4/int8 path is handled (DEFAULT method, MatMulNBits operator format, no exact
+overrides, no CUDA prepacking, MatMul only), with its per-node bit widths (``matmul_mixed_precision`` and the
+project's ``qkv`` selector, ``llmflow.export.recipe``): as the builder does, the body is quantized first, then the
+upgraded nodes in one pass per bit width. ``applies_to`` says when; anything else keeps the stock ``to_nbits``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
+
+from llmflow.export.recipe import Int4Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +43,18 @@ def applies_to(builder_model: Any) -> bool:
         getattr(builder_model, "quantization_algo", "default") == "default"
         and not attrs["use_qdq"]
         and tuple(attrs["op_types_to_quantize"]) == ("MatMul",)
-        and not (getattr(builder_model, "int4_customized_weight_config", {}) or {})
+        and all(
+            set(c) == {"bits"} for c in (getattr(builder_model, "int4_customized_weight_config", {}) or {}).values()
+        )
         and not getattr(builder_model, "exact_quant_overrides", {})
         and not getattr(builder_model, "exact_quant_override_names", set())
         and not builder_model.matmul_attrs.get("weights_prepacked")
     )
+
+
+def _customized(builder_model: Any) -> dict[str, dict[str, int]]:
+    """The builder model's per-node bit widths (``{"/lm_head/MatMul": {"bits": 8}}``), or ``{}``."""
+    return getattr(builder_model, "int4_customized_weight_config", {}) or {}
 
 
 def _block_quantizer(bits: int, block_size: int, is_symmetric: bool, accuracy_level: int | None) -> Any:
@@ -126,8 +137,11 @@ def quantize_graph(
     accuracy_level: int | None,
     nodes_to_exclude: list[str] | tuple[str, ...] = (),
     after_each: Callable[[], object] | None = None,
+    node_bits: dict[str, int] | None = None,
 ) -> ir.Model:
     """Quantize every eligible ``MatMul`` of ``model`` in place, one weight at a time; return ``model``.
+
+    ``node_bits`` gives some nodes another bit width than ``bits`` (the builder's per-node configuration).
 
     ``after_each`` is called once a weight is quantized and its float tensor dropped (the export pages out the
     weight files there: ``llmflow.export.residency``).
@@ -136,17 +150,23 @@ def quantize_graph(
 
     graph = model.graph
     excluded = set(nodes_to_exclude)
-    quantizer = _block_quantizer(bits, block_size, is_symmetric, accuracy_level)
+    node_bits = dict(node_bits or {})
     model.opset_imports[MS_DOMAIN] = 1
-    targets = [node for node in graph if _eligible(node, excluded)]
-    for node in tqdm(targets, desc=f"int{bits} MatMul", unit="weight"):
-        _quantize_node(graph, node, quantizer, bits, block_size, accuracy_level)
-        if after_each is not None:
-            after_each()
-    # As the quantizer's clean_initializers: drop every initializer nothing reads.
-    outputs = {value.name for value in graph.outputs}
-    for name in [name for name, value in graph.initializers.items() if not value.uses() and name not in outputs]:
-        graph.initializers.pop(name)
+    # As the builder: the body at ``bits`` first (upgraded nodes left out), then one pass per upgraded bit width.
+    passes = [(bits, lambda node: node.name not in node_bits)]
+    for width in dict.fromkeys(node_bits.values()):
+        passes.append((width, lambda node, width=width: node_bits.get(node.name) == width))
+    for width, selected in passes:
+        quantizer = _block_quantizer(width, block_size, is_symmetric, accuracy_level)
+        targets = [node for node in graph if _eligible(node, excluded) and selected(node)]
+        for node in tqdm(targets, desc=f"int{width} MatMul", unit="weight"):
+            _quantize_node(graph, node, quantizer, width, block_size, accuracy_level)
+            if after_each is not None:
+                after_each()
+        # As the quantizer's clean_initializers after each pass: drop every initializer nothing reads.
+        outputs = {value.name for value in graph.outputs}
+        for name in [name for name, value in graph.initializers.items() if not value.uses() and name not in outputs]:
+            graph.initializers.pop(name)
     return model
 
 
@@ -156,6 +176,7 @@ def streaming_to_nbits(builder_model: Any, after_each: Callable[[], object] | No
         logger.info("quantization options outside the streaming path; using the builder's own to_nbits")
         return _STOCK_TO_NBITS[0](builder_model)
     attrs = builder_model.quant_attrs
+    customized = _customized(builder_model)
     return quantize_graph(
         builder_model.model,
         bits=attrs["bits"],
@@ -164,7 +185,20 @@ def streaming_to_nbits(builder_model: Any, after_each: Callable[[], object] | No
         accuracy_level=attrs["accuracy_level"],
         nodes_to_exclude=list(attrs["nodes_to_exclude"]),
         after_each=after_each,
+        node_bits={name: config["bits"] for name, config in customized.items()},
     )
+
+
+def add_int8_nodes(builder_model: Any, recipe: Int4Recipe | None) -> None:
+    """Add the recipe's own int8 selections (``qkv``) to the builder model's per-node bit widths."""
+    if recipe is None:
+        return
+    names = [node.name for node in builder_model.model.graph if node.op_type == "MatMul"]
+    upgraded = recipe.int8_nodes(names)
+    if upgraded:
+        config = dict(_customized(builder_model))
+        config.update({name: {"bits": 8} for name in upgraded if name not in config})
+        builder_model.int4_customized_weight_config = config
 
 
 _STOCK_TO_NBITS: list[Any] = []
@@ -192,20 +226,24 @@ def builder_classes(module: str, name: str) -> list[type]:
 
 
 @contextmanager
-def streaming_quantization(after_each: Callable[[], object] | None = None) -> Iterator[None]:
+def streaming_quantization(
+    after_each: Callable[[], object] | None = None, recipe: Int4Recipe | None = None
+) -> Iterator[None]:
     """Within this block the builder quantizes with ``streaming_to_nbits``; outside it, as shipped.
 
-    ``after_each`` is called after each weight is quantized (see ``quantize_graph``).
+    ``after_each`` is called after each weight is quantized (see ``quantize_graph``); ``recipe``'s own int8
+    selections are added to the builder's per-node bit widths first (``add_int8_nodes``), for either pass.
     """
     classes = _builder_model_classes()
     stock = [cls.__dict__["to_nbits"] for cls in classes]
     _STOCK_TO_NBITS.insert(0, stock[0])
 
-    def with_after_each(builder_model: Any) -> ir.Model:
+    def with_options(builder_model: Any) -> ir.Model:
+        add_int8_nodes(builder_model, recipe)
         return streaming_to_nbits(builder_model, after_each)
 
     for cls in classes:
-        cls.to_nbits = streaming_to_nbits if after_each is None else with_after_each
+        cls.to_nbits = streaming_to_nbits if after_each is None and recipe is None else with_options
     try:
         yield
     finally:

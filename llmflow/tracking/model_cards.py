@@ -22,6 +22,7 @@ from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from llmflow.export.recipe import DEFAULT_INT4_RECIPE, INT4_RECIPE_PARAMS
 from llmflow.tracking.names import (
     CHAMPION,
     TAG_DOWNLOAD_RUN,
@@ -30,6 +31,7 @@ from llmflow.tracking.names import (
     TAG_HF_SHA,
     TAG_INT4_ACCURACY_LEVEL,
     TAG_INT4_BLOCK_SIZE,
+    TAG_INT4_RECIPE,
     TAG_ONNX_SOURCE,
     TAG_PRECISION,
 )
@@ -61,9 +63,16 @@ def _repo_name(tags: Mapping[str, str]) -> str:
 
 
 def onnx_model_name(export_run: Run) -> str:
-    """``<repo>-<precision>-<execution provider>``, e.g. ``Phi-3-mini-4k-instruct-int4-cpu``."""
+    """``<repo>-<precision>-<execution provider>``, e.g. ``Phi-3-mini-4k-instruct-int4-cpu``.
+
+    An int4 export with another recipe than the default names it: ``...-int4-k_quant-sym-b32-a4-cpu``.
+    """
     tags = export_run.data.tags
-    return f"{_repo_name(tags)}-{tags.get(TAG_PRECISION, 'onnx')}-{tags.get(TAG_EXECUTION_PROVIDER, 'cpu')}"
+    recipe = tags.get(TAG_INT4_RECIPE, "")
+    precision = tags.get(TAG_PRECISION, "onnx")
+    if recipe and recipe != DEFAULT_INT4_RECIPE.label:
+        precision = f"{precision}-{_NOT_IN_NAME.sub('-', recipe)}"
+    return f"{_repo_name(tags)}-{precision}-{tags.get(TAG_EXECUTION_PROVIDER, 'cpu')}"
 
 
 def transformers_model_name(download_run: Run, precision: str) -> str:
@@ -91,6 +100,9 @@ def onnx_model_params(export_run: Run, max_new_tokens: int) -> dict[str, str]:
         figures["int4_accuracy_level"] = tags.get(TAG_INT4_ACCURACY_LEVEL) or _whole(
             params.get("int4_accuracy_level", "")
         )
+        if tags.get(TAG_INT4_RECIPE):
+            figures["int4_recipe"] = tags[TAG_INT4_RECIPE]
+            figures.update({name: params[name] for name in INT4_RECIPE_PARAMS if name in params})
     return figures
 
 

@@ -42,6 +42,7 @@ TAG_ONNX_STORAGE = "llmflow.onnx_storage"  # copy (the logged model holds the ON
 TAG_ONNX_SOURCE_SHA = "llmflow.onnx_source_sha"  # a prebuilt source's hub commit, or sha256:<folder digest>
 TAG_INT4_BLOCK_SIZE = "llmflow.int4_block_size"  # read from the model for a prebuilt source
 TAG_INT4_ACCURACY_LEVEL = "llmflow.int4_accuracy_level"
+TAG_INT4_RECIPE = "llmflow.int4_recipe"  # Int4Recipe.label of an export (llmflow.export.recipe); none for a prebuilt
 
 # register
 TAG_SOURCE_RUN = "llmflow.source_run_id"
