@@ -32,16 +32,30 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = PROJECT_ROOT / "build" / "smollm2-135m-instruct"
 HELDOUT_TOKENS = 512
 # name -> export_onnx parameters (the rest are the defaults).
+ALL_INT8 = "last_matmul,mixed_layers,qkv"
 RECIPES: dict[str, dict[str, Any]] = {
     "builder-default": {"int4_mixed_precision": "none"},
+    "accuracy1": {"int4_mixed_precision": "none", "int4_accuracy_level": 1},
+    "k_quant": {"int4_algo": "k_quant", "int4_mixed_precision": "none"},
     "k_quant_mixed": {"int4_algo": "k_quant", "int4_mixed_precision": "last_matmul,mixed_layers"},
     "asym": {"int4_symmetric": "false", "int4_mixed_precision": "none"},
+    "b16": {"int4_block_size": 16, "int4_mixed_precision": "none"},
+    "asym-b16": {"int4_symmetric": "false", "int4_block_size": 16, "int4_mixed_precision": "none"},
     "head8": {"int4_mixed_precision": "last_matmul"},
     "head8+qkv8": {"int4_mixed_precision": "last_matmul,qkv"},
-    "head8+qkv8-asym": {"int4_mixed_precision": "last_matmul,qkv", "int4_symmetric": "false"},
-    "head8+qkv8-b16": {"int4_mixed_precision": "last_matmul,qkv", "int4_block_size": 16},
-    "head8+qkv8+mixed": {"int4_mixed_precision": "last_matmul,mixed_layers,qkv"},
-    "head8+qkv8+mixed-asym": {"int4_mixed_precision": "last_matmul,mixed_layers,qkv", "int4_symmetric": "false"},
+    "head8+qkv8-asym-b16": {
+        "int4_mixed_precision": "last_matmul,qkv",
+        "int4_symmetric": "false",
+        "int4_block_size": 16,
+    },
+    "head8+qkv8+mixed": {"int4_mixed_precision": ALL_INT8},
+    "head8+qkv8+mixed-asym": {"int4_mixed_precision": ALL_INT8, "int4_symmetric": "false"},
+    "head8+qkv8+mixed-asym-b16": {"int4_mixed_precision": ALL_INT8, "int4_symmetric": "false", "int4_block_size": 16},
+    "k_quant-head8+qkv8+mixed-asym": {
+        "int4_algo": "k_quant",
+        "int4_mixed_precision": ALL_INT8,
+        "int4_symmetric": "false",
+    },
     "int8": {"precision": "int8"},
     "fp32": {"precision": "fp32"},
 }
@@ -188,6 +202,20 @@ def measure(
     return {"perplexity": reference["perplexity"], "rotated_perplexity": rotated_reference}, rows
 
 
+def speed_rounds(model_dir: Path, names: list[str], rounds: int) -> dict[str, float]:
+    """Decode tokens/s of each recipe's export, best of ``rounds`` rounds that take the recipes in turn.
+
+    Interleaved, so that a slower stretch of a shared machine falls on every recipe alike.
+    """
+    best = dict.fromkeys(names, 0.0)
+    with tempfile.TemporaryDirectory(prefix="llmflow-recipe-speed-") as tmp:
+        folders = {name: export(model_dir, Path(tmp) / name, RECIPES[name])[0] for name in names}
+        for _ in range(rounds):
+            for name, folder in folders.items():
+                best[name] = max(best[name], decode_speed(folder, repeats=1))
+    return best
+
+
 def table(rows: list[RecipeFigures]) -> str:
     lines = [
         "| recipe | perplexity × ref | rotated copy × ref | greedy agreement | size MB | decode tok/s |",
@@ -208,6 +236,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=20, help="QA questions for greedy agreement.")
     parser.add_argument("--max-new-tokens", type=int, default=24, help="Tokens per greedy answer.")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench-results" / "recipes.json")
+    parser.add_argument("--speed-rounds", type=int, default=0, help="Only decode speed, best of N interleaved rounds.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from bench.rotated import rotate_model
@@ -217,6 +246,15 @@ def main() -> None:
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         parser.error(f"unknown recipe(s) {unknown}; expected some of: {', '.join(RECIPES)}")
+    if args.speed_rounds:
+        speeds = speed_rounds(args.model, names, args.speed_rounds)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(speeds, indent=1))
+        print("| recipe | decode tok/s | × builder default |\n|---|---:|---:|")
+        base = speeds.get("builder-default")
+        for name, speed in speeds.items():
+            print(f"| {name} | {speed:.1f} | {speed / base:.2f} |" if base else f"| {name} | {speed:.1f} | |")
+        return
     questions = [pair.question for pair in load_qa(PROJECT_ROOT / "data" / "qa.jsonl")][: args.questions]
     with tempfile.TemporaryDirectory(prefix="llmflow-rotated-") as tmp:
         rotated = rotate_model(args.model, Path(tmp) / "rotated")

@@ -36,10 +36,12 @@ def test_streaming_export_is_byte_identical_to_the_builder(
     monkeypatch.setattr(
         nbits, "_quantize_node", lambda graph, node, *a: quantized.append(node.name) or real(graph, node, *a)
     )
+    # The builder's own recipe (symmetric, no int8 placements), not the project's default.
+    stock_recipe = {"int4_mixed_precision": "none", "int4_symmetric": "true"}
     ours = run_builder(
         tiny_model_dir,
         tmp_path / "ours",
-        ExportSettings(precision="int4", int4_block_size=block, int4_accuracy_level=level),
+        ExportSettings(precision="int4", int4_block_size=block, int4_accuracy_level=level, **stock_recipe),
     )
     theirs = stock_export(tiny_model_dir, tmp_path / "stock", [f"block_size={block}", f"accuracy_level={level}"])
     # 2 layers x (qkv, o, gate_up or gate + up, down) + the LM head went through the streaming path.
@@ -72,7 +74,7 @@ def test_mixed_precision_streams_byte_identical_to_the_builder(tiny_model_dir: P
     monkeypatch.setattr(
         nbits, "_quantize_node", lambda graph, node, q, bits, *a: widths.append(bits) or real(graph, node, q, bits, *a)
     )
-    settings = ExportSettings(precision="int4", int4_mixed_precision="last_matmul,mixed_layers")
+    settings = ExportSettings(precision="int4", int4_mixed_precision="last_matmul,mixed_layers", int4_symmetric="true")
     ours = run_builder(tiny_model_dir, tmp_path / "ours", settings)
     theirs = stock_export(
         tiny_model_dir,
@@ -107,7 +109,9 @@ def test_block_size_and_accuracy_level_reach_every_quantized_matmul(
 
 
 def test_the_qkv_selector_makes_every_attention_input_projection_int8(tiny_model_dir: Path, tmp_path: Path):
-    out = run_builder(tiny_model_dir, tmp_path / "qkv", ExportSettings(int4_mixed_precision="qkv"))
+    out = run_builder(
+        tiny_model_dir, tmp_path / "qkv", ExportSettings(int4_mixed_precision="qkv", int4_symmetric="true")
+    )
     bits = quantized_attributes(out, "bits")
     qkv = {name: b for name, b in bits.items() if "/attn/qkv_proj/" in name}
     assert qkv and set(qkv.values()) == {8}

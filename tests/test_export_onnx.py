@@ -216,7 +216,13 @@ def test_run_builder_passes_exact_arguments(fake_builder: FakeBuilder, tmp_path:
         "int4",
         "cuda",
     )
-    assert extra == ["block_size=64", "accuracy_level=1"]
+    # The default recipe: uint4 with zero points, int8 LM head and llama.cpp's layers (qkv is applied in nbits).
+    assert extra == [
+        "block_size=64",
+        "accuracy_level=1",
+        "is_symmetric=false",
+        "matmul_mixed_precision=last_matmul:int8,mixed_layers:int8",
+    ]
     [(args, kwargs)] = fake_builder.create_calls
     assert args == (None, str(tmp_path / "hf"), str(tmp_path / "out"), "int4", "cuda", cache_dir)
     assert kwargs == {"parsed": "options"}
@@ -264,8 +270,8 @@ def test_step_parser_has_exactly_the_mlproject_parameters():
         "int4_block_size": 64,
         "int4_accuracy_level": 4,
         "int4_algo": "default",
-        "int4_mixed_precision": "none",
-        "int4_symmetric": "true",
+        "int4_mixed_precision": "last_matmul,mixed_layers,qkv",
+        "int4_symmetric": "false",
         "onnx_source": "export",
     }
 

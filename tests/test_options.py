@@ -91,8 +91,8 @@ def test_snake_case_and_kebab_case_flags_parse_the_same():
             "int4_block_size": 64,
             "int4_accuracy_level": 0,
             "int4_algo": "default",
-            "int4_mixed_precision": "none",
-            "int4_symmetric": "true",
+            "int4_mixed_precision": "last_matmul,mixed_layers,qkv",
+            "int4_symmetric": "false",
             "onnx_source": "export",
         }
     )

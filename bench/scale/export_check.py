@@ -1,8 +1,10 @@
 """The project's export (streaming int4 quantization) against the stock builder: peak RSS, time and sha256 per file.
 
-``python -m bench.scale.export_check --model DIR [--stock]`` exports ``DIR`` (int4, cpu, block 32, accuracy
-level 4) in a child process, samples its tree's RSS, and with ``--stock`` also runs the builder as shipped and
-compares every output file's sha256. The stock builder needs about 6 bytes a parameter: do not give it Phi-3-mini
+``python -m bench.scale.export_check --model DIR [--stock] [--twice] [--settings JSON]`` exports ``DIR`` (int4, cpu,
+with ``export_onnx``'s default recipe, or the ``ExportSettings`` fields given as JSON) in a child process, samples its
+tree's RSS, with ``--twice`` exports it again and compares every output file's sha256 (byte-reproducible), and with
+``--stock`` also runs the builder as shipped (block 32, accuracy level 4, no int8 placements) and compares.
+The stock builder needs about 6 bytes a parameter: do not give it Phi-3-mini
 at full size on a machine under 32 GB (it peaks at 22.5 GiB there).
 """
 
@@ -22,23 +24,24 @@ from llmflow.download import sha256_file
 EXTRA = ["block_size=32", "accuracy_level=4"]
 
 
-def _child(mode: str, model: str, out: str) -> None:
+def _child(mode: str, model: str, out: str, settings: dict) -> None:
     """In the child process: one export, ``stream`` through the project's ``run_builder``, ``stock`` as shipped."""
     from onnxruntime_genai.models import builder
 
     if mode == "stream":
         from llmflow.export_onnx import ExportSettings, run_builder
 
-        run_builder(Path(model), Path(out), ExportSettings(precision="int4"))
+        run_builder(Path(model), Path(out), ExportSettings(**{"precision": "int4", **settings}))
         return
     with tempfile.TemporaryDirectory() as cache:
         args = (None, model, out, "int4", "cpu", cache)
         builder.create_model(*args, **builder.parse_extra_options(*args, EXTRA))
 
 
-def measure(mode: str, model: Path, out: Path) -> dict:
+def measure(mode: str, model: Path, out: Path, settings: str = "{}") -> dict:
     shutil.rmtree(out, ignore_errors=True)
     argv = [sys.executable, "-m", "bench.scale.export_check", "--child", mode, "--model", str(model), "--out", str(out)]
+    argv += ["--settings", settings]
     with (out.parent / f"{out.name}.log").open("w") as log:
         code, seconds, sampler = run_sampled(argv, stdout=log, stderr=subprocess.STDOUT)
     if code:
@@ -57,14 +60,20 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="HF model folder to export.")
     parser.add_argument("--out", type=Path, default=None, help="Where the exports go (default: a temporary folder).")
     parser.add_argument("--stock", action="store_true", help="Also run the stock builder and compare sha256.")
+    parser.add_argument("--twice", action="store_true", help="Export twice and compare sha256 (reproducible).")
+    parser.add_argument("--settings", default="{}", help="ExportSettings fields as JSON (default: the defaults).")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.child, str(args.model), str(args.out))
+        _child(args.child, str(args.model), str(args.out), json.loads(args.settings))
         return
     root = args.out or Path(tempfile.mkdtemp(prefix="export-check-"))
     root.mkdir(parents=True, exist_ok=True)
-    results = [measure("stream", args.model, root / "stream")]
+    results = [measure("stream", args.model, root / "stream", args.settings)]
+    if args.twice:
+        again = measure("stream", args.model, root / "again", args.settings)
+        results += [again, {"reproducible": results[0]["files"] == again["files"]}]
+        shutil.rmtree(root / "again", ignore_errors=True)
     if args.stock:
         results.append(measure("stock", args.model, root / "stock"))
         results.append({"identical": results[0]["files"] == results[1]["files"]})

@@ -106,8 +106,10 @@ class Int4Recipe:
         return f"{self.algo}-{'sym' if self.symmetric else 'asym'}-b{self.block_size}-a{self.accuracy_level}{mixed}"
 
 
-# The export's default recipe; ``ExportSettings``' defaults are its fields (``llmflow.export_onnx``).
-DEFAULT_INT4_RECIPE = Int4Recipe()
+# The export's default recipe; ``ExportSettings``' defaults are its fields (``llmflow.export_onnx``). Chosen on the
+# real model and its rotated copy (README "Choosing the int4 recipe", ``bench.recipes``): uint4 with a zero point per
+# block of 32, int8 for the LM head, every layer's qkv projection and llama.cpp's sensitive layers.
+DEFAULT_INT4_RECIPE = Int4Recipe(int8=("last_matmul", "mixed_layers", "qkv"), symmetric=False)
 # The export parameters that only the recipe has (block size and accuracy level are older, and read on their own).
 INT4_RECIPE_PARAMS = ("int4_algo", "int4_mixed_precision", "int4_symmetric")
 
