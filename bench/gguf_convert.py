@@ -50,5 +50,23 @@ def convert(llama_cpp: Path, model_dir: Path, out: Path) -> None:
     convert_hf_to_gguf.main()
 
 
+def convert_llama(llama_cpp: Path, model_dir: Path, out: Path) -> None:
+    """A Llama-architecture model with a byte-level BPE ``tokenizer.json`` (SmolLM2): the converter's own BPE path.
+
+    The converter's Llama class tries SentencePiece first and reaches its BPE path (``_set_vocab_gpt2``) only on a
+    FileNotFoundError; without the sentencepiece package it fails with ModuleNotFoundError instead, so the BPE path
+    is taken directly. The weights go through unchanged.
+    """
+    sys.path[:0] = [str(llama_cpp), str(llama_cpp / "gguf-py")]
+    import convert_hf_to_gguf
+    from conversion.llama import LlamaModel
+
+    LlamaModel.set_vocab = LlamaModel._set_vocab_gpt2
+    sys.argv = ["convert_hf_to_gguf.py", str(model_dir), "--outfile", str(out), "--outtype", "f32"]
+    convert_hf_to_gguf.main()
+
+
+CONVERTERS = {"phi3": convert, "llama": convert_llama}
+
 if __name__ == "__main__":
-    convert(*map(Path, sys.argv[1:4]))
+    CONVERTERS[sys.argv[4] if len(sys.argv) > 4 else "phi3"](*map(Path, sys.argv[1:4]))
