@@ -3,11 +3,22 @@
 Quantization runs one MatMul at a time (``llmflow.export.nbits``) and the build stamp is the installed wheel's commit
 (``llmflow.export.stamp``); the quantizer's per-MatMul INFO lines are held back.
 
-One builder bug is worked around here (``longrope_type_key``): its Phi-3 LongRoPE class (Phi-3-mini-128k, Phi-3.5-mini,
-Phi-4-mini) reads the RoPE policy as ``rope_parameters["type"]``, the key of configs written before transformers 5.
-A config that transformers 5 saved has only ``rope_type``, and the builder then fails with ``KeyError: 'type'``;
-its base class already reads ``rope_type`` for every other model. ``tests/test_family_shapes.py`` exports such
-configs and compares the ONNX model's logits with transformers'.
+Two builder bugs are worked around here. The first (``longrope_type_key``): its Phi-3 LongRoPE class
+(Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) reads the RoPE policy as ``rope_parameters["type"]``, the key of configs
+written before transformers 5. A config that transformers 5 saved has only ``rope_type``, and the builder then fails
+with ``KeyError: 'type'``; its base class already reads ``rope_type`` for every other model.
+``tests/test_family_shapes.py`` exports such configs and compares the ONNX model's logits with transformers'.
+
+The second (``gemma3_rope_per_layer_type``): its Gemma 3 class (Gemma3ForCausalLM) reads the flat
+``rope_parameters["rope_type"]``, but transformers 5 keeps Gemma 3's RoPE per layer type
+(``{"full_attention": {...}, "sliding_attention": {...}}``), also when it loads a config written in the older form
+(``rope_theta`` and ``rope_local_base_freq``), so the builder fails with ``KeyError: 'rope_type'``. Two more errors
+hide behind it: the global theta falls back to 10000 (transformers 5 no longer sets ``rope_theta``), and
+``Gemma3Model.__init__`` reads ``rope_local_base_freq``, no longer set either. The fix hands the builder the global
+layers' parameters as ``rope_parameters`` and their theta as its theta, and the sliding layers' theta as
+``rope_local_base_freq``.
+``tests/test_families.py`` exports a tiny Gemma 3 and compares the ONNX model's logits with transformers'; it also
+checks that the stock builder still fails on both config forms, so that the day it does not, this fix can go.
 """
 
 from __future__ import annotations
@@ -27,9 +38,11 @@ from llmflow.export.residency import page_out
 from llmflow.export.stamp import package_build_stamp
 
 LONGROPE_CLASS = "Phi3MiniLongRoPEModel"
+GEMMA3_CLASS = "Gemma3Model"
 
-# What the builder raises for a model or option it cannot handle; anything else is a bug and keeps its traceback.
-BUILDER_INPUT_ERRORS = (NotImplementedError, ValueError, OSError)
+# What the builder raises for a model or option it cannot handle (a KeyError: a config key it expects and does not
+# find); anything else is a bug and keeps its traceback.
+BUILDER_INPUT_ERRORS = (NotImplementedError, ValueError, OSError, KeyError)
 
 
 def builder_extra_options(precision: str, recipe: Int4Recipe, tied_embeddings: bool = False) -> list[str]:
@@ -79,6 +92,57 @@ def longrope_type_key() -> Iterator[None]:
             cls.make_rope_init = original
 
 
+def _per_layer_type_rope(parameters: object) -> bool:
+    """Whether ``parameters`` is transformers 5's per-layer-type RoPE form that the builder's Gemma 3 cannot read."""
+    return (
+        isinstance(parameters, dict)
+        and "rope_type" not in parameters
+        and all(isinstance(parameters.get(kind), dict) for kind in ("full_attention", "sliding_attention"))
+    )
+
+
+@contextmanager
+def gemma3_rope_per_layer_type() -> Iterator[None]:
+    """Within this block the builder's Gemma 3 reads transformers 5's per-layer-type RoPE parameters.
+
+    Its ``make_rope_init`` gets the global layers' parameters as ``rope_parameters``; the base class's ``theta``
+    (read before it, from a ``rope_theta`` transformers 5 no longer sets, so 10000) is taken from them, and
+    ``rope_local_base_freq`` (read after it, by ``Gemma3Model.__init__``) from the sliding layers' ones. A config in
+    any other form is left as it is.
+    """
+    classes = builder_classes("gemma", GEMMA3_CLASS)  # Gemma 4 overrides make_rope_init and reads this form itself
+    own = [cls.__dict__.get("make_rope_init") for cls in classes]  # None: Gemma3Model inherits the base class's
+
+    def patched(original):  # noqa: ANN001, ANN202 - wraps a builder method
+        def make_rope_init(self, config):  # noqa: ANN001, ANN202
+            parameters = getattr(config, "rope_parameters", None)
+            if _per_layer_type_rope(parameters):
+                config.rope_local_base_freq = parameters["sliding_attention"]["rope_theta"]
+                config.rope_parameters = dict(parameters["full_attention"])
+                self.rope_attrs["theta"] = config.rope_parameters["rope_theta"]
+            return original(self, config)
+
+        return make_rope_init
+
+    for cls in classes:
+        cls.make_rope_init = patched(cls.make_rope_init)
+    try:
+        yield
+    finally:
+        for cls, method in zip(classes, own, strict=True):
+            if method is None:
+                del cls.make_rope_init  # back to the inherited one
+            else:
+                cls.make_rope_init = method
+
+
+def _builder_reason(exc: Exception) -> str:
+    """One line that says why the builder gave up; a KeyError's own message is only the quoted key."""
+    if isinstance(exc, KeyError) and exc.args:
+        return f"missing config key {exc.args[0]!r}"
+    return first_line(exc)
+
+
 def build(
     model_dir: Path,
     out_dir: Path,
@@ -107,6 +171,7 @@ def build(
         streaming_quantization(after_each=lambda: page_out(model_dir), recipe=recipe if precision == "int4" else None),
         package_build_stamp(),
         longrope_type_key(),
+        gemma3_rope_per_layer_type(),
     ):
         try:
             # (model_name, input_path, output_dir, precision, execution_provider, cache_dir), as the builder's CLI
@@ -114,7 +179,7 @@ def build(
             args = (None, str(model_dir), str(out_dir), precision, execution_provider, cache_dir)
             builder.create_model(*args, **builder.parse_extra_options(*args, extra))
         except BUILDER_INPUT_ERRORS as exc:
-            reason = first_line(exc)
+            reason = _builder_reason(exc)
             raise InputError(
                 f"the onnxruntime-genai model builder cannot export '{model_dir}' as "
                 f"{precision}/{execution_provider}: {reason}"
