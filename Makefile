@@ -17,7 +17,7 @@ export PATH := $(BIN):$(PATH)
 # The demo and the tests never reach the Hugging Face Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: FORCE venv system-deps tiny smollm2 demo test test-fast bench bench-deps bench-scale lint clean
+.PHONY: FORCE venv system-deps tiny smollm2 demo test test-fast bench bench-deps bench-quality bench-scale lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,13 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m bench.benchmark
 	$(BIN)/python -m bench.concurrency
 	$(BIN)/python -m bench.llamacpp
+
+# int4 recipes on the real model and its rotated copy (perplexity ratio, greedy agreement, size, decode speed), and
+# llama.cpp's Q4_K_M/Q4_0/Q8_0 on the same float weights (figures, not a test).
+bench-quality: $(STAMP) $(BENCH_STAMP) smollm2
+	$(BIN)/python -m bench.recipes
+	$(BIN)/python -m bench.recipes --speed-rounds 5 --out bench-results/recipe-speed.json
+	$(BIN)/python -m bench.llamacpp_quality --rotated
 
 # main on a random model of Phi-3-mini's real shape (config and tokenizer from ../shared/phi3-mini-4k-instruct):
 # per-step wall time, peak RSS, artifact-store growth and temporary disk, and the ONNX model's speed (figures).
