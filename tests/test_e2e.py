@@ -362,3 +362,21 @@ def test_every_registry_tag_of_a_main_run_fits_unity_catalog_limits(cold_run, cl
     written = {key for tags in objects.values() for key in tags}
     assert {"validation_status", "llmflow_evaluate_run_id", "llmflow_download_run_id", "llmflow_git_commit"} <= written
     assert [line for where, tags in sorted(objects.items()) for line in tag_problems(tags, where)] == []
+
+
+def test_every_evaluation_keeps_its_own_traces(cold_run, store, client):
+    """One trace per question for every evaluation of every main run here, and no trace id in two of them.
+
+    Each step once seeded Python's global random with 0, which OpenTelemetry's trace ids are drawn from: the
+    second evaluation of a chain drew the first one's ids and overwrote its traces.
+    """
+    evaluations = [r for r in _runs(client, store[1]) if r.data.tags.get(TAG_STEP) == "evaluate"]
+    assert len(evaluations) >= 4, [r.info.run_name for r in evaluations]
+    owners: dict[str, str] = {}
+    for run in evaluations:
+        traces = mlflow.search_traces(experiment_ids=[store[1]], run_id=run.info.run_id, return_type="list")
+        ids = {trace.info.trace_id for trace in traces}
+        assert len(ids) == int(run.data.metrics["n_examples"]), (run.info.run_name, len(ids))
+        shared = {trace_id: owners[trace_id] for trace_id in ids if trace_id in owners}
+        assert shared == {}, f"{run.info.run_name} shares trace ids with {set(shared.values())}"
+        owners.update(dict.fromkeys(ids, run.info.run_name))

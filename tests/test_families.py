@@ -20,20 +20,15 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pytest
+from int4_path import MAX_NEW_TOKENS, run_int4_path
 
 from llmflow.demo.families import FAMILIES, SLIDING_WINDOW, build_family
 from llmflow.errors import InputError
 
 pytestmark = pytest.mark.integration
 LOGIT_TOLERANCE = 1e-4  # as tests/test_family_shapes.py
-QA = [
-    {"question": "What is the capital of Spain?", "answer": "Madrid"},
-    {"question": "Who wrote Romeo and Juliet?", "answer": "William Shakespeare"},
-]
-HELDOUT = "The river ran past the old mill and into the valley, where the town kept its market every week.\n" * 3
 PROMPT_LENGTHS = (20, 3 * SLIDING_WINDOW)
 DECODE_STEPS = 4
 LIVE_TRAIT_MARGIN = 10  # a trait moves transformers' logits by at least this many times the tolerance
@@ -200,44 +195,11 @@ def test_without_the_workaround_the_export_names_the_missing_key(
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_the_int4_model_goes_through_the_pyfunc_and_evaluate(name: str, family_dirs, tracking_uri, tmp_path: Path):
     """Export int4, log the pyfunc and the transformers reference, ask the pyfunc, register and evaluate."""
-    from llmflow.download import DownloadOptions, download
-    from llmflow.evaluate import EvaluateOptions, evaluate
-    from llmflow.export_onnx import ExportOptions, export_onnx
-    from llmflow.log_pyfunc import LogPyfuncOptions, log_pyfunc
-    from llmflow.log_transformers import LogTransformersOptions, log_transformers
-    from llmflow.register import RegisterOptions, register
-    from llmflow.tracking.names import TAG_DECISION, TAG_VALIDATION_STATUS
+    from llmflow.tracking.names import TAG_DECISION
 
-    download_run = download(DownloadOptions(model=str(family_dirs[name])))
-    export = export_onnx(ExportOptions(download_run_id=download_run.run_id))
-    assert (export.precision, export.smoke_test) == ("int4", "passed")
-    onnx = log_pyfunc(LogPyfuncOptions(export_run_id=export.run_id, max_new_tokens=8)).model_uri
-    reference = log_transformers(LogTransformersOptions(download_run_id=download_run.run_id, max_new_tokens=8))
-    [answer] = mlflow.pyfunc.load_model(onnx).predict({"messages": [{"role": "user", "content": QA[0]["question"]}]})
-    message = answer["choices"][0]["message"]
+    path = run_int4_path(family_dirs[name], name, tmp_path)
+    message = path.answer["choices"][0]["message"]
     # Random weights answer in anything, blank lines included; what counts is that tokens came back decoded.
-    assert message["role"] == "assistant" and message["content"], answer
-    assert 1 <= answer["usage"]["completion_tokens"] <= 8
-    register(RegisterOptions(model_uri=onnx, registered_model_name=f"{name}-onnx"))
-
-    qa_path, heldout_path = tmp_path / "qa.jsonl", tmp_path / "heldout.txt"
-    qa_path.write_text("".join(json.dumps(row) + "\n" for row in QA))
-    heldout_path.write_text(HELDOUT)
-    result = evaluate(
-        EvaluateOptions(
-            registered_model_name=f"{name}-onnx",
-            qa_path=str(qa_path),
-            heldout_path=str(heldout_path),
-            eval_max_new_tokens=8,
-            reference_model_uri=reference.model_uri,
-        )
-    )
-    run = mlflow.get_run(result.run_id)
-    # Random weights: the figures are measured and the gate decides; it need not pass.
-    for metric in ("exact_match", "perplexity", "perplexity_ratio", "greedy_agreement", "latency_p50_s"):
-        assert np.isfinite(run.data.metrics[metric]), metric
-    assert run.data.metrics["n_examples"] == len(QA)
-    assert run.data.tags[TAG_DECISION] == ("promoted" if result.promoted else "rejected")
-    version = mlflow.MlflowClient().get_model_version(f"{name}-onnx", result.version)
-    assert version.tags[TAG_VALIDATION_STATUS] == ("passed" if result.promoted else "failed")
-    print(f"\n{name}: {version.tags[TAG_VALIDATION_STATUS]}: {result.reason}")
+    assert message["role"] == "assistant" and message["content"], path.answer
+    assert 1 <= path.answer["usage"]["completion_tokens"] <= MAX_NEW_TOKENS
+    assert path.evaluation.data.tags[TAG_DECISION] == ("promoted" if path.promoted else "rejected")

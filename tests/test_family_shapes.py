@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
+from int4_path import MAX_NEW_TOKENS, run_int4_path
 
 from llmflow.demo.shapes import ORIGINAL_CONTEXT, SHAPES, build_shape
 from llmflow.errors import InputError
@@ -86,48 +86,8 @@ def test_the_stock_builder_fails_on_a_transformers_5_longrope_config(shape_dirs,
         builder.create_model(*args, **builder.parse_extra_options(*args, []))
 
 
-QA = [
-    {"question": "What is the capital of Spain?", "answer": "Madrid"},
-    {"question": "Who wrote Romeo and Juliet?", "answer": "William Shakespeare"},
-]
-HELDOUT = "The river ran past the old mill and into the valley, where the town kept its market every week.\n" * 3
-
-
 @pytest.mark.parametrize("name", ["phi-3.5-mini", "phi-4-mini"])
 def test_the_int4_model_goes_through_the_pyfunc_and_evaluate(name: str, shape_dirs, tracking_uri, tmp_path: Path):
-    from llmflow.download import DownloadOptions, download
-    from llmflow.evaluate import EvaluateOptions, evaluate
-    from llmflow.export_onnx import ExportOptions, export_onnx
-    from llmflow.log_pyfunc import LogPyfuncOptions, log_pyfunc
-    from llmflow.log_transformers import LogTransformersOptions, log_transformers
-    from llmflow.register import RegisterOptions, register
-
-    download_run = download(DownloadOptions(model=str(shape_dirs[name])))
-    export = export_onnx(ExportOptions(download_run_id=download_run.run_id))
-    assert (export.precision, export.smoke_test) == ("int4", "passed")
-    onnx = log_pyfunc(LogPyfuncOptions(export_run_id=export.run_id, max_new_tokens=8)).model_uri
-    reference = log_transformers(LogTransformersOptions(download_run_id=download_run.run_id, max_new_tokens=8))
-    [answer] = mlflow.pyfunc.load_model(onnx).predict({"messages": [{"role": "user", "content": QA[0]["question"]}]})
-    assert answer["choices"][0]["message"]["role"] == "assistant" and answer["usage"]["completion_tokens"] <= 8
-    register(RegisterOptions(model_uri=onnx, registered_model_name=f"{name}-onnx"))
-
-    qa_path, heldout_path = tmp_path / "qa.jsonl", tmp_path / "heldout.txt"
-    qa_path.write_text("".join(json.dumps(row) + "\n" for row in QA))
-    heldout_path.write_text(HELDOUT)
-    result = evaluate(
-        EvaluateOptions(
-            registered_model_name=f"{name}-onnx",
-            qa_path=str(qa_path),
-            heldout_path=str(heldout_path),
-            eval_max_new_tokens=8,
-            reference_model_uri=reference.model_uri,
-        )
-    )
-    run = mlflow.get_run(result.run_id)
-    # Random weights: the figures are measured and the gate decides; it need not pass.
-    for metric in ("exact_match", "perplexity", "perplexity_ratio", "greedy_agreement", "latency_p50_s"):
-        assert np.isfinite(run.data.metrics[metric]), metric
-    assert run.data.metrics["n_examples"] == len(QA)
-    version = mlflow.MlflowClient().get_model_version(f"{name}-onnx", result.version)
-    assert version.tags["validation_status"] == ("passed" if result.promoted else "failed")
-    print(f"\n{name}: {version.tags['validation_status']}: {result.reason}")
+    path = run_int4_path(shape_dirs[name], name, tmp_path)
+    assert path.answer["choices"][0]["message"]["role"] == "assistant"
+    assert path.answer["usage"]["completion_tokens"] <= MAX_NEW_TOKENS

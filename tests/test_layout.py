@@ -157,6 +157,7 @@ def _third_party_imports(path: Path) -> set[str]:
         "bench",
         "tests",
         "servers",
+        "int4_path",
         "mlproject",
         "conftest",
         "serving",

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmflow.demo.tiny import DEFAULT_QA_PATH, save_chat_model, train_tokenizer
+from llmflow.demo.tiny import qa_tokenizer, save_chat_model
 
 logger = logging.getLogger(__name__)
 
@@ -185,14 +185,12 @@ def build_family(name: str, out_dir: Path, seed: int = 0) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from llmflow.errors import InputError
-    from llmflow.evaluation.qa import load_qa
 
     if name not in FAMILIES:
         raise InputError(f"family '{name}' is not known; expected one of: {', '.join(FAMILIES)}")
     family = FAMILIES[name]
     torch.manual_seed(seed)
-    pairs = load_qa(DEFAULT_QA_PATH)
-    tokenizer = train_tokenizer([f"{row.question}\n{row.answer}" for row in pairs], vocab_size=448)
+    tokenizer = qa_tokenizer()
     config = AutoConfig.for_model(
         family.model_type,
         vocab_size=family.vocab_size,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmflow.demo.tiny import DEFAULT_QA_PATH, save_chat_model, train_tokenizer
+from llmflow.demo.tiny import qa_tokenizer, save_chat_model
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +69,12 @@ def build_shape(name: str, out_dir: Path, seed: int = 0) -> Path:
     from transformers import Phi3Config, Phi3ForCausalLM
 
     from llmflow.errors import InputError
-    from llmflow.evaluation.qa import load_qa
 
     if name not in SHAPES:
         raise InputError(f"shape '{name}' is not known; expected one of: {', '.join(SHAPES)}")
     shape = SHAPES[name]
     torch.manual_seed(seed)
-    pairs = load_qa(DEFAULT_QA_PATH)
-    tokenizer = train_tokenizer([f"{row.question}\n{row.answer}" for row in pairs], vocab_size=448)
+    tokenizer = qa_tokenizer()
     pairs_count = shape.rotary_pairs
     config = Phi3Config(
         vocab_size=shape.vocab_size,

@@ -58,6 +58,11 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     )
 
 
+def qa_tokenizer(qa_path: Path = DEFAULT_QA_PATH, vocab_size: int = 448) -> PreTrainedTokenizerFast:
+    """The demo's tokenizer, trained on the QA set's questions and answers; every family's tiny model shares it."""
+    return train_tokenizer([f"{row.question}\n{row.answer}" for row in load_qa(qa_path)], vocab_size=vocab_size)
+
+
 def _training_batch(tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, ...]:
     """Tokenise each pair as a chat; the loss covers only the assistant's answer and its end tokens."""
     rows, labels = [], []

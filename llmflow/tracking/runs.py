@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -40,8 +39,8 @@ from llmflow.tracking.names import (
 
 logger = logging.getLogger(__name__)
 
-# Every step seeds Python's, NumPy's and (when loaded) torch's generators with this; the steps are also
-# deterministic by construction (greedy decoding, a deterministic exporter), so the seed is a safeguard.
+# Every step seeds NumPy's and (when loaded) torch's generators with this (not Python's: see seed_everything); the
+# steps are also deterministic by construction (greedy decoding, a deterministic exporter), so the seed is a safeguard.
 SEED = 0
 
 
@@ -93,8 +92,12 @@ def frozen_environment() -> str:
 
 
 def seed_everything(seed: int = SEED) -> None:
-    """Seed Python's and NumPy's generators, and torch's when a step has loaded it."""
-    random.seed(seed)
+    """Seed what the models use: NumPy's generator, and torch's when a step has loaded it.
+
+    Not Python's global ``random``: ids are drawn from it, OpenTelemetry's trace ids (MLflow's traces) among them,
+    and a constant seed in every step made two evaluations draw the same trace ids and overwrite each other's
+    traces. Nothing in the pipeline samples from it; generation seeds are passed explicitly.
+    """
     numpy.random.seed(seed)
     torch = sys.modules.get("torch")
     if torch is not None:
