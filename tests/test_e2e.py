@@ -370,7 +370,9 @@ def test_every_evaluation_keeps_its_own_traces(cold_run, store, client):
     Each step once seeded Python's global random with 0, which OpenTelemetry's trace ids are drawn from: the
     second evaluation of a chain drew the first one's ids and overwrote its traces.
     """
-    evaluations = [r for r in _runs(client, store[1]) if r.data.tags.get(TAG_STEP) == "evaluate"]
+    evaluations = [
+        r for r in _runs(client, store[1]) if r.data.tags.get(TAG_STEP) == "evaluate" and r.info.status == "FINISHED"
+    ]
     assert len(evaluations) >= 4, [r.info.run_name for r in evaluations]
     owners: dict[str, str] = {}
     for run in evaluations:

@@ -151,13 +151,14 @@ def describe(folder: Path, config: dict, what: str = "the ONNX folder") -> Descr
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and onnx_ir's own errors alike
         reason = first_line(exc)
         raise InputError(f"{what}: '{decoder}' is not a readable ONNX graph: {reason}") from exc
-    for node in model.graph:
-        if node.op_type == "MatMulNBits":
-            attrs = node.attributes
-            bits = attrs["bits"].as_int()
-            block = attrs["block_size"].as_int()
-            level = attrs["accuracy_level"].as_int() if "accuracy_level" in attrs else 0
-            return Description(f"int{bits}", execution_provider, block if bits == 4 else None, level)
+    # A mixed-precision int4 model keeps some MatMuls at int8 (its LM head, say): its precision is its narrowest.
+    quantized = [node.attributes for node in model.graph if node.op_type == "MatMulNBits"]
+    if quantized:
+        attrs = min(quantized, key=lambda a: a["bits"].as_int())
+        bits = attrs["bits"].as_int()
+        block = attrs["block_size"].as_int()
+        level = attrs["accuracy_level"].as_int() if "accuracy_level" in attrs else 0
+        return Description(f"int{bits}", execution_provider, block if bits == 4 else None, level)
     dtypes = [value.const_value.dtype.name for value in model.graph.initializers.values() if value.const_value]
     floats = [FLOAT_PRECISIONS[name] for name in dtypes if name in FLOAT_PRECISIONS]
     return Description(max(set(floats), key=floats.count) if floats else "unknown", execution_provider)
