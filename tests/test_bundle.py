@@ -8,6 +8,7 @@ The task graph itself runs in tests/test_bundle_run.py.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -52,6 +53,16 @@ STEP_TASKS = {
 
 def _step(task: dict[str, Any]) -> str:
     return Path(task["spark_python_task"]["python_file"]).stem
+
+
+def _installed_pins(job: dict[str, Any], task: dict[str, Any]) -> list[str]:
+    """What a task installs over its compute's Python: its libraries on a job cluster, its environment on serverless."""
+    if "libraries" in task:
+        return [library["pypi"]["package"] for library in task["libraries"]]
+    if "environment_key" not in task:
+        return []
+    (environment,) = [env for env in job["environments"] if env["environment_key"] == task["environment_key"]]
+    return [dependency for dependency in environment["spec"]["dependencies"] if not dependency.startswith("-")]
 
 
 def _published_fields(step: str) -> set[str]:
@@ -156,18 +167,28 @@ def test_serverless_variant_has_the_same_task_graph_and_pins_every_dependency():
     assert "HF_TOKEN" not in env, "the token is read from the secret scope, never written into the job"
 
 
-def test_job_clusters_run_an_ml_runtime_with_mlflow_3_and_install_no_second_mlflow():
+@pytest.mark.parametrize("key", sorted(JOBS))
+def test_every_task_installs_all_of_requirements_txt_so_the_mlflow_that_runs_is_the_one_tested(key: str):
+    """No task runs on its runtime's own MLflow (3.0.1 on 17.3 LTS ML): each installs the pinned one, and that is
+    the MLflow these tests run on."""
+    job = JOBS[key]
+    tested = f"mlflow=={importlib.metadata.version('mlflow')}"
+    for task in job["tasks"]:
+        pins = _installed_pins(job, task)
+        assert pins == REQUIREMENTS, f"{key}.{task['task_key']} installs {pins}, not requirements.txt"
+        assert tested in pins, f"{key}.{task['task_key']}: the tests ran on {tested}"
+
+
+def test_job_clusters_run_a_cpu_ml_runtime_and_take_torch_from_its_cpu_index():
     clusters = {cluster["job_cluster_key"]: cluster["new_cluster"] for cluster in PIPELINE["job_clusters"]}
     for cluster in clusters.values():
         major, minor = map(int, re.fullmatch(r"(\d+)\.(\d+)\.x-cpu-ml-scala2\.13", cluster["spark_version"]).groups())
-        assert (major, minor) >= (17, 3), "17.3 LTS ML is the first LTS ML runtime with MLflow 3"
+        assert (major, minor) >= (17, 3), "17.3 LTS ML's Python 3.12 is the one the pins were tried on"
         env = cluster["spark_env_vars"]
         assert env["HF_TOKEN"] == "{{secrets/llmflow/hf_token}}"
         assert env["MLFLOW_TRACKING_URI"] == "databricks"
         assert env["MLFLOW_REGISTRY_URI"] == "databricks-uc"
     for task in PIPELINE["tasks"]:
-        packages = [library["pypi"]["package"] for library in task["libraries"]]
-        assert packages == [r for r in REQUIREMENTS if not r.startswith("mlflow==")]
         torch = next(library["pypi"] for library in task["libraries"] if library["pypi"]["package"].startswith("torch"))
         assert torch["repo"] == TORCH_CPU_INDEX
     # export_onnx on a cluster of its own, whose node type is a variable of its own (a high-memory node for an

@@ -122,8 +122,8 @@ def test_spark_job_project_has_the_root_steps_with_the_same_parameters_and_comma
     for name, entry in spark["entry_points"].items():
         assert entry == root[name], f"{name} differs from the root MLproject's"
         assert project.get_entry_point(name).command.startswith(f"python steps/{name}.py ")
-    # No second MLflow over the runtime's own (17.3 LTS ML has MLflow 3); the rest is requirements.txt.
-    assert project.databricks_spark_job_spec.python_libraries == [r for r in REQUIREMENTS if not r.startswith("mlflow")]
+    # All of requirements.txt: its MLflow replaces the runtime's own (3.0.1 on 17.3 LTS ML), which no test ran on.
+    assert project.databricks_spark_job_spec.python_libraries == REQUIREMENTS
     assert ClusterSpec.from_dict(CLUSTER_SPEC).as_dict() == CLUSTER_SPEC
     assert re.fullmatch(r"1[7-9]\.\d\.x-cpu-ml-scala2\.13", CLUSTER_SPEC["spark_version"])
     assert CLUSTER_SPEC["spark_env_vars"]["HF_TOKEN"] == "{{secrets/llmflow/hf_token}}"
@@ -162,7 +162,7 @@ def test_mlflow_submits_a_spark_python_task_that_runs_the_step_from_the_uploaded
     assert task["parameters"] == ["--model", str(tiny_model_dir), "--revision", "main"]
     code_path = rf"dbfs:/mlflow-experiments/{experiment_id}/projects-code/[0-9a-f]{{32}}\.py"
     assert re.fullmatch(code_path, task["python_file"])
-    assert request["libraries"] == [{"pypi": {"package": r}} for r in REQUIREMENTS if not r.startswith("mlflow")]
+    assert request["libraries"] == [{"pypi": {"package": r}} for r in REQUIREMENTS]
     assert "shell_command_task" not in request
     # Found here: MLflow sends the whole backend config as new_cluster, its own run settings included,
     # and the Jobs API may refuse or drop those keys. The cluster spec itself arrives unchanged.
