@@ -26,13 +26,17 @@ QUESTIONS = {
 
 
 @pytest.fixture(scope="module")
-def server(logged_onnx_model: tuple[str, str], tmp_path_factory: pytest.TempPathFactory):
+def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tmp_path_factory.mktemp("serve")) / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(logged_onnx_model: tuple[str, str], server_log: Path):
     tracking_uri, model_uri = logged_onnx_model
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
     command += ["-h", "127.0.0.1", "-p", str(port), "-w", "2"]
-    log = Path(tmp_path_factory.mktemp("serve")) / "server.log"
-    with running(command, port, tracking_uri, log) as base:
+    with running(command, port, tracking_uri, server_log) as base:
         yield base
 
 
@@ -89,6 +93,20 @@ def test_bad_input_is_a_400_naming_the_field(server: str, case: str):
     status, error = post(server, body)
     assert status == 400, error
     assert field in error["message"]
+
+
+def test_seed_reaches_the_model_through_invocations(server: str, server_log: Path):
+    """`/invocations` drops what the signature does not declare; `seed` was dropped, so one seed gave two answers."""
+
+    def sampled(seed: int) -> str:
+        body = {"messages": SPAIN, "max_tokens": 24, "temperature": 1.8, "top_k": 400, "seed": seed}
+        status, answer = post(server, body)
+        assert status == 200, answer
+        return answer[0]["choices"][0]["message"]["content"]
+
+    assert sampled(7) == sampled(7) == sampled(7)
+    assert len({sampled(seed) for seed in range(8)}) > 1
+    assert "not defined in the model signature" not in server_log.read_text()
 
 
 def test_malformed_json_is_a_400_and_the_server_keeps_serving(server: str):
