@@ -109,6 +109,17 @@ def test_seed_reaches_the_model_through_invocations(server: str, server_log: Pat
     assert "not defined in the model signature" not in server_log.read_text()
 
 
+def test_a_50_kb_prompt_is_refused_by_name_without_a_copy_of_it(server: str):
+    """MLflow's scoring server put the whole input into its error message (48 KB for a long prompt)."""
+    long_prompt = "What is the capital of Spain? " * 1700
+    assert len(long_prompt) > 50_000
+    status, error = post(server, {"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 8})
+    assert status == 400
+    assert "context length is 512 tokens" in error["message"]
+    assert len(json.dumps(error)) < 1000 and "capital of Spain" not in json.dumps(error)
+    assert "stack_trace" not in error
+
+
 def test_malformed_json_is_a_400_and_the_server_keeps_serving(server: str):
     status, _ = post(server, None, raw=b'{"messages": [')
     assert status == 400

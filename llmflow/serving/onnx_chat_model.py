@@ -145,24 +145,30 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> list[Any]:
-        """One answer per row: a ``chat.completion`` dict for a chat request, a string for a prompt."""
-        rows = self.prepare(model_input, params)
-        for batch in self.batches(rows):
-            for _ in self.generate(batch):
-                pass
-        return [RENDER[row.request.form](self, row) for row in rows]
+        """One answer per row: a ``chat.completion`` dict for a chat request, a string for a prompt.
+
+        A bad request raises ``protocol.Refused`` (400) naming the field; any other error one that names only its
+        type (500), with the traceback in the server's log (``protocol.internal_errors``).
+        """
+        with protocol.internal_errors("generating"):
+            rows = self.prepare(model_input, params)
+            for batch in self.batches(rows):
+                for _ in self.generate(batch):
+                    pass
+            return [RENDER[row.request.form](self, row) for row in rows]
 
     def predict_stream(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: Any, params: dict[str, Any] | None = None
     ) -> Iterator[Any]:
         """Stream the answer to one request: ``chat.completion.chunk`` dicts for chat, strings for a prompt.
 
-        Joining the chunks' text gives what ``predict`` returns for the same request.
+        Joining the chunks' text gives what ``predict`` returns for the same request; errors are ``predict``'s.
         """
-        rows = self.prepare(model_input, params)
-        if len(rows) != 1:
-            raise protocol.invalid(f"predict_stream takes exactly one request; got {len(rows)} rows")
-        yield from STREAM[rows[0].request.form](self, rows[0])
+        with protocol.internal_errors("generating"):
+            rows = self.prepare(model_input, params)
+            if len(rows) != 1:
+                raise protocol.invalid(f"predict_stream takes exactly one request; got {len(rows)} rows")
+            yield from STREAM[rows[0].request.form](self, rows[0])
 
     def prepare(self, model_input: Any, params: dict[str, Any] | None) -> list[Row]:
         """Parse and check every row, and tokenize it; raises before any generation starts."""
