@@ -1,4 +1,5 @@
-"""The transformers llm/v1/chat model served offline by the project's endpoint, with the ONNX model's checks.
+"""The transformers llm/v1/chat model served offline: by the project's endpoint, with the ONNX model's checks, and by
+`mlflow models serve`, whose `stop` loads a tokenizer by the model's recorded name (here from a cache of its own).
 
 Before: `mlflow models serve` answered `stop` with a 400 holding a traceback (`OSError: We couldn't connect to
 'https://huggingface.co'`), an empty `messages` with a 500, and an unknown role, `max_tokens` 0 and a prompt of
@@ -13,6 +14,7 @@ import sys
 import urllib.error
 import urllib.request
 
+import mlflow
 import pytest
 from servers import free_port, started
 
@@ -101,3 +103,46 @@ def test_the_same_seed_gives_the_same_sampled_answer(endpoint: str):
 
     assert sampled(7) == sampled(7) == sampled(7)
     assert len({sampled(seed) for seed in range(8)}) > 1
+
+
+def test_stock_mlflow_still_loads_the_stop_tokenizer_by_the_recorded_name(logged_transformers_model: tuple[str, str]):
+    """Why `llmflow.stop_tokenizer` exists: drop it, and this test, when MLflow uses the pipeline's own tokenizer."""
+    tracking_uri, model_uri = logged_transformers_model
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert content(model.predict({"messages": SPAIN})[0]) == "Madrid"
+    with pytest.raises(OSError, match="huggingface.co"):
+        model.predict({"messages": SPAIN, "stop": ["ad"]})
+
+
+@pytest.fixture(scope="module")
+def invocations(logged_transformers_model: tuple[str, str], tmp_path_factory: pytest.TempPathFactory):
+    """`mlflow models serve` on the transformers model, offline, with the model's tokenizer under its recorded name."""
+    from llmflow.stop_tokenizer import fill
+
+    tracking_uri, model_uri = logged_transformers_model
+    folder = tmp_path_factory.mktemp("transformers-serve")
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        fill(model_uri, folder / "hf")
+    finally:
+        mlflow.set_tracking_uri(None)
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    command += ["-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(folder / "hf")}
+    with started(command, port, tracking_uri, folder / "server.log", timeout=120, env=env) as server:
+        yield f"{server.base}/invocations"
+
+
+def test_mlflow_models_serve_stops_offline_from_the_models_own_tokenizer(invocations: str):
+    status, [answer] = post(invocations, {"messages": SPAIN, "max_tokens": 16})
+    assert (status, content(answer)) == (200, "Madrid")
+    status, [answer] = post(invocations, {"messages": SPAIN, "max_tokens": 16, "stop": ["ad"]})
+    assert status == 200, answer
+    # MLflow's stop matches tokens and keeps the stop text: "Mad" (the endpoint answers "M").
+    assert content(answer) != "Madrid" and "Madrid".startswith(content(answer))
+    assert answer["choices"][0]["finish_reason"] == "stop"
