@@ -7,9 +7,10 @@ Writes, in its MLflow run, a logged model (``models:/<model_id>``) built from th
 - a model config: the generation defaults (``max_new_tokens`` from this step, greedy decoding) and
   ``model_name``, the HF repo id that chat responses name;
 - an explicit signature that takes an OpenAI chat request (``messages``, ``temperature``, ``max_tokens``,
-  ``top_p``, ``top_k``, ``stop``) or a raw ``prompt``, with the per-request params ``max_new_tokens``,
-  ``temperature``, ``top_p`` and ``top_k``; the chat completion as its output schema (Unity Catalog
-  refuses a signature without outputs);
+  ``top_p``, ``top_k``, ``stop``, ``seed``) or a raw ``prompt``, with the per-request params ``max_new_tokens``,
+  ``temperature``, ``top_p`` and ``top_k``: every field and param the model reads, since ``mlflow models serve``
+  drops, with only a warning in its log, whatever the signature does not declare; the chat completion as its output
+  schema (Unity Catalog refuses a signature without outputs);
 - a chat request as its input example;
 - pip requirements pinned to the versions installed here.
 It tags the run with the model URI, ``llmflow.onnx_storage`` and the lineage copied from the export run.
@@ -38,7 +39,7 @@ from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, 
 
 from llmflow.errors import InputError
 from llmflow.options import GenerationSettings, StepOptions, non_empty, one_of, option
-from llmflow.serving.chat_protocol import find_chat_template
+from llmflow.serving.chat_protocol import GENERATION_DEFAULTS, ROW_FIELDS, find_chat_template
 from llmflow.tracking.model_cards import logged_model_tags, onnx_model_name, onnx_model_params
 from llmflow.tracking.names import (
     ONNX_ARTIFACT_DIR,
@@ -63,7 +64,7 @@ MODEL_CODE = Path(__file__).resolve().parent / "serving/onnx_chat_model.py"
 SERVING_PACKAGE = MODEL_CODE.parent
 MODEL_NAME = "model"
 CHAT_EXAMPLE = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}], "max_tokens": 16}
-# The generation options of a chat request, typed as in MLflow's llm/v1/chat signature.
+# The generation options of a chat request that MLflow's llm/v1/chat signature types; ``seed`` is not one of them.
 CHAT_OPTIONS = ("temperature", "max_tokens", "top_p", "top_k", "stop")
 # Greedy by default, as in the smoke test and the evaluation; a request can switch sampling on.
 SAMPLING_DEFAULTS: dict[str, Any] = {"temperature": 0.0, "top_p": 1.0, "top_k": 50}
@@ -119,16 +120,18 @@ def build_signature(defaults: dict[str, Any]) -> ModelSignature:
     ``prompt`` (the Phi-3 cookbook's form) gets a plain string instead, which the declared outputs do not
     describe; MLflow does not enforce output schemas, so that form keeps working.
     """
-    chat_options = {spec.name: spec for spec in CHAT_MODEL_INPUT_SCHEMA.inputs if spec.name in CHAT_OPTIONS}
-    messages = Array(Object([Property("role", "string"), Property("content", "string")]))
+    types = {spec.name: spec.type for spec in CHAT_MODEL_INPUT_SCHEMA.inputs if spec.name in CHAT_OPTIONS}
+    types |= {
+        "messages": Array(Object([Property("role", "string"), Property("content", "string")])),
+        "prompt": "string",
+        "seed": "long",
+    }
+    # The model's own lists of what it reads: a field or param missing here would be dropped when served.
+    missing = sorted(set(ROW_FIELDS) - set(types)) + sorted(set(GENERATION_DEFAULTS) - set(PARAM_DTYPES))
+    if missing:
+        raise TypeError(f"no signature type for {missing}; add them to build_signature")
     return ModelSignature(
-        inputs=Schema(
-            [
-                ColSpec(messages, "messages", required=False),
-                ColSpec("string", "prompt", required=False),
-                *(ColSpec(chat_options[name].type, name, required=False) for name in CHAT_OPTIONS),
-            ]
-        ),
+        inputs=Schema([ColSpec(types[name], name, required=False) for name in ROW_FIELDS]),
         outputs=completion_schema(),
         params=ParamSchema([ParamSpec(name, dtype, defaults[name]) for name, dtype in PARAM_DTYPES.items()]),
     )

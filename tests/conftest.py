@@ -118,10 +118,35 @@ def logged_onnx_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     return uri, model_uri
 
 
+@pytest.fixture(scope="session")
+def logged_transformers_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, _empty_store: Path):
+    """(tracking URI, models:/ URI) of the tiny model logged by the project's log_transformers step (its weights
+    stored), in a store of its own, for tests that serve it from another process."""
+    from llmflow.download import download
+    from llmflow.log_transformers import LogTransformersOptions, log_transformers
+
+    root = tmp_path_factory.mktemp("served-transformers")
+    shutil.copyfile(_empty_store, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.create_experiment("served", artifact_location=(root / "artifacts").as_uri())
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+    try:
+        download_run = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
+        options = LogTransformersOptions(download_run_id=download_run.run_id, max_new_tokens=16)
+        model_uri = log_transformers(options).model_uri
+    finally:
+        mp.undo()
+        mlflow.set_tracking_uri(previous)
+    return uri, model_uri
+
+
 TIERS = ("integration", "e2e")
 # The fixtures that build the tiny Phi-3 and run the project's steps on it (training, export, logging): a test
 # that uses one of them runs real models through the pipeline's code, so it is an integration test.
-MODEL_FIXTURES = frozenset({"tiny_model_dir", "onnx_dir", "logged_onnx_model"})
+MODEL_FIXTURES = frozenset({"tiny_model_dir", "onnx_dir", "logged_onnx_model", "logged_transformers_model"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -26,13 +26,17 @@ QUESTIONS = {
 
 
 @pytest.fixture(scope="module")
-def server(logged_onnx_model: tuple[str, str], tmp_path_factory: pytest.TempPathFactory):
+def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tmp_path_factory.mktemp("serve")) / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(logged_onnx_model: tuple[str, str], server_log: Path):
     tracking_uri, model_uri = logged_onnx_model
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
     command += ["-h", "127.0.0.1", "-p", str(port), "-w", "2"]
-    log = Path(tmp_path_factory.mktemp("serve")) / "server.log"
-    with running(command, port, tracking_uri, log) as base:
+    with running(command, port, tracking_uri, server_log) as base:
         yield base
 
 
@@ -89,6 +93,44 @@ def test_bad_input_is_a_400_naming_the_field(server: str, case: str):
     status, error = post(server, body)
     assert status == 400, error
     assert field in error["message"]
+
+
+def test_seed_reaches_the_model_through_invocations(server: str, server_log: Path):
+    """`/invocations` drops what the signature does not declare; `seed` was dropped, so one seed gave two answers."""
+
+    def sampled(seed: int) -> str:
+        body = {"messages": SPAIN, "max_tokens": 24, "temperature": 1.8, "top_k": 400, "seed": seed}
+        status, answer = post(server, body)
+        assert status == 200, answer
+        return answer[0]["choices"][0]["message"]["content"]
+
+    assert sampled(7) == sampled(7) == sampled(7)
+    assert len({sampled(seed) for seed in range(8)}) > 1
+    assert not dropped(server_log, "seed")
+
+
+def dropped(log: Path, field: str) -> list[str]:
+    """The server log's warnings that ``field`` was dropped: it is not in the model's signature."""
+    lines = log.read_text().splitlines()
+    return [line for line in lines if "not defined in the model signature" in line and f"'{field}'" in line]
+
+
+def test_a_field_the_model_does_not_know_is_dropped_with_a_warning_in_the_log(server: str, server_log: Path):
+    """What `/invocations` does with an unknown field (the README says it): MLflow drops it and answers."""
+    status, body = post(server, {"messages": SPAIN, "max_tokens": 16, "best_of": 3})
+    assert status == 200 and body[0]["choices"][0]["message"]["content"] == "Madrid"
+    assert dropped(server_log, "best_of")
+
+
+def test_a_50_kb_prompt_is_refused_by_name_without_a_copy_of_it(server: str):
+    """MLflow's scoring server put the whole input into its error message (48 KB for a long prompt)."""
+    long_prompt = "What is the capital of Spain? " * 1700
+    assert len(long_prompt) > 50_000
+    status, error = post(server, {"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 8})
+    assert status == 400
+    assert "context length is 512 tokens" in error["message"]
+    assert len(json.dumps(error)) < 1000 and "capital of Spain" not in json.dumps(error)
+    assert "stack_trace" not in error
 
 
 def test_malformed_json_is_a_400_and_the_server_keeps_serving(server: str):

@@ -86,8 +86,17 @@ async def _prepare(served: Served, call: protocol.ChatCall) -> Any:
     except MlflowException as error:
         if error.error_code in CLIENT_ERROR_CODES:
             raise Failure(400, error.message, "invalid_request_error") from None
-        raise
+        raise _internal(error) from None
+    except Exception as error:
+        raise _internal(error) from None
     return row
+
+
+def _internal(error: Exception) -> Failure:
+    """A 500 that names the error's type only: its message and traceback (server paths) go to the log."""
+    logger.error("reading a request failed", exc_info=error)
+    message = f"internal error while reading the request ({type(error).__name__}); the server's log has the details"
+    return Failure(500, message, "server_error")
 
 
 async def _place(holder: ModelHolder, call: protocol.ChatCall, limits: Limits) -> tuple[Served, Job]:

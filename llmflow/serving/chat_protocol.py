@@ -12,17 +12,22 @@ A request is one or more rows. Each row is either
   generated string back. It takes the same optional fields.
 
 Generation settings come from the row's fields, else the request's params (``max_new_tokens``,
-``temperature``, ``top_p``, ``top_k``), else the model config. Every bad value raises an
-``MlflowException`` with ``INVALID_PARAMETER_VALUE`` (HTTP 400 when served) that names the field.
+``temperature``, ``top_p``, ``top_k``), else the model config. Every bad value raises a ``Refused`` (an
+``MlflowException`` with ``INVALID_PARAMETER_VALUE``, HTTP 400 when served) that names the field and what is
+accepted. Its message quotes at most ``SHOWN_CHARS`` characters of the value, and keeps no copy of the input when
+MLflow's scoring server would add one (see ``Refused``); an unexpected error becomes one that names its type only
+(``internal_errors``), with the traceback in the server's log.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
@@ -31,7 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+
+logger = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
 CHAT, PROMPT = "messages", "prompt"
@@ -42,9 +49,53 @@ ROW_FIELD_OF_PARAM = {"max_new_tokens": "max_tokens", "temperature": "temperatur
 ROW_FIELDS = (CHAT, PROMPT, *ROW_FIELD_OF_PARAM.values(), "stop", "seed")
 
 
-def invalid(message: str) -> MlflowException:
+# The most characters of a client's value an error message quotes.
+SHOWN_CHARS = 80
+
+
+class Refused(MlflowException):
+    """A request this model does not answer, with a message that is the model's own and stays so.
+
+    MLflow's scoring server (3.17) rewrites the message of an ``MlflowException`` from ``predict`` into
+    ``Failed to predict data '<the whole input>'. Error: <message>``, so a refused 50 KB prompt came back whole in
+    the answer. The scoring server sets ``message``; a ``Refused`` keeps the first one it was given.
+    """
+
+    @property
+    def message(self) -> str:
+        return self._own_message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_own_message"):
+            self._own_message = value
+
+
+def invalid(message: str) -> Refused:
     """The error for a bad request: ``INVALID_PARAMETER_VALUE``, which the scoring server answers with 400."""
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+    return Refused(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to ``SHOWN_CHARS`` characters: an error names a value, it does not copy it."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text):,} characters)"
+
+
+@contextmanager
+def internal_errors(doing: str) -> Iterator[None]:
+    """Within this block an unexpected error becomes a ``Refused`` with ``INTERNAL_ERROR`` (HTTP 500) that names
+    only its type; its message and traceback, which may hold server paths, go to the server's log."""
+    try:
+        yield
+    except Refused:
+        raise
+    except Exception as error:
+        logger.exception("internal error while %s", doing)
+        raise Refused(
+            f"internal error while {doing} ({type(error).__name__}); the server's log has the details",
+            error_code=INTERNAL_ERROR,
+        ) from None
 
 
 def _whole(value: Any) -> int | None:
@@ -89,7 +140,7 @@ def checked(name: str, value: Any, where: str = "") -> Any:
     cast, in_range, accepted = SETTING_RULES[name]
     result = cast(value)
     if result is None or not in_range(result):
-        raise invalid(f"{where}{name} must be {accepted}; got {value!r}")
+        raise invalid(f"{where}{name} must be {accepted}; got {shown(value)}")
     return result
 
 
@@ -97,7 +148,7 @@ def generation_options(defaults: dict[str, Any], params: dict[str, Any] | None) 
     """The request-wide settings: ``params`` over ``defaults`` (the model config), each checked."""
     unknown = sorted(set(params or {}) - set(GENERATION_DEFAULTS))
     if unknown:
-        raise invalid(f"unknown parameter(s) {unknown}; accepted: {', '.join(GENERATION_DEFAULTS)}")
+        raise invalid(f"unknown parameter(s) {shown(unknown)}; accepted: {', '.join(GENERATION_DEFAULTS)}")
     given = {name: value for name, value in (params or {}).items() if value is not None}
     merged = {**GENERATION_DEFAULTS, **defaults, **given}
     return {name: checked(name, merged[name], "parameter ") for name in GENERATION_DEFAULTS}
@@ -206,11 +257,11 @@ def _messages(value: Any, where: str) -> tuple[dict[str, str], ...]:
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
             raise invalid(
-                f"{where}messages[{number}].role {role!r} is not accepted; expected one of {', '.join(ROLES)}"
+                f"{where}messages[{number}].role {shown(role)} is not accepted; expected one of {', '.join(ROLES)}"
             )
         if not isinstance(content, str):
             raise invalid(
-                f"{where}messages[{number}].content must be a string; got {type(content).__name__} {content!r}"
+                f"{where}messages[{number}].content must be a string; got {type(content).__name__} {shown(content)}"
             )
         messages.append({"role": role, "content": content})
     return tuple(messages)
@@ -218,7 +269,7 @@ def _messages(value: Any, where: str) -> tuple[dict[str, str], ...]:
 
 def _prompt(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
-        raise invalid(f"{where}prompt must be a non-empty string; got {type(value).__name__} {value!r}")
+        raise invalid(f"{where}prompt must be a non-empty string; got {type(value).__name__} {shown(value)}")
     return value
 
 
@@ -226,10 +277,10 @@ def parse_row(row: dict[str, Any], options: dict[str, Any], where: str = "") -> 
     """One row as a ``Request``; ``options`` are the request-wide settings from ``generation_options``."""
     unknown = sorted(set(row) - set(ROW_FIELDS))
     if unknown:
-        raise invalid(f"{where}unknown field(s) {unknown}; accepted: {', '.join(ROW_FIELDS)}")
+        raise invalid(f"{where}unknown field(s) {shown(unknown)}; accepted: {', '.join(ROW_FIELDS)}")
     forms = [form for form in (CHAT, PROMPT) if form in row]
     if len(forms) != 1:
-        got = "both" if forms else f"neither (fields: {sorted(row) or 'none'})"
+        got = "both" if forms else f"neither (fields: {shown(sorted(row)) if row else 'none'})"
         raise invalid(f"{where}a request needs exactly one of 'messages' (chat) or 'prompt' (raw prompt); got {got}")
     [form] = forms
     settings = {

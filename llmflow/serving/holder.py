@@ -67,6 +67,23 @@ def _experiment_of(client: mlflow.MlflowClient, model_id: str | None) -> str | N
         return None
 
 
+def chat_backend(model: Any, uri: str) -> Any:
+    """What the scheduler drives (``prepare``, ``generate``, ``context_length``) for a loaded pyfunc model: the
+    project's ONNX chat pyfunc itself, or a transformers ``llm/v1/chat`` model in a ``TransformersChat``."""
+    if "transformers" in model.metadata.flavors:
+        from .transformers_chat import TransformersChat  # torch and transformers: only for this flavour
+
+        return TransformersChat.from_pyfunc(model)
+    python_model = model.unwrap_python_model()
+    for needed in ("prepare", "generate", "context_length"):
+        if not hasattr(python_model, needed):
+            raise TypeError(
+                f"{uri} is neither an ONNX chat pyfunc of this project nor a transformers llm/v1/chat model "
+                f"(no {needed!r})"
+            )
+    return python_model
+
+
 def resolve(model_uri: str) -> Target:
     """The version a ``models:/`` URI names now (the alias read from the registry), or the URI as it is."""
     client = mlflow.MlflowClient()
@@ -113,11 +130,7 @@ class ModelHolder:
 
     def _load(self, target: Target) -> Served:
         logger.info("loading %s (version %s) ...", target.load_uri, target.version)
-        model = mlflow.pyfunc.load_model(target.load_uri)
-        python_model = model.unwrap_python_model()
-        for needed in ("prepare", "generate", "context_length"):
-            if not hasattr(python_model, needed):
-                raise TypeError(f"{target.load_uri} is not an ONNX chat pyfunc of this project (no {needed!r})")
+        python_model = chat_backend(mlflow.pyfunc.load_model(target.load_uri), target.load_uri)
         scheduler = self.make_scheduler(python_model, target.version or "0")
         logger.info("loaded %s (version %s)", target.load_uri, target.version)
         return Served(target, self.name, python_model, scheduler)

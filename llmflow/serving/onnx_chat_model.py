@@ -3,7 +3,8 @@
 This file is the model: MLflow copies it next to the ONNX folder and runs it where the model is served,
 where the ``llmflow`` package may be absent. It therefore imports only the standard library, mlflow,
 numpy, pandas, onnxruntime_genai and the ``serving`` package it is part of (``chat_protocol``, the request and
-response formats; ``generation``, the generation loop), which is logged with it as its ``code_paths``.
+response formats; ``generation``, the generation loop; ``rows``, a row's state), which is logged with it as its
+``code_paths``.
 
 - Artifacts: ``onnx``, the folder written by the onnxruntime-genai model builder, with its chat template; or,
   for a model logged with ``onnx_storage=reference``, none, and ``onnx_uri`` in the model config instead: the
@@ -21,13 +22,11 @@ response formats; ``generation``, the generation loop), which is logged with it 
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import mlflow
-import numpy as np
 import onnxruntime_genai as og
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -38,58 +37,16 @@ from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 try:
     from serving import chat_protocol as protocol
     from serving import generation
+    from serving.rows import Row
 except ModuleNotFoundError:
     from llmflow.serving import chat_protocol as protocol
     from llmflow.serving import generation
+    from llmflow.serving.rows import Row
 
 GENERATION_DEFAULTS = protocol.GENERATION_DEFAULTS
 MAX_BATCH_SIZE = 16
 # onnxruntime-genai 0.18 refuses a generator for more rows than this.
 OG_MAX_BATCH_SIZE = 32
-
-
-@dataclass
-class Row:
-    """The generation state of one row of one request; it lives only for that request."""
-
-    request: protocol.Request
-    ids: np.ndarray
-    budget: int
-    decoder: og.TokenizerStream
-    scanner: protocol.StopScanner
-    pieces: list[str] = field(default_factory=list)
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-
-    def push(self, token: int, eos: frozenset[int]) -> str:
-        """Take the next generated token; return the text it makes safe to show (may be empty)."""
-        if token in eos:
-            self.finish_reason = "stop"
-            return self._keep(self.scanner.flush())
-        self.completion_tokens += 1
-        text, stopped = self.scanner.feed(self.decoder.decode(token))
-        if stopped:
-            self.finish_reason = "stop"
-        elif self.completion_tokens >= self.budget:
-            self.finish_reason = "length"
-            text += self.scanner.flush()
-        return self._keep(text)
-
-    def close(self) -> str:
-        """End the row if the generator stopped before it did (not expected: see ``generate``)."""
-        if self.finish_reason is not None:
-            return ""
-        self.finish_reason = "length"
-        return self._keep(self.scanner.flush())
-
-    def _keep(self, text: str) -> str:
-        if text:
-            self.pieces.append(text)
-        return text
-
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
 
 
 def onnx_folder(artifacts: dict[str, str], config: dict[str, Any]) -> Path:
@@ -145,24 +102,30 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> list[Any]:
-        """One answer per row: a ``chat.completion`` dict for a chat request, a string for a prompt."""
-        rows = self.prepare(model_input, params)
-        for batch in self.batches(rows):
-            for _ in self.generate(batch):
-                pass
-        return [RENDER[row.request.form](self, row) for row in rows]
+        """One answer per row: a ``chat.completion`` dict for a chat request, a string for a prompt.
+
+        A bad request raises ``protocol.Refused`` (400) naming the field; any other error one that names only its
+        type (500), with the traceback in the server's log (``protocol.internal_errors``).
+        """
+        with protocol.internal_errors("generating"):
+            rows = self.prepare(model_input, params)
+            for batch in self.batches(rows):
+                for _ in self.generate(batch):
+                    pass
+            return [RENDER[row.request.form](self, row) for row in rows]
 
     def predict_stream(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: Any, params: dict[str, Any] | None = None
     ) -> Iterator[Any]:
         """Stream the answer to one request: ``chat.completion.chunk`` dicts for chat, strings for a prompt.
 
-        Joining the chunks' text gives what ``predict`` returns for the same request.
+        Joining the chunks' text gives what ``predict`` returns for the same request; errors are ``predict``'s.
         """
-        rows = self.prepare(model_input, params)
-        if len(rows) != 1:
-            raise protocol.invalid(f"predict_stream takes exactly one request; got {len(rows)} rows")
-        yield from STREAM[rows[0].request.form](self, rows[0])
+        with protocol.internal_errors("generating"):
+            rows = self.prepare(model_input, params)
+            if len(rows) != 1:
+                raise protocol.invalid(f"predict_stream takes exactly one request; got {len(rows)} rows")
+            yield from STREAM[rows[0].request.form](self, rows[0])
 
     def prepare(self, model_input: Any, params: dict[str, Any] | None) -> list[Row]:
         """Parse and check every row, and tokenize it; raises before any generation starts."""

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .chat_protocol import SHOWN_CHARS, shown
+
 # Fields passed on to the model's own chat request (chat_protocol); `max_completion_tokens` is the newer name.
 FORWARDED = ("messages", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed")
 RENAMED = {"max_completion_tokens": "max_tokens"}
@@ -72,10 +74,10 @@ def _stream_options(body: dict[str, Any]) -> bool:
     if not body.get("stream"):
         raise BadRequest("stream_options is only allowed when stream is true", "stream_options")
     if not isinstance(options, dict) or set(options) - {"include_usage"}:
-        raise BadRequest(f"stream_options accepts only include_usage; got {options!r}", "stream_options")
+        raise BadRequest(f"stream_options accepts only include_usage; got {shown(options)}", "stream_options")
     include = options.get("include_usage", False)
     if not isinstance(include, bool):
-        raise BadRequest(f"stream_options.include_usage must be true or false; got {include!r}", "stream_options")
+        raise BadRequest(f"stream_options.include_usage must be true or false; got {shown(include)}", "stream_options")
     return include
 
 
@@ -85,15 +87,17 @@ def read_call(body: Any) -> ChatCall:
         raise BadRequest("request body must be a JSON object")
     unknown = sorted(set(body) - set(ACCEPTED))
     if unknown:
-        raise BadRequest(f"unsupported field(s) {unknown}; accepted: {', '.join(ACCEPTED)}", unknown[0])
+        raise BadRequest(
+            f"unsupported field(s) {shown(unknown)}; accepted: {', '.join(ACCEPTED)}", unknown[0][:SHOWN_CHARS]
+        )
     for name, (harmless, message) in REFUSED.items():
         if name in body and not harmless(body[name]):
-            raise BadRequest(f"{message}; got {name}={body[name]!r}", name)
+            raise BadRequest(f"{message}; got {name}={shown(body[name])}", name)
     if "messages" not in body:
         raise BadRequest("missing required field 'messages'", "messages")
     stream = body.get("stream") or False
     if not isinstance(stream, bool):
-        raise BadRequest(f"stream must be true or false; got {stream!r}", "stream")
+        raise BadRequest(f"stream must be true or false; got {shown(stream)}", "stream")
     request = {RENAMED.get(key, key): value for key, value in body.items() if key in FORWARDED or key in RENAMED}
     request = {key: value for key, value in request.items() if value is not None}
     return ChatCall(request, stream, _stream_options(body))

@@ -1,10 +1,12 @@
-"""An OpenAI-compatible ``/v1/chat/completions`` endpoint in front of a registered ONNX chat model.
+"""An OpenAI-compatible ``/v1/chat/completions`` endpoint in front of a registered chat model of either flavour.
 
 Why this exists: neither of MLflow's own serving paths speaks the OpenAI protocol faithfully for a custom pyfunc.
 ``mlflow models serve`` answers only ``/invocations`` and cannot stream; the AI gateway's ``mlflow-model-serving``
 provider forwards only the first message's content and returns ``usage`` as nulls. This endpoint adds what a team
 needs to put it in production: API keys, a bounded queue with 429, a timeout, a body limit, readiness, Prometheus
-metrics, batching across requests, following the ``champion`` alias, and MLflow traces.
+metrics, batching across requests, following the ``champion`` alias, and MLflow traces. It serves the ONNX pyfunc,
+and the transformers ``llm/v1/chat`` model through ``transformers_chat`` with the same request checks, which
+MLflow's own scoring of that flavour does not make (see the README).
 
 Run it with ``python -m llmflow.serving.openai_server --model-uri models:/<name>@champion``; every flag is in the
 README's serving section. The modules: ``app`` (routes and answers), ``openai_protocol`` (fields honoured and
