@@ -212,6 +212,8 @@ def _chain(parent: Run, options: MainOptions) -> ChainResult:
             "evaluate",
             {
                 "registered_model_name": name,
+                # Its own version, not the alias: another run's register may have moved `challenger` since.
+                "model_version": register.data.tags[TAG_REGISTERED_VERSION],
                 "reference_model_uri": reference.data.tags[TAG_MODEL_URI] if reference else "none",
                 **evaluation_params,
             },

@@ -140,13 +140,14 @@ def _runs(client: MlflowClient, step: str) -> list:
     )
 
 
-def _wait_stopped(proc: subprocess.Popen, pids: set[int], timeout: float = 60) -> tuple[str, str, float]:
-    """Wait for ``proc`` to exit and every one of ``pids`` to be gone; return its output and the seconds it took."""
-    started = time.monotonic()
+def _wait_stopped(proc: subprocess.Popen, pids: set[int], timeout: float = 120) -> tuple[str, str, set[int]]:
+    """Wait for ``proc`` to exit; return its output and which of ``pids`` still run 3 s later (time for whoever
+    adopted an orphan to reap it). A cancelled command returns only once its step has stopped."""
     out, err = proc.communicate(timeout=timeout)
-    while _alive(pids) and time.monotonic() - started < timeout:
+    deadline = time.monotonic() + 3
+    while _alive(pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return out, err, time.monotonic() - started
+    return out, err, _alive(pids)
 
 
 def test_ctrl_c_on_mlflow_run_main_stops_the_export_and_the_rerun_runs_it_again(project, slow_model, store):
@@ -165,12 +166,10 @@ def test_ctrl_c_on_mlflow_run_main_stops_the_export_and_the_rerun_runs_it_again(
     assert {os.getpgid(pid) for pid in export_pids} != {proc.pid}
 
     os.killpg(proc.pid, signal.SIGINT)
-    out, err, seconds = _wait_stopped(proc, tree)
+    out, err, left = _wait_stopped(proc, tree)
 
     assert proc.returncode != 0
-    assert _alive(tree) == set(), f"left running {seconds:.1f} s after Ctrl-C: {_alive(tree)}"
-    assert _export_process_pids() & tree == set()
-    assert list((root / "tmp").glob("llmflow-*")) == [], "the export's temporary folders are removed"
+    assert left == set(), f"still running after `mlflow run` returned: {left}"
     [main] = _runs(client, "main")
     [export] = _runs(client, "export_onnx")
     assert export.info.status == "KILLED", export.data.tags.get(TAG_ERROR)
@@ -181,6 +180,7 @@ def test_ctrl_c_on_mlflow_run_main_stops_the_export_and_the_rerun_runs_it_again(
     reason = main.data.tags[TAG_ERROR]
     assert reason.startswith("cancelled by SIGINT") and export.info.run_id in reason, reason
     assert f"error: main: cancelled by SIGINT: step 'export_onnx' (run {export.info.run_id}) stopped" in err
+    assert list((root / "tmp").glob("llmflow-*")) == [], "the export's temporary folders are removed"
 
     rerun = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
 
@@ -211,10 +211,10 @@ def test_sigterm_to_a_step_run_alone_ends_its_run_killed_and_removes_its_files(p
     tree = _wait_for_export(proc, root / "tmp")
 
     proc.send_signal(signal.SIGTERM)
-    out, err, seconds = _wait_stopped(proc, tree)
+    out, err, left = _wait_stopped(proc, tree)
 
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
-    assert _alive(tree) == set(), f"left running {seconds:.1f} s after SIGTERM"
+    assert left == set(), f"still running after the step returned: {left}"
     assert "error: export_onnx: cancelled by SIGTERM" in err
     assert list((root / "tmp").glob("llmflow-*")) == []
     [export] = _runs(client, "export_onnx")

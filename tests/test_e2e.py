@@ -184,7 +184,7 @@ def test_a_code_change_reruns_that_step_and_what_follows(cold_run, project, stor
     assert "| git tree clean | `false` |" in v2.description
     assert v2.tags["validation_status"] == "passed"
     aliases = {k: str(v) for k, v in client.get_registered_model("e2e-onnx").aliases.items()}
-    assert aliases == {"challenger": "2", "champion": "2", "previous": "1"}
+    assert aliases == {"champion": "2", "previous": "1"}
 
 
 def test_a_killed_step_is_marked_and_main_resumes_after_the_last_finished_step(
@@ -306,7 +306,7 @@ def test_main_takes_a_prebuilt_onnx_folder_and_judges_it_against_the_reference(
     assert evaluation.data.tags["llmflow.reference_model_uri"] == transformers_run.data.tags["llmflow.model_uri"]
     assert version.tags["validation_status"] == "passed"
     aliases = {k: str(v) for k, v in client.get_registered_model("e2e-prebuilt-onnx").aliases.items()}
-    assert aliases == {"challenger": "1", "champion": "1"}
+    assert aliases == {"champion": "1"}
 
 
 def test_bad_value_fails_in_main_before_any_step(project, store, client, tiny_model_dir: Path):

@@ -30,7 +30,6 @@ from llmflow.evaluate import fingerprint_files
 from llmflow.export.prebuilt import EXPORT, parse_onnx_source, resolve
 from llmflow.tracking.digest import code_digest
 from llmflow.tracking.names import (
-    CHALLENGER,
     TAG_CODE_DIGEST,
     TAG_ERROR,
     TAG_EVALUATE_RUN,
@@ -84,17 +83,15 @@ def _export_still_valid(run: Run, params: dict[str, str]) -> bool:
 
 
 def _register_still_valid(run: Run, params: dict[str, str]) -> bool:
-    """The version it registered still exists, from the same model, and is still the challenger."""
+    """The version it registered still exists, from the same model (``evaluate`` is given that version's number, so
+    it does not matter where ``challenger`` points now)."""
     tags = run.data.tags
     name, version = params["registered_model_name"], tags.get(TAG_REGISTERED_VERSION)
-    client = MlflowClient()
     try:
-        model_version = client.get_model_version(name, version)
-        aliases = client.get_registered_model(name).aliases or {}
+        model_version = MlflowClient().get_model_version(name, version)
     except MlflowException:
         return False
-    same_model = params["model_uri"] in (model_version.source, f"models:/{getattr(model_version, 'model_id', '')}")
-    return same_model and str(aliases.get(CHALLENGER)) == str(version)
+    return params["model_uri"] in (model_version.source, f"models:/{getattr(model_version, 'model_id', '')}")
 
 
 def _evaluate_still_valid(run: Run, params: dict[str, str]) -> bool:
