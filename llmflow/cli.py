@@ -8,11 +8,13 @@ the parser is built from that class, and its first docstring line is the step's 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, get_type_hints
 
-from llmflow.errors import PipelineError
+from llmflow.errors import Cancelled, PipelineError
 from llmflow.options import StepOptions, parse
 from llmflow.tracking import task_values
 
@@ -30,6 +32,26 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _raise_cancelled(signum: int, _frame: object) -> None:
+    # One signal starts the cleanup; a second (Ctrl-C pressed twice, or the SIGTERM that `mlflow run` sends after
+    # the terminal's SIGINT) must not interrupt it. What does not stop in time gets SIGKILL from whoever started it.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Cancelled(signum)
+
+
+def cancel_on_signals() -> None:
+    """Turn SIGINT and SIGTERM into ``Cancelled``, so the step ends its run KILLED and cleans up on the way out.
+
+    SIGTERM is how Databricks and Kubernetes cancel (Python's default dies on it without ending the run, and as a
+    container's PID 1 Python ignores it altogether); SIGINT is Ctrl-C. Only the main thread can install handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_cancelled)
+
+
 def run_step(step: Callable[..., Any], argv: list[str] | None = None, entry_point: str | None = None) -> None:
     """Parse arguments into the step's options, call ``step(options)``, and turn a ``PipelineError`` into one
     line and its exit code. ``entry_point`` defaults to the step function's name."""
@@ -39,9 +61,10 @@ def run_step(step: Callable[..., Any], argv: list[str] | None = None, entry_poin
     options = parse(cls, name, description, argv)
     configure_logging()
     task_values.hf_token_from_secret()
+    cancel_on_signals()
     try:
         result = step(options)
-    except PipelineError as exc:
+    except (PipelineError, Cancelled) as exc:
         print(f"error: {name}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     # What a later task of a Databricks job reads as {{tasks.<step>.values.<name>}}.

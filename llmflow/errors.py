@@ -21,6 +21,26 @@ class StepFailed(PipelineError):
     """A child step of ``main`` failed; the message names the step, its run and its error."""
 
 
+class Cancelled(BaseException):
+    """The process was asked to stop (SIGINT, SIGTERM): raised by the handler ``llmflow.cli`` installs.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` on the way swallows it. The run
+    it interrupts ends KILLED with the signal's name as its reason (``llmflow.tracking.runs.step_run``), and the
+    process exits with 128 + the signal's number, as a shell reports a process the signal killed.
+    """
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        import signal
+
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"cancelled by {self.signal_name}" + (f": {detail}" if detail else ""))
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message, or its type's name when it has none: the reason in a one-line error."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

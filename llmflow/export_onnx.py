@@ -172,7 +172,8 @@ def preflight_memory(download_run_id: str, precision: str) -> None:
     weight_bytes = sum(
         f["size"] for f in read_manifest(download_run_id)["files"] if f["file"].endswith(WEIGHT_SUFFIXES)
     )
-    config = config_of(model_dir_from_run(download_run_id, weights=False))
+    with tempfile.TemporaryDirectory(prefix="llmflow-config-") as tmp:
+        config = config_of(model_dir_from_run(download_run_id, Path(tmp), weights=False))
     need, found = export_need(config, weight_bytes, precision), memory_found()
     logger.info("export_onnx: needs about %.1f GiB, %.1f GiB available", need.needed / 2**30, found.available / 2**30)
     check_export_memory(need, found, precision)

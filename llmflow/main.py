@@ -28,7 +28,7 @@ from mlflow.entities import Run
 
 from llmflow import PROJECT_ROOT
 from llmflow.download import DownloadOptions, is_local_reference
-from llmflow.errors import InputError, StepFailed
+from llmflow.errors import Cancelled, InputError, StepFailed
 from llmflow.evaluate import EvaluationSettings
 from llmflow.export.prebuilt import parse_onnx_source
 from llmflow.export_onnx import ExportSettings
@@ -44,7 +44,7 @@ from llmflow.tracking.names import (
     TAG_REUSED_STEPS,
     TAG_STEP_RUN_PREFIX,
 )
-from llmflow.tracking.reuse import end_abandoned_run, find_reusable_run, normalise, upstream_key
+from llmflow.tracking.reuse import end_abandoned_run, find_reusable_run, normalise, stop_step, upstream_key
 from llmflow.tracking.runs import step_run
 from llmflow.tracking.summary import print_summary
 
@@ -96,7 +96,13 @@ class Runner:
                 run_name=key,  # "download", "evaluate:onnx": what the UI's run tree shows
                 synchronous=False,
             )
-            ok = submitted.wait()
+            try:
+                ok = submitted.wait()
+            except Cancelled as exc:
+                # The step runs in a session of its own: the signal that stops main does not reach it.
+                self.result.step_runs[key] = submitted.run_id
+                status = stop_step(MlflowClient(), submitted, f"cancelled: main received {exc.signal_name}")
+                raise Cancelled(exc.signum, f"step '{key}' (run {submitted.run_id}) stopped, {status}") from None
         finally:
             os.environ.pop(ENV_UPSTREAM, None)
         self.result.step_runs[key] = submitted.run_id
@@ -206,6 +212,8 @@ def _chain(parent: Run, options: MainOptions) -> ChainResult:
             "evaluate",
             {
                 "registered_model_name": name,
+                # Its own version, not the alias: another run's register may have moved `challenger` since.
+                "model_version": register.data.tags[TAG_REGISTERED_VERSION],
                 "reference_model_uri": reference.data.tags[TAG_MODEL_URI] if reference else "none",
                 **evaluation_params,
             },

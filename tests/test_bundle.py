@@ -128,7 +128,8 @@ def test_every_task_parameter_parses_with_its_steps_options(key: str):
     job = PIPELINES[key]
     defaults = {param["name"]: str(param["default"]) for param in job["parameters"]}
     values = {
-        task["task_key"]: {"run_id": "0" * 32, "model_uri": "models:/m-0", "name": "c.s.m"} for task in job["tasks"]
+        task["task_key"]: {"run_id": "0" * 32, "model_uri": "models:/m-0", "name": "c.s.m", "version": "1"}
+        for task in job["tasks"]
     }
     for task in job["tasks"]:
         step = _step(task)

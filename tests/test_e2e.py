@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,10 +20,10 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from llmflow import PROJECT_ROOT
 from llmflow.tracking.model_cards import lineage_of
 from llmflow.tracking.names import TAG_STEP
 from llmflow.tracking.unity_catalog import tag_problems
+from tests.mlproject import git, snapshot_project
 
 pytestmark = pytest.mark.e2e
 STEPS = {"download", "export_onnx", "log_transformers", "log_pyfunc", "register", "evaluate"}
@@ -43,27 +42,10 @@ TOKEN_MARKER = "hf_llmflowMarker7d1c9e5a"
 LOGS: list[str] = []
 
 
-def _git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A git repository holding this working tree's files (tracked and untracked, not ignored)."""
-    root = tmp_path_factory.mktemp("project") / "llmflow"
-    files = _git(PROJECT_ROOT, "ls-files", "--cached", "--others", "--exclude-standard").splitlines()
-    for name in files:
-        source = PROJECT_ROOT / name
-        if source.is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-    # A shorter QA set (12 of the 60 questions the tiny model learnt) keeps each evaluation short.
-    qa = (root / "data" / "qa.jsonl").read_text().splitlines(keepends=True)
-    (root / "data" / "qa.jsonl").write_text("".join(qa[:12]))
-    _git(root, "init", "-q")
-    _git(root, "add", "-A")
-    _git(root, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "snapshot")
-    return root
+    """A git repository holding this working tree's files, with 12 of the 60 questions the tiny model learnt."""
+    return snapshot_project(tmp_path_factory.mktemp("project") / "llmflow")
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +142,7 @@ def test_every_version_leads_back_to_its_sources(cold_run, project: Path, store,
         assert tags["llmflow_hf_commit_sha"] == download.data.tags["llmflow.hf_commit_sha"]
         assert tags["llmflow_hf_commit_sha"].startswith("sha256:")
         assert tags["llmflow_download_run_id"] == download.info.run_id
-        assert tags["llmflow_git_commit"] == _git(project, "rev-parse", "HEAD")
+        assert tags["llmflow_git_commit"] == git(project, "rev-parse", "HEAD")
         # What people read rather than filter on is in the description, after the evaluation report.
         lineage = dict(re.findall(r"^\| ([a-z ]+) \| `([^`]*)` \|$", lineage_of(version.description), re.M))
         assert version.description.index("PASSED") < version.description.index("## Lineage")
@@ -202,7 +184,7 @@ def test_a_code_change_reruns_that_step_and_what_follows(cold_run, project, stor
     assert "| git tree clean | `false` |" in v2.description
     assert v2.tags["validation_status"] == "passed"
     aliases = {k: str(v) for k, v in client.get_registered_model("e2e-onnx").aliases.items()}
-    assert aliases == {"challenger": "2", "champion": "2", "previous": "1"}
+    assert aliases == {"champion": "2", "previous": "1"}
 
 
 def test_a_killed_step_is_marked_and_main_resumes_after_the_last_finished_step(
@@ -324,7 +306,7 @@ def test_main_takes_a_prebuilt_onnx_folder_and_judges_it_against_the_reference(
     assert evaluation.data.tags["llmflow.reference_model_uri"] == transformers_run.data.tags["llmflow.model_uri"]
     assert version.tags["validation_status"] == "passed"
     aliases = {k: str(v) for k, v in client.get_registered_model("e2e-prebuilt-onnx").aliases.items()}
-    assert aliases == {"challenger": "1", "champion": "1"}
+    assert aliases == {"champion": "1"}
 
 
 def test_bad_value_fails_in_main_before_any_step(project, store, client, tiny_model_dir: Path):

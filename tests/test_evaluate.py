@@ -225,6 +225,7 @@ def test_step_script_takes_its_defaults_from_mlproject(monkeypatch):
     evaluate_step.main(["--registered-model-name", "tiny", "--eval-max-new-tokens", "16.0", "--min-scores", "none"])
     assert calls[0] == {
         "registered_model_name": "tiny",
+        "model_version": "challenger",
         "qa_path": "data/qa.jsonl",
         "heldout_path": "data/heldout.txt",
         "eval_max_new_tokens": 32,
@@ -300,7 +301,7 @@ def test_onnx_challenger_is_judged_against_its_reference_and_reported(models: Mo
     result = _evaluate(name, qa_file)  # auto: the transformers model of the same download run
 
     assert result.promoted, result.reason
-    assert _aliases(name) == {"challenger": v1, "champion": v1}
+    assert _aliases(name) == {"champion": v1}
     run = mlflow.get_run(result.run_id)
     metrics = run.data.metrics
     assert run.data.tags["llmflow.reference_model_uri"] == models.transformers
@@ -436,7 +437,7 @@ def test_a_collapsed_export_is_refused_even_with_no_champion(models: Models, qa_
     result = _evaluate(name, qa_file, reference=models.transformers, min_scores="none")
 
     assert not result.promoted
-    assert _aliases(name) == {"challenger": v1}
+    assert _aliases(name) == {}, "a judged version is no longer the challenger"
     run = mlflow.get_run(result.run_id)
     assert run.data.metrics["promoted"] == 0.0
     assert run.data.metrics["quality_retained_exact_match"] == 0.0
@@ -457,7 +458,7 @@ def test_a_collapsed_export_is_refused_even_with_no_champion(models: Models, qa_
     assert "FAILED" in report.read_text().split("\n\n")[0].upper()
 
 
-def test_worse_challenger_keeps_challenger_and_never_touches_champion(models: Models, qa_file: Path):
+def test_worse_challenger_is_judged_and_never_touches_champion(models: Models, qa_file: Path):
     name = "regressing"
     v1 = _register(name, models.transformers)
     assert _evaluate(name, qa_file).promoted
@@ -466,7 +467,7 @@ def test_worse_challenger_keeps_challenger_and_never_touches_champion(models: Mo
     result = _evaluate(name, qa_file, min_scores="none")
 
     assert not result.promoted
-    assert _aliases(name) == {"challenger": v2, "champion": v1}
+    assert _aliases(name) == {"champion": v1}
     # The champion's per-question scores are read back from its evaluate run's table: compared question by question.
     lost = 5 - round(5 * mlflow.get_run(result.run_id).data.metrics["contains_answer"])
     assert lost > 0
@@ -489,7 +490,7 @@ def test_better_challenger_is_promoted_and_rollback_restores_the_previous_champi
 
     assert second.promoted, second.reason
     assert "champion is version 1" in second.reason
-    assert _aliases(name) == {"challenger": v2, "champion": v2, "previous": v1}
+    assert _aliases(name) == {"champion": v2, "previous": v1}
     assert client.get_model_version(name, v2).tags["llmflow_previous_champion"] == v1
     # The report compares challenger and champion side by side.
     decision = json.loads(
@@ -502,7 +503,7 @@ def test_better_challenger_is_promoted_and_rollback_restores_the_previous_champi
     restored = rollback(RollbackOptions(registered_model_name=name))
 
     assert (restored.restored, restored.replaced, restored.previous) == (v1, v2, None)
-    assert _aliases(name) == {"challenger": v2, "champion": v1}
+    assert _aliases(name) == {"champion": v1}
     assert client.get_model_version(name, v2).tags["llmflow_rolled_back_by_run"] == restored.run_id
     for version in (v1, v2):  # what register, two evaluations and the rollback wrote fits Unity Catalog's limits
         assert tag_problems(client.get_model_version(name, version).tags, f"{name}/{version}") == []

@@ -135,10 +135,8 @@ def _mlflow_server(backend_store_uri: str, root: Path) -> Iterator[Server]:
             yield Server(url, artifacts)
 
 
-def _mlflow_run(
-    server: Server, cwd: Path, experiment_id: str, entry_point: str, *params: str
-) -> subprocess.CompletedProcess[str]:
-    """``mlflow run <project> -e <entry_point>`` as a user runs it, from ``cwd``, with only the server's URL."""
+def _mlflow_command(server: Server, experiment_id: str, entry_point: str, *params: str) -> tuple[list[str], dict]:
+    """``mlflow run <project> -e <entry_point>`` as a user runs it, with only the server's URL, and its environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_EXPERIMENT_", "MLFLOW_RUN_ID"))}
     env.pop("MLFLOW_REGISTRY_URI", None)
     env["MLFLOW_TRACKING_URI"] = server.url
@@ -148,6 +146,14 @@ def _mlflow_run(
     command += ["--env-manager", "local", "--experiment-id", experiment_id]
     for param in params:
         command += ["-P", param]
+    return command, env
+
+
+def _mlflow_run(
+    server: Server, cwd: Path, experiment_id: str, entry_point: str, *params: str
+) -> subprocess.CompletedProcess[str]:
+    """``mlflow run <project> -e <entry_point>`` from ``cwd``, to its end."""
+    command, env = _mlflow_command(server, experiment_id, entry_point, *params)
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -164,6 +170,7 @@ class MainRun:
     experiment_id: str
     runs: list[Run]
     cwd: Path
+    params: tuple[str, ...]
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +188,7 @@ def pg_main(postgres: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPa
         proc = _mlflow_run(server, cwd, experiment_id, "main", *params)
         assert proc.returncode == 0, proc.stderr[-4000:]
         runs = client.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
-        yield MainRun(server, client, experiment_id, runs, cwd)
+        yield MainRun(server, client, experiment_id, runs, cwd, params)
 
 
 def test_main_over_http_finishes_every_step_nested(pg_main: MainRun):
@@ -196,7 +203,7 @@ def test_both_models_registered_with_aliases_as_the_gate_decided(pg_main: MainRu
     for flavour in ("onnx", "transformers"):
         name = f"{NAME}-{flavour}"
         version = pg_main.client.get_model_version(name, "1")
-        assert "challenger" in version.aliases
+        assert "challenger" not in version.aliases, "a judged version is no longer the challenger"
         status = version.tags.get("validation_status")
         assert status in {"passed", "failed"}, f"{name} version 1 has validation_status {status!r}"
         assert ("champion" in version.aliases) == (status == "passed")
@@ -253,3 +260,64 @@ def test_one_step_over_http_on_the_sqlite_default(
     stored = _on_server(server, run.info.artifact_uri)
     assert (stored / "manifest.json").is_file() and (stored / "model" / "config.json").is_file()
     assert list(cwd.iterdir()) == []
+
+
+def _race(pg_main: MainRun, *param_sets: tuple[str, ...]) -> list[str]:
+    """Start one ``main`` per parameter set at the same moment on the server; return the versions they registered.
+
+    Each reruns from ``log_pyfunc`` (download and export are reused), so each registers a new ONNX version and
+    evaluates it while the others do the same: what a scheduled job and a person's ``main`` do to one registry.
+    """
+    procs = []
+    for params in param_sets:
+        command, env = _mlflow_command(pg_main.server, pg_main.experiment_id, "main", *pg_main.params, *params)
+        procs.append(
+            subprocess.Popen(
+                command, cwd=pg_main.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    outputs = [proc.communicate(timeout=1200) for proc in procs]
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-4000:]
+    versions = []
+    for out, err in outputs:  # main's summary: "<name>-onnx version <n>  aliases: ..."
+        registered = re.findall(rf"{NAME}-onnx version (\d+)", out)
+        assert registered, out[-3000:] + err[-3000:]
+        versions.append(registered[0])
+    return versions
+
+
+def _check_registry_after_race(client: MlflowClient, name: str, raced: list[str]) -> None:
+    """Exactly one champion, which passed; ``previous`` is the version it replaced, never itself; no version judged
+    is still ``challenger``; each raced version was judged by an evaluation of its own; no lock is left."""
+    model = client.get_registered_model(name)
+    aliases = {alias: str(version) for alias, version in model.aliases.items()}
+    champion = client.get_model_version(name, aliases["champion"])
+    assert champion.tags["validation_status"] == "passed"
+    assert aliases.get("previous") != aliases["champion"]
+    assert aliases.get("previous") == champion.tags.get("llmflow_previous_champion"), (aliases, champion.tags)
+    evaluations = set()
+    for number in raced:
+        version = client.get_model_version(name, number)
+        assert version.tags.get("validation_status") in ("passed", "failed"), f"version {number} was never judged"
+        evaluations.add(version.tags["llmflow_evaluate_run_id"])
+        run = client.get_run(version.tags["llmflow_evaluate_run_id"])
+        assert run.data.tags["llmflow.registered_model_version"] == number
+    assert len(evaluations) == len(raced), "each version was judged by its own evaluation"
+    judged = {v.version for v in client.search_model_versions(f"name='{name}'") if v.tags.get("validation_status")}
+    assert aliases.get("challenger") not in {str(v) for v in judged}
+    assert "llmflow_decision_lock" not in (model.tags or {})
+
+
+def test_two_mains_at_once_on_the_same_model_leave_one_champion(pg_main: MainRun):
+    raced = _race(pg_main, ("rerun_from=log_pyfunc",), ("rerun_from=log_pyfunc",))
+
+    assert len(set(raced)) == 2, raced
+    _check_registry_after_race(pg_main.client, f"{NAME}-onnx", raced)
+
+
+def test_two_different_challengers_at_once_leave_one_champion(pg_main: MainRun):
+    raced = _race(pg_main, ("rerun_from=log_pyfunc",), ("rerun_from=log_pyfunc", "int4_block_size=16"))
+
+    assert len(set(raced)) == 2, raced
+    _check_registry_after_race(pg_main.client, f"{NAME}-onnx", raced)

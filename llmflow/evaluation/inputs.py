@@ -185,11 +185,21 @@ class EvaluationSettings(StepOptions):
         validate_evaluate_options(self)  # the gate's settings together, and the data files load
 
 
+def _check_model_version(name: str, value: str) -> None:
+    if value != "challenger" and not (value.isdigit() and int(value) > 0):
+        raise InputError(f"{name} '{value}' is not accepted; expected a version number (1, 2, ...) or 'challenger'")
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvaluateOptions(EvaluationSettings):
     """Score the 'challenger' against champion and reference; gate its promotion."""
 
-    registered_model_name: str = option(help="Registered model whose 'challenger' alias is evaluated.", check=non_empty)
+    registered_model_name: str = option(help="Registered model whose version is evaluated.", check=non_empty)
+    model_version: str = option(
+        "challenger",
+        help="Version to judge: a version number, or 'challenger' (the version behind that alias).",
+        check=_check_model_version,
+    )
     reference_model_uri: str = option(
         AUTO,
         help="Reference model: 'auto' (transformers model of the same download run), 'none', or a model URI.",

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 def registered_aliases(client: MlflowClient, name: str) -> dict[str, str]:
-    """The aliases of ``name`` (alias -> version); ``InputError`` when it is missing or has no challenger."""
+    """The aliases of ``name`` (alias -> version); ``InputError`` when the registered model is missing."""
     try:
         registered = client.get_registered_model(name)
     except MlflowException:
@@ -49,13 +49,29 @@ def registered_aliases(client: MlflowClient, name: str) -> dict[str, str]:
             f"registered model '{name}' not found in tracking store '{mlflow.get_tracking_uri()}'; "
             "expected a name that the register step wrote"
         ) from None
-    aliases = {alias: str(version) for alias, version in (registered.aliases or {}).items()}
-    if CHALLENGER not in aliases:
+    return {alias: str(version) for alias, version in (registered.aliases or {}).items()}
+
+
+def version_to_judge(client: MlflowClient, name: str, requested: str) -> ModelVersion:
+    """The version ``requested`` names: a number, or ``challenger`` for the version behind that alias.
+
+    ``main`` passes the number its register step wrote: the alias may have moved to another run's version since.
+    """
+    aliases = registered_aliases(client, name)
+    if requested == CHALLENGER:
+        if CHALLENGER not in aliases:
+            raise InputError(
+                f"registered model '{name}' has no '{CHALLENGER}' alias (aliases: {sorted(aliases) or 'none'}); "
+                "expected a model with a version registered by the register step and not judged yet, "
+                "or give model_version"
+            )
+        requested = aliases[CHALLENGER]
+    try:
+        return client.get_model_version(name, requested)
+    except MlflowException:
         raise InputError(
-            f"registered model '{name}' has no '{CHALLENGER}' alias (aliases: {sorted(aliases) or 'none'}); "
-            "expected a model with a version registered by the register step"
-        )
-    return aliases
+            f"registered model '{name}' has no version {requested}; expected an existing version"
+        ) from None
 
 
 def recorded_evaluation(client: MlflowClient, version: ModelVersion, inputs: EvalInputs) -> dict[str, float] | None:

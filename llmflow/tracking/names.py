@@ -57,6 +57,8 @@ TAG_DECISION = "llmflow.decision"
 TAG_DECISION_REASON = "llmflow.decision_reason"
 TAG_VALIDATION_STATUS = "validation_status"  # MLflow's conventional version tag, not ours: no prefix
 TAG_PREVIOUS_CHAMPION = "llmflow.previous_champion"
+# On the registered model while one evaluate decides and moves aliases: "<evaluate run id> <lease end, epoch s>".
+TAG_DECISION_LOCK = "llmflow.decision_lock"
 TAG_QA_SHA = "llmflow.qa_sha256"
 TAG_QA_ROWS = "llmflow.qa_rows"  # questions of the QA file an evaluation dataset holds
 TAG_HELDOUT_SHA = "llmflow.heldout_sha256"

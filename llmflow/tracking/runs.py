@@ -22,7 +22,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from llmflow import PROJECT_ROOT
-from llmflow.errors import InputError, PipelineError
+from llmflow.errors import Cancelled, InputError, PipelineError
 from llmflow.options import StepOptions
 from llmflow.tracking.digest import code_digest
 from llmflow.tracking.names import (
@@ -111,7 +111,8 @@ def step_run(step: str, options: StepOptions | dict[str, Any]) -> Iterator[Run]:
     Under ``mlflow run`` the run already exists (``MLFLOW_RUN_ID``) and MLflow has logged the entry
     point's parameters as given; those are kept, and only the missing ones are added. Options are checked
     inside the run, so a bad value is recorded on the run that refused it: a ``PipelineError`` is
-    recorded as the ``llmflow.error`` tag before the run ends as FAILED.
+    recorded as the ``llmflow.error`` tag before the run ends as FAILED. A step cancelled by a signal
+    (``Cancelled``) records which signal and ends KILLED.
     """
     params = options.params() if isinstance(options, StepOptions) else options
     # Under `mlflow run` the run exists and keeps its name; a step called directly is named after itself.
@@ -138,6 +139,10 @@ def step_run(step: str, options: StepOptions | dict[str, Any]) -> Iterator[Run]:
             yield run
         except PipelineError as exc:
             mlflow.set_tag(TAG_ERROR, str(exc))
+            raise
+        except Cancelled as exc:
+            mlflow.set_tag(TAG_ERROR, str(exc))
+            mlflow.end_run("KILLED")
             raise
 
 
