@@ -83,10 +83,29 @@ def _main(project: Path, store: tuple[Path, str], tiny_model_dir: Path, *params:
     return _mlflow_run(project, store, "main", f"model={tiny_model_dir}", "registered_model_name=e2e", *params)
 
 
+# The traces of the cold run's evaluations as they were when it ended: the last test checks that no later run of
+# this module changed them. {evaluate run id: {trace id: number of assessments}}
+COLD_TRACES: dict[str, dict[str, int]] = {}
+
+
+def _evaluation_traces(experiment_id: str) -> dict[str, dict[str, int]]:
+    found = {}
+    client = MlflowClient()
+    for run in client.search_runs([experiment_id], filter_string=f"tags.`{TAG_STEP}` = 'evaluate'"):
+        traces = mlflow.search_traces(experiment_ids=[experiment_id], run_id=run.info.run_id, return_type="list")
+        found[run.info.run_id] = {trace.info.trace_id: len(trace.info.assessments) for trace in traces}
+    return found
+
+
 @pytest.fixture(scope="module")
 def cold_run(project: Path, store: tuple[Path, str], tiny_model_dir: Path) -> subprocess.CompletedProcess[str]:
     proc = _main(project, store, tiny_model_dir)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    mlflow.set_tracking_uri(f"sqlite:///{store[0] / 'mlflow.db'}")
+    try:
+        COLD_TRACES.update(_evaluation_traces(store[1]))
+    finally:
+        mlflow.set_tracking_uri(None)
     return proc
 
 
@@ -364,3 +383,16 @@ def test_every_evaluation_keeps_its_own_traces(cold_run, store, client):
         shared = {trace_id: owners[trace_id] for trace_id in ids if trace_id in owners}
         assert shared == {}, f"{run.info.run_name} shares trace ids with {set(shared.values())}"
         owners.update(dict.fromkeys(ids, run.info.run_name))
+    # Every later main of this module (reuse, a code change, a killed and resumed evaluation, reproduce) left the
+    # cold run's traces as they were: the same ids, each with the same assessments.
+    assert len(COLD_TRACES) == 2 and all(COLD_TRACES.values()), COLD_TRACES
+    now = _evaluation_traces(store[1])
+    assert {run_id: now[run_id] for run_id in COLD_TRACES} == COLD_TRACES
+    # Each champion's LoggedModel holds one trace per question of the evaluation that made it champion.
+    for flavour in ("onnx", "transformers"):
+        champion = client.get_model_version_by_alias(f"e2e-{flavour}", "champion")
+        evaluation = client.get_run(champion.tags["llmflow_evaluate_run_id"])
+        linked = mlflow.search_traces(
+            experiment_ids=[store[1]], model_id=champion.model_id, run_id=evaluation.info.run_id, return_type="list"
+        )
+        assert len(linked) == int(evaluation.data.metrics["n_examples"]), (flavour, len(linked))
