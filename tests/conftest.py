@@ -14,6 +14,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.pop("HF_TOKEN", None)
 
 import shutil  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import mlflow  # noqa: E402
@@ -90,6 +92,24 @@ def onnx_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
+@contextmanager
+def _store_of_its_own(tmp_path_factory: pytest.TempPathFactory, empty_store: Path, name: str) -> Iterator[str]:
+    """A copy of the empty store in a folder of its own, as MLflow's tracking URI and experiment for the block."""
+    root = tmp_path_factory.mktemp(name)
+    shutil.copyfile(empty_store, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.create_experiment("served", artifact_location=(root / "artifacts").as_uri())
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+    try:
+        yield uri
+    finally:
+        mp.undo()
+        mlflow.set_tracking_uri(previous)
+
+
 @pytest.fixture(scope="session")
 def logged_onnx_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, _empty_store: Path):
     """(tracking URI, models:/ URI) of the tiny model exported and logged by the project's own steps.
@@ -100,21 +120,10 @@ def logged_onnx_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     from llmflow.export_onnx import export_onnx
     from llmflow.log_pyfunc import log_pyfunc
 
-    root = tmp_path_factory.mktemp("served")
-    shutil.copyfile(_empty_store, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    experiment_id = mlflow.create_experiment("served", artifact_location=(root / "artifacts").as_uri())
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
-    try:
+    with _store_of_its_own(tmp_path_factory, _empty_store, "served") as uri:
         download_run = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
         export_run = export_onnx(ExportOptions(download_run_id=download_run.run_id))
         model_uri = log_pyfunc(LogPyfuncOptions(export_run_id=export_run.run_id, max_new_tokens=64)).model_uri
-    finally:
-        mp.undo()
-        mlflow.set_tracking_uri(previous)
     return uri, model_uri
 
 
@@ -125,21 +134,10 @@ def logged_transformers_model(tiny_model_dir: Path, tmp_path_factory: pytest.Tem
     from llmflow.download import download
     from llmflow.log_transformers import LogTransformersOptions, log_transformers
 
-    root = tmp_path_factory.mktemp("served-transformers")
-    shutil.copyfile(_empty_store, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    experiment_id = mlflow.create_experiment("served", artifact_location=(root / "artifacts").as_uri())
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
-    try:
+    with _store_of_its_own(tmp_path_factory, _empty_store, "served-transformers") as uri:
         download_run = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
         options = LogTransformersOptions(download_run_id=download_run.run_id, max_new_tokens=16)
         model_uri = log_transformers(options).model_uri
-    finally:
-        mp.undo()
-        mlflow.set_tracking_uri(previous)
     return uri, model_uri
 
 

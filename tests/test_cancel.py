@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
-from transformers import Phi3Config, Phi3ForCausalLM
+from transformers import Phi3ForCausalLM
 
-from llmflow.demo.tiny import SPECIAL_TOKENS, qa_tokenizer, save_chat_model
+from llmflow.demo.tiny import phi3_config, qa_tokenizer, save_chat_model
 from llmflow.tracking.names import TAG_ERROR, TAG_STEP
 from tests.mlproject import snapshot_project
 
@@ -33,22 +33,8 @@ NAME = "cancel"
 def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random Phi-3 of 57 M parameters (230 MB): its int4 export takes seconds, not a fraction of one."""
     tokenizer = qa_tokenizer()
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     torch.manual_seed(0)
-    config = Phi3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=6,
-        num_attention_heads=12,
-        num_key_value_heads=12,
-        max_position_embeddings=512,
-        original_max_position_embeddings=512,
-        bos_token_id=ids["<s>"],
-        eos_token_id=[ids["<|endoftext|>"], ids["<|end|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=False,
-    )
+    config = phi3_config(tokenizer, hidden_size=768, intermediate_size=3072, num_layers=6, num_heads=12)
     return save_chat_model(Phi3ForCausalLM(config), tokenizer, tmp_path_factory.mktemp("slow") / "slow-phi3")
 
 

@@ -103,6 +103,29 @@ def check_builder_compatible(config: Phi3Config) -> None:
         raise ValueError(f"vocab_size {config.vocab_size} equals the width of {clashes}; pick another size")
 
 
+def phi3_config(
+    tokenizer: PreTrainedTokenizerFast, hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int
+) -> Phi3Config:
+    """A Phi-3 config for ``tokenizer`` (its vocabulary and special tokens), 512 positions, untied embeddings."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = Phi3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=512,
+        original_max_position_embeddings=512,
+        bos_token_id=ids["<s>"],
+        eos_token_id=[ids["<|endoftext|>"], ids["<|end|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+    )
+    check_builder_compatible(config)
+    return config
+
+
 def save_chat_model(model: Phi3ForCausalLM, tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> Path:
     """Save ``model`` (greedy generation defaults, its config's eos and pad ids) and ``tokenizer`` in ``out_dir``."""
     model.generation_config.eos_token_id = model.config.eos_token_id
@@ -135,22 +158,7 @@ def build_tiny_phi3(
     pairs = [(row.question, row.answer) for row in load_qa(qa_path)]
     corpus = [f"{q}\n{a}" for q, a in pairs]
     tokenizer = train_tokenizer(corpus, vocab_size=448)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    config = Phi3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        original_max_position_embeddings=512,
-        bos_token_id=ids["<s>"],
-        eos_token_id=[ids["<|endoftext|>"], ids["<|end|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=False,
-    )
-    check_builder_compatible(config)
+    config = phi3_config(tokenizer, hidden_size, hidden_size * 2, num_layers, num_heads=4)
     model = Phi3ForCausalLM(config)
     input_ids, attention, labels = _training_batch(tokenizer, pairs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
