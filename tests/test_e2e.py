@@ -20,7 +20,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from llmflow.tracking.model_cards import lineage_of
+from llmflow.tracking.model_cards import lineage_of, version_model_id
 from llmflow.tracking.names import TAG_STEP
 from llmflow.tracking.unity_catalog import tag_problems
 from tests.mlproject import git, snapshot_project
@@ -392,7 +392,10 @@ def test_every_evaluation_keeps_its_own_traces(cold_run, store, client):
     for flavour in ("onnx", "transformers"):
         champion = client.get_model_version_by_alias(f"e2e-{flavour}", "champion")
         evaluation = client.get_run(champion.tags["llmflow_evaluate_run_id"])
+        model_id = version_model_id(champion)
+        assert model_id, f"e2e-{flavour} champion leads to no LoggedModel"
         linked = mlflow.search_traces(
-            experiment_ids=[store[1]], model_id=champion.model_id, run_id=evaluation.info.run_id, return_type="list"
+            locations=[store[1]], model_id=model_id, run_id=evaluation.info.run_id, return_type="list"
         )
         assert len(linked) == int(evaluation.data.metrics["n_examples"]), (flavour, len(linked))
+        assert {trace.info.request_metadata.get("mlflow.modelId") for trace in linked} == {model_id}
