@@ -1,8 +1,9 @@
-"""The decision lock on a registered model: one holder at a time, a lapsed lease is taken over, a lost lock moves
-nothing. Against a real SQLite registry, with a short settle time."""
+"""The decision lock on a registered model (Lamport's bakery over tags): one holder at a time, in ticket order, a
+lapsed entry is passed over and removed, a lost lease moves nothing. Against a real SQLite registry."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from llmflow.errors import PipelineError
-from llmflow.evaluation.promotion import Lease, LockLost, check_lock_held, decision_lock
+from llmflow.evaluation.promotion import LockLost, check_lock_held, contenders, decision_lock
 from llmflow.tracking.names import TAG_DECISION_LOCK, registry_key
 
 NAME = "locked"
@@ -19,55 +20,67 @@ NAME = "locked"
 
 @pytest.fixture
 def client(tmp_path: Path, _empty_store: Path) -> MlflowClient:
-    import shutil
-
     shutil.copyfile(_empty_store, tmp_path / "mlflow.db")
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     client.create_registered_model(NAME)
     return client
 
 
-def test_two_holders_never_overlap(client: MlflowClient):
-    inside, overlaps, order = [0], [], []
-    lock = threading.Lock()
+def _entry(client: MlflowClient, owner: str, value: str) -> None:
+    client.set_registered_model_tag(NAME, registry_key(f"{TAG_DECISION_LOCK}.{owner}"), value)
+
+
+def test_contenders_never_overlap(client: MlflowClient):
+    inside, most, order, errors = [0], [0], [], []
+    count = threading.Lock()
 
     def decide(owner: str) -> None:
-        with decision_lock(client, NAME, owner, settle=0.3):
-            with lock:
-                inside[0] += 1
-                overlaps.append(inside[0])
-            order.append(owner)
-            time.sleep(0.5)
-            with lock:
-                inside[0] -= 1
+        try:
+            with decision_lock(client, NAME, owner):
+                with count:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                order.append(owner)
+                time.sleep(0.3)
+                with count:
+                    inside[0] -= 1
+        except Exception as exc:  # noqa: BLE001 - reported below, with the thread that raised it
+            errors.append((owner, repr(exc)))
 
     threads = [threading.Thread(target=decide, args=(f"run-{n}",)) for n in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=120)
+        thread.join(timeout=300)
 
+    assert errors == []
     assert sorted(order) == ["run-0", "run-1", "run-2"]
-    assert max(overlaps) == 1, "two evaluations decided at once"
-    assert Lease.read(client, NAME) is None, "the last holder removes the lock"
+    assert most[0] == 1, "two evaluations decided at once"
+    assert contenders(client, NAME) == {}, "every entry is removed on the way out"
 
 
-def test_a_lapsed_lease_is_taken_over_and_its_holder_moves_nothing(client: MlflowClient):
-    key = registry_key(TAG_DECISION_LOCK)
-    client.set_registered_model_tag(NAME, key, f"killed-run {time.time() - 1:.3f}")  # a holder killed mid-decision
-
-    with decision_lock(client, NAME, "next-run", settle=0.1):
-        assert Lease.read(client, NAME).owner == "next-run"
-        check_lock_held(client, NAME, "next-run")
-        with pytest.raises(LockLost, match=r"passed to evaluate run 'next-run' before run 'killed-run' moved"):
-            check_lock_held(client, NAME, "killed-run")
-
-
-def test_a_live_lease_is_waited_for_and_named_when_it_never_ends(client: MlflowClient):
-    key = registry_key(TAG_DECISION_LOCK)
-    client.set_registered_model_tag(NAME, key, f"busy-run {time.time() + 600:.3f}")
-
-    with pytest.raises(PipelineError, match=r"decision lock is still held by evaluate run 'busy-run' after 2 s"):
-        with decision_lock(client, NAME, "late-run", settle=0.1, wait=2):
+def test_a_smaller_ticket_or_one_choosing_is_waited_for(client: MlflowClient):
+    _entry(client, "early", f"1 {time.time() + 600:.3f}")
+    with pytest.raises(PipelineError, match=r"evaluate run 'early' still holds or awaits the decision lock after 1 s"):
+        with decision_lock(client, NAME, "late", wait=1):
             pass
-    assert Lease.read(client, NAME).owner == "busy-run", "a waiting run never overwrites a live lease"
+    _entry(client, "early", f"choosing {time.time() + 600:.3f}")
+    with pytest.raises(PipelineError, match=r"evaluate run 'early' still holds or awaits"):
+        with decision_lock(client, NAME, "late", wait=1):
+            pass
+    assert set(contenders(client, NAME)) == {"early"}, "a waiting run leaves no entry behind"
+
+
+def test_a_lapsed_entry_is_passed_over_and_removed(client: MlflowClient):
+    _entry(client, "killed", f"1 {time.time() - 1:.3f}")  # a contender killed mid-decision
+
+    with decision_lock(client, NAME, "next"):
+        assert set(contenders(client, NAME)) == {"next"}
+        check_lock_held(client, NAME, "next")
+
+
+def test_a_lease_that_ran_out_moves_nothing(client: MlflowClient):
+    with decision_lock(client, NAME, "slow", lease=0.5):
+        time.sleep(0.6)
+        with pytest.raises(LockLost, match=r"decision lease of evaluate run 'slow' ran out before it moved"):
+            check_lock_held(client, NAME, "slow")

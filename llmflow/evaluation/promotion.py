@@ -7,13 +7,12 @@ The order is the contract: ``champion`` always names a version that has been eva
   version once it is judged.
 - ``decision_lock`` serialises decisions on one registered model. MLflow has no compare-and-set on aliases, so two
   evaluations that end together (a scheduled job and a person's ``main``) would each read the same champion and
-  each move it. The lock is a tag on the registered model, ``llmflow.decision_lock`` = ``<run id> <lease end>``:
-  an evaluation writes it only when no other live lease is there, waits ``SETTLE_S``, and holds it only if it
-  reads its own value back (of two writers that both saw it free, the later write wins and the earlier backs
-  off). Under the lock it re-reads the champion, and judges again when the champion moved while it was scoring;
-  it re-reads the lock before the first alias move. The guarantee: decisions on one model do not interleave as
-  long as a writer's read-then-write of the tag takes less than ``SETTLE_S`` (milliseconds, against 2 s) and a
-  holder finishes within its lease (``LEASE_S``; a killed holder's lease lapses and the next evaluation goes on).
+  each move it. The lock is Lamport's bakery algorithm over registered-model tags, one per contender
+  (``llmflow_decision_lock_<run id>``): a contender writes ``choosing``, then a ticket one above every ticket it
+  sees, and enters once no live contender is choosing or holds a smaller (ticket, run id). Reads and writes of
+  the registry are all it needs, with no timing assumption. Each entry carries a lease end: a killed contender's
+  entry lapses (``LEASE_S``) and is removed by the next one. Under the lock an evaluation re-reads the champion,
+  judges again when it moved while it was scoring, and checks its own lease before the first alias move.
 - ``roll_back`` moves ``champion`` back to ``previous``, tags the version it leaves, and moves ``previous``
   one promotion further back (or removes it), so repeated rollbacks walk back in order.
 """
@@ -53,73 +52,94 @@ logger = logging.getLogger(__name__)
 
 PASSED, FAILED = "passed", "failed"
 LEASE_S = 600.0  # longer than any decision takes (a re-scored champion is scored outside the lock)
-SETTLE_S = 2.0
 WAIT_S = 3600.0
+POLL_S = 0.5
+CHOOSING = "choosing"
 
 
 class LockLost(PipelineError):
-    """The decision lock was taken over (its lease ran out) before the aliases moved."""
+    """A contender's lease ran out before the aliases moved: another evaluation may hold the lock now."""
 
 
 @dataclass(frozen=True)
-class Lease:
-    owner: str
-    until: float
+class Contender:
+    """One evaluation's entry in the bakery: its ticket (None while it is choosing one) and its lease end."""
 
-    @classmethod
-    def read(cls, client: MlflowClient, name: str) -> Lease | None:
-        value = (client.get_registered_model(name).tags or {}).get(registry_key(TAG_DECISION_LOCK), "")
-        owner, _, until = value.partition(" ")
-        try:
-            return cls(owner, float(until)) if owner else None
-        except ValueError:
-            return None
+    owner: str
+    ticket: int | None
+    until: float
 
     def live(self) -> bool:
         return self.until > time.time()
 
 
+def _lock_key(owner: str) -> str:
+    return registry_key(f"{TAG_DECISION_LOCK}.{owner}")
+
+
+def contenders(client: MlflowClient, name: str) -> dict[str, Contender]:
+    """The entries of the decision lock on registered model ``name``, by owner (evaluate run id)."""
+    prefix = _lock_key("")
+    found = {}
+    for key, value in (client.get_registered_model(name).tags or {}).items():
+        if not key.startswith(prefix):
+            continue
+        ticket, _, until = value.partition(" ")
+        try:
+            entry = Contender(key[len(prefix) :], None if ticket == CHOOSING else int(ticket), float(until))
+        except ValueError:
+            continue
+        found[entry.owner] = entry
+    return found
+
+
 @contextmanager
 def decision_lock(
-    client: MlflowClient, name: str, owner: str, lease: float = LEASE_S, settle: float = SETTLE_S, wait: float = WAIT_S
+    client: MlflowClient, name: str, owner: str, lease: float = LEASE_S, wait: float = WAIT_S
 ) -> Iterator[None]:
     """Hold the decision lock of registered model ``name`` for the block; see the module's docstring."""
-    key = registry_key(TAG_DECISION_LOCK)
+    key, until = _lock_key(owner), f"{time.time() + lease:.3f}"
+    owner = key[len(_lock_key("")) :]  # as the registry spells it in the tag's key (Unity Catalog's characters)
+    client.set_registered_model_tag(name, key, f"{CHOOSING} {until}")
+    others = {o: c for o, c in contenders(client, name).items() if o != owner}
+    for lapsed in [c for c in others.values() if not c.live()]:
+        client.delete_registered_model_tag(name, _lock_key(lapsed.owner))
+    ticket = 1 + max((c.ticket or 0 for c in others.values() if c.live()), default=0)
+    client.set_registered_model_tag(name, key, f"{ticket} {until}")
     deadline, told = time.monotonic() + wait, False
-    while True:
-        holder = Lease.read(client, name)
-        if holder is None or not holder.live() or holder.owner == owner:
-            client.set_registered_model_tag(name, key, f"{owner} {time.time() + lease:.3f}")
-            time.sleep(settle)
-            holder = Lease.read(client, name)
-            if holder is not None and holder.owner == owner:
-                break
-        if time.monotonic() > deadline:
-            raise PipelineError(
-                f"registered model '{name}': the decision lock is still held by evaluate run "
-                f"'{holder.owner if holder else '?'}' after {wait:.0f} s; if that run is gone, delete tag '{key}'"
-            )
-        if not told:
-            logger.info(
-                "registered model %s: waiting for evaluate run %s to decide first", name, holder and holder.owner
-            )
-            told = True
-        time.sleep(1.0 + secrets.randbelow(1000) / 1000)
     try:
+        while True:
+            ahead = [
+                c
+                for o, c in contenders(client, name).items()
+                if o != owner and c.live() and (c.ticket is None or (c.ticket, o) < (ticket, owner))
+            ]
+            if not ahead:
+                break
+            if time.monotonic() > deadline:
+                raise PipelineError(
+                    f"registered model '{name}': evaluate run '{ahead[0].owner}' still holds or awaits the decision "
+                    f"lock after {wait:.0f} s; if that run is gone, delete tag '{_lock_key(ahead[0].owner)}'"
+                )
+            if not told:
+                logger.info("registered model %s: waiting for evaluate run %s to decide first", name, ahead[0].owner)
+                told = True
+            time.sleep(POLL_S + secrets.randbelow(500) / 1000)
         yield
     finally:
-        holder = Lease.read(client, name)
-        if holder is not None and holder.owner == owner:
+        try:
             client.delete_registered_model_tag(name, key)
+        except MlflowException:
+            logger.warning("registered model %s: could not remove decision lock entry %s", name, key)
 
 
 def check_lock_held(client: MlflowClient, name: str, owner: str) -> None:
-    """Re-read the lock before an alias moves: ``LockLost`` when another evaluation holds it now."""
-    holder = Lease.read(client, name)
-    if holder is None or holder.owner != owner:
+    """Before an alias moves: ``LockLost`` unless ``owner``'s entry is there and its lease still runs."""
+    mine = contenders(client, name).get(_lock_key(owner)[len(_lock_key("")) :])
+    if mine is None or not mine.live():
         raise LockLost(
-            f"registered model '{name}': the decision lock passed to evaluate run "
-            f"'{holder.owner if holder else 'none'}' before run '{owner}' moved the aliases; nothing was moved"
+            f"registered model '{name}': the decision lease of evaluate run '{owner}' "
+            f"{'is gone' if mine is None else 'ran out'} before it moved the aliases; nothing was moved"
         )
 
 

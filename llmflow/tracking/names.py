@@ -57,7 +57,8 @@ TAG_DECISION = "llmflow.decision"
 TAG_DECISION_REASON = "llmflow.decision_reason"
 TAG_VALIDATION_STATUS = "validation_status"  # MLflow's conventional version tag, not ours: no prefix
 TAG_PREVIOUS_CHAMPION = "llmflow.previous_champion"
-# On the registered model while one evaluate decides and moves aliases: "<evaluate run id> <lease end, epoch s>".
+# On the registered model, one per evaluation waiting for or holding the decision lock (+ ".<evaluate run id>"):
+# "choosing <lease end>" or "<ticket> <lease end>" (epoch s); see llmflow.evaluation.promotion.
 TAG_DECISION_LOCK = "llmflow.decision_lock"
 TAG_QA_SHA = "llmflow.qa_sha256"
 TAG_QA_ROWS = "llmflow.qa_rows"  # questions of the QA file an evaluation dataset holds
