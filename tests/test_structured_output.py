@@ -8,6 +8,7 @@ through the OpenAI endpoint with the official ``openai`` client, ``chat.completi
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import sys
 from pathlib import Path
@@ -254,3 +255,23 @@ def test_the_endpoint_streams_json_schema_and_refuses_what_guidance_cannot_compi
         client.chat.completions.create(
             model="smollm2", messages=[{"role": "user", "content": "q"}], response_format={"type": "yaml"}
         )
+
+
+@pytest.mark.integration
+def test_guided_and_plain_requests_at_once_each_get_their_own_answer(client: openai.OpenAI):
+    """The scheduler runs a guided job alone: a plain request waiting beside it is not bent into JSON, and each
+    guided one parses."""
+
+    def ask(question: str, guided: bool) -> str:
+        extra = {"response_format": CITY} if guided else {}
+        messages = [{"role": "user", "content": question}]
+        reply = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=64, **extra)
+        return reply.choices[0].message.content
+
+    jobs = [(question, True) for question in CAPITALS] + [("What is 2 plus 2?", False)] * 2
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(lambda job: ask(*job), jobs))
+    for text in answers[:3]:
+        jsonschema.validate(json.loads(text), CITY_SCHEMA)
+    assert answers[3] == answers[4] == ask("What is 2 plus 2?", False)
+    assert not answers[3].lstrip().startswith("{")
