@@ -99,6 +99,14 @@ def test_the_endpoint_forwards_response_format_to_the_model():
     assert read_call(body).request["response_format"] == CITY
 
 
+def test_batch_predict_refuses_a_row_with_response_format_rather_than_dropping_it():
+    from llmflow.batch_predict import prepare_row
+
+    prepared = prepare_row(json.dumps(chat("q", response_format={"type": "json_object"})), 16)
+    assert prepared["error"].startswith("unknown field(s) ['response_format']")
+    assert prepare_row(json.dumps(chat("q")), 16)["error"] is None
+
+
 def test_the_signature_takes_the_format_as_json_text_in_a_column_and_a_param():
     from llmflow.log_pyfunc import build_signature, generation_defaults
 
