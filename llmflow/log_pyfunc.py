@@ -39,7 +39,7 @@ from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, 
 
 from llmflow.errors import InputError
 from llmflow.options import GenerationSettings, StepOptions, non_empty, one_of, option
-from llmflow.serving.chat_protocol import GENERATION_DEFAULTS, ROW_FIELDS, find_chat_template
+from llmflow.serving.chat_protocol import EXTRA_PARAMS, GENERATION_DEFAULTS, ROW_FIELDS, find_chat_template
 from llmflow.tracking.model_cards import logged_model_tags, onnx_model_name, onnx_model_params
 from llmflow.tracking.names import (
     ONNX_ARTIFACT_DIR,
@@ -69,6 +69,9 @@ CHAT_OPTIONS = ("temperature", "max_tokens", "top_p", "top_k", "stop")
 # Greedy by default, as in the smoke test and the evaluation; a request can switch sampling on.
 SAMPLING_DEFAULTS: dict[str, Any] = {"temperature": 0.0, "top_p": 1.0, "top_k": 50}
 PARAM_DTYPES = {"max_new_tokens": "long", "temperature": "double", "top_p": "double", "top_k": "long"}
+# ``response_format`` travels as JSON text, in a column or a param: a ParamSpec takes only scalars (or lists of them),
+# and a column typed Object has fixed properties, so neither could carry an arbitrary JSON schema as a dict.
+EXTRA_PARAM_DTYPES = {"response_format": "string"}
 # The serving runtime per execution provider. The CUDA build of onnxruntime-genai brings its own
 # onnxruntime-gpu, whose versions do not follow the CPU onnxruntime's, so only the CPU runtime is pinned.
 RUNTIME_PACKAGES = {"cpu": ("onnxruntime-genai", "onnxruntime"), "cuda": ("onnxruntime-genai-cuda",)}
@@ -125,15 +128,20 @@ def build_signature(defaults: dict[str, Any]) -> ModelSignature:
         "messages": Array(Object([Property("role", "string"), Property("content", "string")])),
         "prompt": "string",
         "seed": "long",
+        "response_format": "string",
     }
     # The model's own lists of what it reads: a field or param missing here would be dropped when served.
     missing = sorted(set(ROW_FIELDS) - set(types)) + sorted(set(GENERATION_DEFAULTS) - set(PARAM_DTYPES))
+    missing += sorted(set(EXTRA_PARAMS) - set(EXTRA_PARAM_DTYPES))
     if missing:
         raise TypeError(f"no signature type for {missing}; add them to build_signature")
     return ModelSignature(
         inputs=Schema([ColSpec(types[name], name, required=False) for name in ROW_FIELDS]),
         outputs=completion_schema(),
-        params=ParamSchema([ParamSpec(name, dtype, defaults[name]) for name, dtype in PARAM_DTYPES.items()]),
+        params=ParamSchema(
+            [ParamSpec(name, dtype, defaults[name]) for name, dtype in PARAM_DTYPES.items()]
+            + [ParamSpec(name, dtype, EXTRA_PARAMS[name]) for name, dtype in EXTRA_PARAM_DTYPES.items()]
+        ),
     )
 
 

@@ -139,7 +139,17 @@ def test_signature_takes_both_request_forms_with_params():
     signature = build_signature(generation_defaults(64))
     chat_types = {spec.name: spec.type for spec in CHAT_MODEL_INPUT_SCHEMA.inputs}
     inputs = {spec.name: spec for spec in signature.inputs.inputs}
-    assert list(inputs) == ["messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed"]
+    assert list(inputs) == [
+        "messages",
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop",
+        "seed",
+        "response_format",
+    ]
     assert not any(spec.required for spec in inputs.values())
     assert inputs["messages"].type.to_dict() == {
         "type": "array",
@@ -153,6 +163,7 @@ def test_signature_takes_both_request_forms_with_params():
     }
     assert inputs["prompt"].type.name == "string"
     assert inputs["seed"].type.name == "long"
+    assert inputs["response_format"].type.name == "string"  # JSON text: see EXTRA_PARAM_DTYPES
     for name in ("temperature", "max_tokens", "top_p", "top_k", "stop"):
         assert inputs[name].type == chat_types[name]
     # The outputs are the chat completion (Unity Catalog needs outputs); a raw prompt's string is not declared.
@@ -164,16 +175,17 @@ def test_signature_takes_both_request_forms_with_params():
         "temperature": 0.0,
         "top_p": 1.0,
         "top_k": 50,
+        "response_format": "",
     }
 
 
 def test_signature_declares_every_field_and_param_the_model_reads():
     """`mlflow models serve` drops, with a warning in its log only, what the signature leaves out (`seed` was)."""
-    from llmflow.serving.chat_protocol import GENERATION_DEFAULTS, ROW_FIELDS
+    from llmflow.serving.chat_protocol import EXTRA_PARAMS, GENERATION_DEFAULTS, ROW_FIELDS
 
     signature = build_signature(generation_defaults(64))
     assert set(signature.inputs.input_names()) == set(ROW_FIELDS)
-    assert {p.name for p in signature.params} == set(GENERATION_DEFAULTS)
+    assert {p.name for p in signature.params} == set(GENERATION_DEFAULTS) | set(EXTRA_PARAMS)
 
 
 def test_requirements_are_pinned_to_installed_versions():

@@ -10,6 +10,7 @@ prometheus_client, and, only when the endpoint serves a transformers model, torc
 (``transformers_chat``).
 
 - ``chat_protocol``: the pyfunc's request and response formats, as pure functions.
+- ``response_format``: OpenAI's ``response_format`` as onnxruntime-genai guidance (structured output).
 - ``generation``: the one onnxruntime-genai generation loop (the pyfunc, the export smoke test, the endpoint and the
   benchmark use it).
 - ``rows``: the generation state of one row (tokens in, text out, stop strings, why it ended).

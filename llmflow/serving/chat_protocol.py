@@ -6,17 +6,18 @@ request format, read top to bottom: fields, their checks, the token budget, stop
 
 A request is one or more rows. Each row is either
 - a chat request, as for an ``llm/v1/chat`` model: ``messages`` (``system``, ``user`` and ``assistant``
-  turns), with the optional fields ``temperature``, ``max_tokens``, ``top_p``, ``top_k``, ``stop`` and ``seed``;
+  turns), with the optional fields ``temperature``, ``max_tokens``, ``top_p``, ``top_k``, ``stop``, ``seed`` and
+  ``response_format`` (structured output, see ``response_format``);
   it gets an OpenAI ``chat.completion`` dict back; or
 - a raw prompt, the cookbook's form: ``prompt``, text already in the model's chat format; it gets the
   generated string back. It takes the same optional fields.
 
 Generation settings come from the row's fields, else the request's params (``max_new_tokens``,
-``temperature``, ``top_p``, ``top_k``), else the model config. Every bad value raises a ``Refused`` (an
-``MlflowException`` with ``INVALID_PARAMETER_VALUE``, HTTP 400 when served) that names the field and what is
-accepted. Its message quotes at most ``SHOWN_CHARS`` characters of the value, and keeps no copy of the input when
-MLflow's scoring server would add one (see ``Refused``); an unexpected error becomes one that names its type only
-(``internal_errors``), with the traceback in the server's log.
+``temperature``, ``top_p``, ``top_k``, ``response_format``), else the model config. Every bad value raises a
+``Refused`` (an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, HTTP 400 when served) that names the field and
+what is accepted. Its message quotes at most ``SHOWN_CHARS`` characters of the value, and keeps no copy of the input
+when MLflow's scoring server would add one (see ``Refused``); an unexpected error becomes one that names its type
+only (``internal_errors``), with the traceback in the server's log.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
+from .response_format import FormatError, guidance_of
+
 logger = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
@@ -46,7 +49,10 @@ CHAT, PROMPT = "messages", "prompt"
 GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "top_k": 50}
 # A row's field for each setting; the chat field ``max_tokens`` is the params' ``max_new_tokens``.
 ROW_FIELD_OF_PARAM = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k"}
-ROW_FIELDS = (CHAT, PROMPT, *ROW_FIELD_OF_PARAM.values(), "stop", "seed")
+RESPONSE_FORMAT = "response_format"
+ROW_FIELDS = (CHAT, PROMPT, *ROW_FIELD_OF_PARAM.values(), "stop", "seed", RESPONSE_FORMAT)
+# Params that are not generation defaults of the model config: ``response_format`` as JSON text, "" for none.
+EXTRA_PARAMS: dict[str, Any] = {RESPONSE_FORMAT: ""}
 
 
 # The most characters of a client's value an error message quotes.
@@ -146,10 +152,11 @@ def checked(name: str, value: Any, where: str = "") -> Any:
 
 def generation_options(defaults: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
     """The request-wide settings: ``params`` over ``defaults`` (the model config), each checked."""
-    unknown = sorted(set(params or {}) - set(GENERATION_DEFAULTS))
+    unknown = sorted(set(params or {}) - set(GENERATION_DEFAULTS) - set(EXTRA_PARAMS))
     if unknown:
-        raise invalid(f"unknown parameter(s) {shown(unknown)}; accepted: {', '.join(GENERATION_DEFAULTS)}")
-    given = {name: value for name, value in (params or {}).items() if value is not None}
+        accepted = ", ".join([*GENERATION_DEFAULTS, *EXTRA_PARAMS])
+        raise invalid(f"unknown parameter(s) {shown(unknown)}; accepted: {accepted}")
+    given = {name: value for name, value in (params or {}).items() if value is not None and name in GENERATION_DEFAULTS}
     merged = {**GENERATION_DEFAULTS, **defaults, **given}
     return {name: checked(name, merged[name], "parameter ") for name in GENERATION_DEFAULTS}
 
@@ -157,7 +164,8 @@ def generation_options(defaults: dict[str, Any], params: dict[str, Any] | None) 
 @dataclass(frozen=True)
 class Settings:
     """How one row is generated. ``explicit_max_tokens``: the row set ``max_tokens`` itself. ``seed``: the random
-    seed of a sampled row, which then runs in a generator of its own so the same seed gives the same answer."""
+    seed of a sampled row, which then runs in a generator of its own so the same seed gives the same answer.
+    ``guidance``: the ``(kind, data)`` of onnxruntime-genai's ``set_guidance`` (``response_format``), or ``None``."""
 
     max_tokens: int
     temperature: float
@@ -166,6 +174,7 @@ class Settings:
     stop: tuple[str, ...] = ()
     explicit_max_tokens: bool = False
     seed: int | None = None
+    guidance: tuple[str, str] | None = None
 
     @property
     def sampling_key(self) -> tuple[float, float, int] | None:
@@ -174,8 +183,10 @@ class Settings:
 
     @property
     def alone(self) -> bool:
-        """A seeded sampled row shares no generator: another row would change the random draws it gets."""
-        return self.temperature > 0 and self.seed is not None
+        """A seeded sampled row shares no generator: another row would change the random draws it gets. Nor does
+        a guided row: onnxruntime-genai 0.18 guides a generator of several rows wrongly (measured: a batch of two
+        under one schema gave '{"n"' and then only newlines, where the same row alone gave the object)."""
+        return (self.temperature > 0 and self.seed is not None) or self.guidance is not None
 
     def sampling(self) -> dict[str, Any]:
         """The keyword arguments of ``generation.search_options`` for this row."""
@@ -273,8 +284,17 @@ def _prompt(value: Any, where: str) -> str:
     return value
 
 
+def response_guidance(value: Any, where: str = "", name: str = RESPONSE_FORMAT) -> tuple[str, str] | None:
+    """The guidance of a ``response_format`` (a row's field or the param ``name``); raises ``invalid`` naming it."""
+    try:
+        return guidance_of(value)
+    except FormatError as error:
+        raise invalid(f"{where}{name} {error}") from None
+
+
 def parse_row(row: dict[str, Any], options: dict[str, Any], where: str = "") -> Request:
-    """One row as a ``Request``; ``options`` are the request-wide settings from ``generation_options``."""
+    """One row as a ``Request``; ``options`` are the request-wide settings from ``generation_options`` (with
+    ``RESPONSE_FORMAT``, the param's guidance, for rows that do not set their own)."""
     unknown = sorted(set(row) - set(ROW_FIELDS))
     if unknown:
         raise invalid(f"{where}unknown field(s) {shown(unknown)}; accepted: {', '.join(ROW_FIELDS)}")
@@ -289,17 +309,20 @@ def parse_row(row: dict[str, Any], options: dict[str, Any], where: str = "") -> 
     }
     stop = checked("stop", row["stop"], where) if "stop" in row else ()
     seed = checked("seed", row["seed"], where) if "seed" in row else None
+    guided = RESPONSE_FORMAT in row
+    guidance = response_guidance(row[RESPONSE_FORMAT], where) if guided else options.get(RESPONSE_FORMAT)
     return Request(
         form=form,
         messages=_messages(row[CHAT], where) if form == CHAT else None,
         prompt=_prompt(row[PROMPT], where) if form == PROMPT else None,
-        settings=Settings(**settings, stop=stop, explicit_max_tokens="max_tokens" in row, seed=seed),
+        settings=Settings(**settings, stop=stop, explicit_max_tokens="max_tokens" in row, seed=seed, guidance=guidance),
     )
 
 
 def parse_request(model_input: Any, defaults: dict[str, Any], params: dict[str, Any] | None) -> list[Request]:
     """Every row of ``model_input``, checked; errors name the row when there are several."""
     options = generation_options(defaults, params)
+    options[RESPONSE_FORMAT] = response_guidance((params or {}).get(RESPONSE_FORMAT), "parameter ")
     rows = rows_of(model_input)
     return [parse_row(row, options, f"row {number}: " if len(rows) > 1 else "") for number, row in enumerate(rows)]
 

@@ -33,11 +33,20 @@ def search_options(
     return options
 
 
-def start(model: og.Model, prompts: Sequence[Sequence[int]], pad: int, max_new_tokens: int, **sampling: Any) -> Any:
+def start(
+    model: og.Model,
+    prompts: Sequence[Sequence[int]],
+    pad: int,
+    max_new_tokens: int,
+    guidance: tuple[str, str] | None = None,
+    **sampling: Any,
+) -> Any:
     """A generator for ``prompts`` (one row each) that may add ``max_new_tokens`` to the longest one.
 
     Prompts are padded on the right with ``pad``: onnxruntime-genai 0.18 masks trailing pad tokens and continues
     each row from its last real token (left padding changes greedy answers). ``sampling``: see ``search_options``.
+    ``guidance``: ``(kind, data)`` for ``set_guidance`` (``json_schema``, ``regex`` or ``lark_grammar``); the
+    grammar is compiled here, and one it cannot compile raises ``RuntimeError`` (see ``check_guidance``).
     """
     width = max(len(ids) for ids in prompts)
     padded = np.full((len(prompts), width), pad, dtype=np.int32)
@@ -45,9 +54,28 @@ def start(model: og.Model, prompts: Sequence[Sequence[int]], pad: int, max_new_t
         padded[index, : len(ids)] = ids
     params = og.GeneratorParams(model)
     params.set_search_options(**search_options(len(prompts), width + max_new_tokens, **sampling))
+    if guidance is not None:
+        params.set_guidance(*guidance)
     generator = og.Generator(model, params)
     generator.append_tokens(padded)
     return generator
+
+
+def check_guidance(model: og.Model, guidance: tuple[str, str]) -> str | None:
+    """Why llguidance cannot compile ``guidance`` for ``model``'s tokenizer, or ``None`` when it can.
+
+    onnxruntime-genai compiles the grammar when the generator is built, not in ``set_guidance``, so this builds a
+    one-token generator and drops it (about 1 ms; the first call per model also builds llguidance's view of the
+    tokenizer, about 0.4 s for SmolLM2's 49,152 tokens).
+    """
+    params = og.GeneratorParams(model)
+    params.set_search_options(batch_size=1, max_length=1)
+    try:
+        params.set_guidance(*guidance)
+        og.Generator(model, params)
+    except RuntimeError as error:
+        return str(error)
+    return None
 
 
 def steps(generator: Any, finished: Callable[[], bool] = lambda: False) -> Iterator[list[int]]:

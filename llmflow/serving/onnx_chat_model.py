@@ -14,7 +14,10 @@ response formats; ``generation``, the generation loop; ``rows``, a row's state),
 - Input: rows that are each an OpenAI chat request (``messages`` ...) or a raw ``prompt`` (see
   ``chat_protocol``); a DataFrame, a list of dicts or one dict.
 - Output: per row, a ``chat.completion`` dict for a chat request, the generated string for a prompt.
-- Params: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k`` for every row that does not set them.
+- Params: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``response_format`` (JSON text) for every
+  row that does not set them.
+- Structured output: a row's ``response_format`` (``json_object`` or ``json_schema``) becomes onnxruntime-genai
+  guidance, so the tokens can only spell JSON that validates; a guided row runs in a generator of its own.
 - ``predict`` runs rows with the same sampling settings in one batched generator; ``predict_stream``
   yields ``chat.completion.chunk`` dicts (chat) or strings (prompt) as tokens come.
 """
@@ -135,6 +138,9 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
             where = f"row {number}: " if len(requests) > 1 else ""
             ids = self.tokenizer.encode(PROMPT_TEXT[request.form](self, request))
             budget = protocol.token_budget(request, len(ids), self.context_length, where)
+            guidance = request.settings.guidance
+            if guidance is not None and (problem := generation.check_guidance(self.model, guidance)):
+                raise protocol.invalid(f"{where}response_format cannot be used for guided generation: {problem}")
             rows.append(
                 Row(request, ids, budget, self.tokenizer.create_stream(), protocol.StopScanner(request.settings.stop))
             )
@@ -175,8 +181,10 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         generator stops before its next step once every row has ended.
         """
         budget = max(row.budget for row in batch)
-        sampling = batch[0].request.settings.sampling()
-        generator = generation.start(self.model, [row.ids for row in batch], self.pad, budget, **sampling)
+        settings = batch[0].request.settings  # a guided row is alone in its batch (``Settings.alone``)
+        generator = generation.start(
+            self.model, [row.ids for row in batch], self.pad, budget, settings.guidance, **settings.sampling()
+        )
         for tokens in generation.steps(generator, lambda: all(row.finish_reason for row in batch)):
             for index, (row, token) in enumerate(zip(batch, tokens, strict=True)):
                 if row.finish_reason is None and (text := row.push(token, self.eos)):

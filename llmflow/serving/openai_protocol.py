@@ -14,7 +14,8 @@ from typing import Any
 from .chat_protocol import SHOWN_CHARS, shown
 
 # Fields passed on to the model's own chat request (chat_protocol); `max_completion_tokens` is the newer name.
-FORWARDED = ("messages", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed")
+# `response_format` is checked by the model (chat_protocol, and its schema compiled by onnxruntime-genai's guidance).
+FORWARDED = ("messages", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "response_format")
 RENAMED = {"max_completion_tokens": "max_tokens"}
 # Fields that do not change the answer: `model` names the one model served, `user` labels the request.
 LABELS = ("model", "user", "stream", "stream_options")
@@ -29,10 +30,6 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n": (_is_default(1), "n > 1 is not supported; this endpoint returns exactly one choice"),
     "logprobs": (_is_default(False), "logprobs are not supported by this endpoint"),
     "top_logprobs": (_is_default(None), "top_logprobs are not supported by this endpoint"),
-    "response_format": (
-        lambda value: value is None or value == {"type": "text"},
-        "response_format other than {'type': 'text'} is not supported (no JSON mode or schema)",
-    ),
     "tools": (_is_default(None), "tools are not supported by this endpoint"),
     "tool_choice": (lambda value: value in (None, "none"), "tool_choice is not supported by this endpoint"),
     "functions": (_is_default(None), "functions are not supported by this endpoint"),

@@ -82,6 +82,11 @@ class TransformersChat:
         rows = []
         for number, request in enumerate(requests):
             where = f"row {number}: " if len(requests) > 1 else ""
+            if request.settings.guidance is not None:  # refused, not ignored: this token loop has no guidance
+                raise protocol.invalid(
+                    f"{where}response_format other than text is not supported by the transformers backend; "
+                    "serve the ONNX model for JSON output"
+                )
             text = self._chat_prompt(request) if request.form == protocol.CHAT else request.prompt
             # As MLflow's pipeline tokenises a prompt: the chat template already holds the special tokens.
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
