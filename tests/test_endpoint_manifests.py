@@ -2,15 +2,23 @@
 
 Each object is validated against Kubernetes' own OpenAPI schemas by ``kubernetes-validate`` in strict mode (an
 unknown or misspelt field fails), for the oldest and the newest Kubernetes this project claims. The wiring between
-the objects and the endpoint is checked against the endpoint's own parser, key variable and metrics. The image itself
-runs with the Deployment's command, arguments, environment and security settings in tests/test_container.py.
+the objects and the endpoint is checked against the endpoint's own parser, key variable and metrics, and the liveness
+probe's command runs against a stand-in ``/health`` (loading, served, failed, gone). The image itself runs with the
+Deployment's command, arguments, environment and security settings in tests/test_container.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import kubernetes_validate
 import pytest
@@ -78,13 +86,68 @@ def test_the_container_runs_the_endpoint_on_the_champion_with_arguments_its_pars
     assert env["MLFLOW_TRACKING_URI"]["value"].startswith("http")
 
 
-def test_readiness_is_health_and_liveness_does_not_restart_a_loading_model():
+def test_readiness_is_health():
     (port,) = CONTAINER["ports"]
     readiness = CONTAINER["readinessProbe"]["httpGet"]
     assert readiness["path"] == "/health" and readiness["port"] == port["name"]
-    # /health answers 503 for as long as the model loads: liveness must not read it.
-    assert "httpGet" not in CONTAINER["livenessProbe"]
-    assert CONTAINER["livenessProbe"]["tcpSocket"]["port"] == port["name"]
+
+
+@contextmanager
+def _health(status: int, body: dict) -> Iterator[int]:
+    """A stand-in for the endpoint's ``/health`` on a free loopback port, answering ``status`` with ``body``."""
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _liveness(port: int) -> int:
+    """The liveness probe's command, run here against ``port`` instead of the container's; its exit status."""
+    command = CONTAINER["livenessProbe"]["exec"]["command"]
+    assert command[:2] == ["python", "-c"] and f"127.0.0.1:{_args().port}/health" in command[2]
+    script = command[2].replace(f":{_args().port}/", f":{port}/")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30).returncode
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("status", "body", "alive"),
+    [
+        (200, {"status": "ok"}, True),
+        (503, {"status": "loading"}, True),  # minutes at full size: not a reason to restart
+        (503, {"status": "failed", "error": "MlflowException: ..."}, False),  # the endpoint never retries a first load
+    ],
+)
+def test_liveness_restarts_a_failed_load_and_not_a_loading_model(status: int, body: dict, alive: bool):
+    with _health(status, body) as port:
+        assert (_liveness(port) == 0) is alive
+
+
+@pytest.mark.integration
+def test_liveness_fails_when_nothing_answers():
+    with _health(200, {}) as port:
+        pass
+    assert _liveness(port) != 0
+
+
+def test_a_pod_leaves_the_service_gracefully():
     # A pod leaving the Service finishes what it holds: the grace period outlasts a request.
     assert POD["terminationGracePeriodSeconds"] > _args().request_timeout
     assert DEPLOYMENT["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
