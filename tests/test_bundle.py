@@ -3,13 +3,15 @@
 Nothing here reaches a workspace. Each job is read as the Databricks CLI reads the bundle (includes merged,
 variables filled) by ``deploy/databricks/local_job.py`` and built with ``JobSettings.from_dict``, which drops
 unknown keys silently, so only equality of ``as_dict()`` with what was written catches a misspelt field.
-The task graph itself runs in tests/test_bundle_run.py.
+The task graph itself runs in tests/test_bundle_run.py. The serving bundle (``deploy/databricks/serving/``) is read
+the same way and its endpoint checked with the SDK's typed serving classes.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -19,6 +21,7 @@ from typing import Any, get_type_hints
 import pytest
 import yaml
 from databricks.sdk.service.jobs import JobSettings
+from databricks.sdk.service.serving import EndpointCoreConfigInput, EndpointTag, ServingEndpointsAPI
 
 from llmflow import PROJECT_ROOT
 from llmflow.tracking import task_values
@@ -37,6 +40,8 @@ REQUIREMENTS = [
     for line in (PROJECT_ROOT / "requirements.txt").read_text().splitlines()
     if line.strip() and not line.startswith("#")
 ]
+SERVING_ROOT = PROJECT_ROOT / "deploy" / "databricks" / "serving"
+SERVING_SPEC = yaml.safe_load((SERVING_ROOT / "databricks.yml").read_text())
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 TASK_VALUE = re.compile(r"\{\{tasks\.([\w-]+)\.values\.([\w-]+)\}\}")
 STEP_TASKS = {
@@ -310,3 +315,47 @@ def test_batch_predict_job_scores_the_champion_on_a_cluster_with_workers():
     # The runtime's Spark is the one to use: installing pyspark over it would replace it.
     assert not any("pyspark" in library["pypi"]["package"] for library in task["libraries"])
     assert "schedule" not in job
+
+
+# --- the serving endpoint bundle -------------------------------------------------------------------------
+
+
+def _endpoint(champion_version: str = "7") -> dict[str, Any]:
+    serving = local_job.load_bundle(SERVING_ROOT, overrides={"champion_version": champion_version})
+    (endpoint,) = serving["resources"]["model_serving_endpoints"].values()
+    return endpoint
+
+
+def test_the_serving_endpoint_is_exactly_what_the_databricks_sdk_reads():
+    endpoint = _endpoint()
+    assert "${" not in json.dumps(endpoint)
+    assert EndpointCoreConfigInput.from_dict(endpoint["config"]).as_dict() == endpoint["config"]
+    assert [EndpointTag.from_dict(tag).as_dict() for tag in endpoint["tags"]] == endpoint["tags"]
+    # Every other field is an argument of the SDK's create call (bind raises TypeError on an unknown one).
+    inspect.signature(ServingEndpointsAPI.create).bind(None, **endpoint)
+
+
+def test_the_serving_endpoint_serves_the_version_given_of_the_pipelines_onnx_model_and_nothing_else():
+    endpoint = _endpoint("7")
+    (entity,) = endpoint["config"]["served_entities"]
+    default = next(p["default"] for p in PIPELINE["parameters"] if p["name"] == "registered_model_name")
+    # The name register_onnx registers, and the one batch_predict scores as @champion.
+    assert entity["entity_name"] == f"{default}_onnx"
+    batch = JOBS["llmflow_batch_predict"]
+    champion = next(p["default"] for p in batch["parameters"] if p["name"] == "model_uri")
+    assert champion == f"models:/{entity['entity_name']}@champion"
+    assert entity["entity_version"] == "7"
+    (route,) = endpoint["config"]["traffic_config"]["routes"]
+    assert (route["served_model_name"], route["traffic_percentage"]) == (entity["name"], 100)
+    assert entity["workload_type"] == "CPU"
+
+
+def test_the_champion_version_has_no_default_and_the_names_match_the_pipeline_bundle():
+    """No version is served unless the deploy names one; catalog, schema and model name are the pipeline's."""
+    variables = SERVING_SPEC["variables"]
+    assert "default" not in variables["champion_version"]
+    pipeline_spec = yaml.safe_load((PROJECT_ROOT / "databricks.yml").read_text())["variables"]
+    for name in ("catalog", "schema", "model_name"):
+        assert variables[name]["default"] == pipeline_spec[name]["default"], name
+    written = SERVING_SPEC["resources"]["model_serving_endpoints"]["llmflow_champion"]
+    assert written["config"]["served_entities"][0]["entity_version"] == "${var.champion_version}"

@@ -9,6 +9,8 @@ PyTorch's index, which is not reachable here). Then ``mlflow run deploy/kubernet
 ``deploy/kubernetes/`` to the base as the Kubernetes backend does), against ``mlflow server`` on 127.0.0.1.
 ``log_pyfunc`` follows, and the same image then serves the logged model behind the OpenAI-compatible endpoint
 (``docker run ... python -m llmflow.serving.openai_server``), which the real ``openai`` client calls with a key.
+Last, the image runs as ``deploy/kubernetes/endpoint/endpoint.yaml``'s Deployment runs it (its command, arguments,
+environment, user and read-only root), serving the champion the Deployment names, registered on the test's server.
 
 What stays unrun: the Kubernetes cluster itself (``--backend kubernetes`` is checked up to the Job it would
 submit in tests/test_deploy.py) and a push to a registry.
@@ -28,11 +30,14 @@ import shutil
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import mlflow
 import pytest
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_DOCKER_IMAGE_URI, MLFLOW_PROJECT_ENV
@@ -260,5 +265,100 @@ def test_the_image_serves_the_logged_model_behind_the_openai_endpoint(
             assert answer.usage.completion_tokens > 0
             with pytest.raises(openai.AuthenticationError):
                 openai.OpenAI(base_url=f"{server.base}/v1", api_key="wrong", max_retries=0).models.list()
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+ENDPOINT_MANIFEST = KUBERNETES / "endpoint" / "endpoint.yaml"
+
+
+def _docker_run_as_deployment(
+    pod: dict, name: str, image: str, env: dict[str, str], secrets: dict[tuple[str, str], str], port: int
+) -> list[str]:
+    """``docker run`` for the Deployment's one container, as its pod spec says: user, capabilities, memory limit,
+    read-only root file system with its emptyDir mounts, command, arguments and environment. Three things differ,
+    each because of this machine: ``env`` replaces literal values (the cluster's tracking server is not here),
+    ``secrets`` stands for the Secret, and the container shares the host's network (a concurrent suite may hold
+    port 8000), so ``--port`` is ``port``."""
+    (container,) = pod["containers"]
+    security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+    command = ["docker", "run", "--rm", "--name", name, "--network", "host"]
+    command += ["--user", f"{security['runAsUser']}:{security['runAsGroup']}"]
+    if security.get("readOnlyRootFilesystem"):
+        command.append("--read-only")
+    command += [f"--cap-drop={cap}" for cap in security.get("capabilities", {}).get("drop", [])]
+    if security.get("allowPrivilegeEscalation") is False:
+        command += ["--security-opt", "no-new-privileges"]
+    memory = container.get("resources", {}).get("limits", {}).get("memory")
+    if memory:
+        command += ["--memory", memory.replace("Gi", "g").replace("Mi", "m")]
+    empty_dirs = {volume["name"] for volume in pod.get("volumes", []) if "emptyDir" in volume}
+    for mount in container.get("volumeMounts", []):
+        assert mount["name"] in empty_dirs, f"{mount['name']}: only emptyDir volumes are mapped to Docker here"
+        command += ["--tmpfs", f"{mount['mountPath']}:mode=1777"]
+    for variable in container.get("env", []):
+        if "valueFrom" in variable:
+            ref = variable["valueFrom"]["secretKeyRef"]
+            value = secrets[(ref["name"], ref["key"])]
+        else:
+            value = env.get(variable["name"], variable["value"])
+        command += ["-e", f"{variable['name']}={value}"]
+    args = list(container["args"])
+    args[args.index("--port") + 1] = str(port)
+    return command + ["--entrypoint", container["command"][0], image, *container["command"][1:], *args]
+
+
+def test_the_image_serves_the_champion_as_the_kubernetes_deployment_runs_it(
+    docker_runs: dict[str, str], tracking_server: str, tmp_path: Path
+):
+    import openai
+
+    manifests = {doc["kind"]: doc for doc in yaml.safe_load_all(ENDPOINT_MANIFEST.read_text())}
+    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    champion = args[args.index("--model-uri") + 1]
+    registered, alias = re.fullmatch(r"models:/([^@]+)@(\w+)", champion).groups()
+    # The champion the Deployment names, on this tracking server: the model the image logged, registered and aliased.
+    client = MlflowClient(tracking_server)
+    logged = client.get_run(docker_runs["log_pyfunc"]).data.tags[TAG_MODEL_URI]
+    mlflow.set_tracking_uri(tracking_server)
+    try:
+        version = mlflow.register_model(logged, registered)
+    finally:
+        mlflow.set_tracking_uri(None)
+    client.set_registered_model_alias(registered, alias, version.version)
+
+    port, key, name = free_port(), "deployment-test-key", f"llmflow-deployment-{os.getpid()}"
+    secret = container["env"][[v["name"] for v in container["env"]].index("LLMFLOW_API_KEY")]["valueFrom"]
+    command = _docker_run_as_deployment(
+        pod,
+        name,
+        IMAGE,
+        env={"MLFLOW_TRACKING_URI": tracking_server},
+        secrets={(secret["secretKeyRef"]["name"], secret["secretKeyRef"]["key"]): key},
+        port=port,
+    )
+    assert "--read-only" in command and "1000:1000" in command and "8g" in command
+    probe = container["readinessProbe"]["httpGet"]
+    assert probe["path"] == "/health"
+    try:
+        with started(command, port, tracking_server, tmp_path / "deployment.log", timeout=300) as server:
+            # What the readiness probe sees: 503 while the model loads (if it looked that early), then 200.
+            assert set(server.health_seen) <= {503, 200} and server.health_seen[-1] == 200
+            openai_client = openai.OpenAI(base_url=f"{server.base}/v1", api_key=key, max_retries=0)
+            answer = openai_client.chat.completions.create(
+                model=champion, messages=[{"role": "user", "content": "What is the capital of Spain?"}]
+            )
+            assert answer.choices[0].message.content == "Madrid"
+            # The gauge the HorizontalPodAutoscaler scales on is exported by this pod.
+            hpa_metric = manifests["HorizontalPodAutoscaler"]["spec"]["metrics"][0]["pods"]["metric"]["name"]
+            exported = urllib.request.urlopen(f"{server.base}/metrics", timeout=10).read().decode()
+            assert re.search(rf"^{hpa_metric} 0\.0$", exported, re.MULTILINE), exported[:2000]
+            # The liveness probe's command, inside the container as the kubelet runs it (on this run's port).
+            liveness = container["livenessProbe"]["exec"]["command"]
+            script = liveness[-1].replace(f":{args[args.index('--port') + 1]}/", f":{port}/")
+            probe_run = subprocess.run(["docker", "exec", name, *liveness[:-1], script], capture_output=True, text=True)
+            assert probe_run.returncode == 0, probe_run.stderr
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
