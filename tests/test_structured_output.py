@@ -21,11 +21,11 @@ import pandas as pd
 import pydantic
 import pytest
 from mlflow.pyfunc import PythonModelContext
-from servers import free_port, started
 
 from llmflow.serving import chat_protocol as protocol
 from llmflow.serving.openai_protocol import read_call
 from llmflow.serving.response_format import FormatError, guidance_of
+from tests.servers import free_port, started
 
 CITY_SCHEMA = {
     "type": "object",
@@ -122,9 +122,8 @@ def test_the_signature_takes_the_format_as_json_text_in_a_column_and_a_param():
 @pytest.fixture(scope="module")
 def smol_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2-135M-Instruct exported to int4 for CPU by the project's builder call (about 10 s)."""
-    from test_real_model import smollm2_dir
-
     from llmflow.export_onnx import ExportSettings, run_builder
+    from tests.test_real_model import smollm2_dir
 
     out = tmp_path_factory.mktemp("smol") / "onnx"
     run_builder(smollm2_dir(), out, ExportSettings(precision="int4", execution_provider="cpu"))
