@@ -159,7 +159,9 @@ def test_ctrl_c_on_mlflow_run_main_stops_the_export_and_the_rerun_runs_it_again(
     [main] = _runs(client, "main")
     [export] = _runs(client, "export_onnx")
     assert export.info.status == "KILLED", export.data.tags.get(TAG_ERROR)
-    assert export.data.tags[TAG_ERROR].startswith("cancelled by SIGTERM"), export.data.tags[TAG_ERROR]
+    # The step ends its own run on main's SIGTERM; if it has not within main's grace (a loaded machine), main kills
+    # its group and records why itself.
+    assert export.data.tags[TAG_ERROR] in ("cancelled by SIGTERM", "cancelled: main received SIGINT"), err[-3000:]
     # main ends its run KILLED; then `mlflow run` marks it FAILED over that: MLflow 3.17's _maybe_set_run_terminated
     # passes the status string to RunStatus.is_terminated, which compares ints, so it never sees a run as ended.
     assert main.info.status in ("KILLED", "FAILED"), err[-3000:]
