@@ -8,6 +8,7 @@ the parser is built from that class, and its first docstring line is the step's 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -64,8 +65,17 @@ def run_step(step: Callable[..., Any], argv: list[str] | None = None, entry_poin
     cancel_on_signals()
     try:
         result = step(options)
-    except (PipelineError, Cancelled) as exc:
+    except PipelineError as exc:
         print(f"error: {name}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Cancelled as exc:
+        print(f"error: {name}: {exc}", file=sys.stderr)
+        # Its run is ended and its temporary folders are gone. Leave now: the interpreter's exit joins the worker
+        # threads a library started (an artifact download's pool, a progress bar's monitor), which held a step
+        # cancelled early in its export for minutes.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(exc.exit_code)
     # What a later task of a Databricks job reads as {{tasks.<step>.values.<name>}}.
     task_values.publish(result)
