@@ -7,6 +7,7 @@ loaded straight from the session's ONNX export; tests/test_log_pyfunc.py covers 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -144,6 +145,12 @@ BAD_ROWS = [
     (chat("q", stop=[""]), "stop must be a non-empty string or a list of non-empty strings; got"),
     (chat("q", stop=5), "stop must be a non-empty string or a list of non-empty strings; got 5"),
     (chat("q", n=2), r"unknown field\(s\) \['n'\]; accepted: messages, prompt, max_tokens"),
+    ({"messages": [{**user("q"), "name": "ann"}]}, r"messages\[0\]\.name is not supported: the model's chat template"),
+    ({"messages": [{**user("q"), "tone": 1}]}, r"messages\[0\] has unknown field\(s\) \['tone'\]; accepted: role"),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]}]},
+        r"content must be a string; got list",
+    ),
 ]
 
 
@@ -152,6 +159,31 @@ def test_a_bad_row_names_its_field(row: dict[str, Any], message: str):
     with raises_invalid(message) as caught:
         protocol.parse_request(row, DEFAULTS, None)
     assert caught.value.error_code == INVALID
+
+
+@pytest.mark.parametrize(
+    ("row", "param"),
+    [
+        ({"messages": [user("q"), {"role": "tool", "content": "x"}]}, "messages[1].role"),
+        ({"messages": [{**user("q"), "name": "ann"}]}, "messages[0].name"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"messages": []}, "messages"),
+        (chat("q", top_p=0), "top_p"),
+        (chat("q", response_format={"type": "yaml"}), "response_format"),
+    ],
+)
+def test_a_refusal_holds_the_path_of_its_field_for_the_endpoints_param(row: dict[str, Any], param: str):
+    with raises_invalid(re.escape(param)) as caught:
+        protocol.parse_request(row, DEFAULTS, None)
+    assert caught.value.param == param
+
+
+def test_the_developer_role_is_read_as_system_and_a_name_of_none_is_no_name():
+    developer = protocol.parse_row({"messages": [{"role": "developer", "content": "Be brief."}, user("q")]}, DEFAULTS)
+    system = protocol.parse_row({"messages": [{"role": "system", "content": "Be brief."}, user("q")]}, DEFAULTS)
+    assert developer == system
+    assert developer.messages[0] == {"role": "system", "content": "Be brief."}
+    assert protocol.parse_row({"messages": [{**user("q"), "name": None}]}, DEFAULTS).messages == (user("q"),)
 
 
 def test_errors_name_the_row_when_there_are_several():
@@ -273,6 +305,16 @@ def test_a_system_turn_is_part_of_the_prompt(model: OnnxChatModel, hf_tokenizer:
     assert response["usage"]["prompt_tokens"] == hf_prompt_tokens(hf_tokenizer, messages)
     assert response["usage"]["prompt_tokens"] > hf_prompt_tokens(hf_tokenizer, [user(SPAIN)])
     assert response["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_a_developer_turn_is_answered_as_the_same_system_turn(model: OnnxChatModel):
+    def answer(role: str) -> dict[str, Any]:
+        messages = [{"role": role, "content": "You answer in one word."}, user(SPAIN)]
+        return stable(model.predict(None, {"messages": messages})[0])
+
+    developer, system = answer("developer"), answer("system")
+    assert developer == system
+    assert developer["usage"]["prompt_tokens"] > model.predict(None, chat(SPAIN))[0]["usage"]["prompt_tokens"]
 
 
 def test_a_multi_turn_conversation_answers_the_last_question(model: OnnxChatModel, hf_tokenizer: Any):

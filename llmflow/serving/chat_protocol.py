@@ -6,7 +6,8 @@ request format, read top to bottom: fields, their checks, the token budget, stop
 
 A request is one or more rows. Each row is either
 - a chat request, as for an ``llm/v1/chat`` model: ``messages`` (``system``, ``user`` and ``assistant``
-  turns), with the optional fields ``temperature``, ``max_tokens``, ``top_p``, ``top_k``, ``stop``, ``seed`` and
+  turns of ``role`` and ``content`` text; ``developer``, OpenAI's newer name for ``system``, is read as ``system``),
+  with the optional fields ``temperature``, ``max_tokens``, ``top_p``, ``top_k``, ``stop``, ``seed`` and
   ``response_format`` (structured output, see ``response_format``);
   it gets an OpenAI ``chat.completion`` dict back; or
 - a raw prompt, the cookbook's form: ``prompt``, text already in the model's chat format; it gets the
@@ -15,9 +16,9 @@ A request is one or more rows. Each row is either
 Generation settings come from the row's fields, else the request's params (``max_new_tokens``,
 ``temperature``, ``top_p``, ``top_k``, ``response_format``), else the model config. Every bad value raises a
 ``Refused`` (an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, HTTP 400 when served) that names the field and
-what is accepted. Its message quotes at most ``SHOWN_CHARS`` characters of the value, and keeps no copy of the input
-when MLflow's scoring server would add one (see ``Refused``); an unexpected error becomes one that names its type
-only (``internal_errors``), with the traceback in the server's log.
+what is accepted, with the field's path in ``param``. Its message quotes at most ``SHOWN_CHARS`` characters of the
+value, and keeps no copy of the input when MLflow's scoring server would add one (see ``Refused``); an unexpected
+error becomes one that names its type only (``internal_errors``), with the traceback in the server's log.
 """
 
 from __future__ import annotations
@@ -43,7 +44,17 @@ from .response_format import FormatError, guidance_of
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant")
+# The role a chat template gets: templates know system, user and assistant; OpenAI's clients send ``developer``
+# instead of ``system`` for newer models, and OpenAI reads it as ``system``.
+TEMPLATE_ROLE = {"developer": "system"}
+MESSAGE_FIELDS = ("role", "content")
+# Why a message's ``name`` is refused rather than dropped: the chat templates served here (Phi-3, SmolLM2, Llama ...)
+# render only role and content, and writing the name into the text would be a prompt format of our own.
+NAME_REFUSED = (
+    "is not supported: the model's chat template has no place for a speaker's name, and it is not written into "
+    "the text; put it in content if the model should see it"
+)
 CHAT, PROMPT = "messages", "prompt"
 # Model-config and params names of the generation settings, with the defaults a logged model falls back on.
 GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "top_k": 50}
@@ -60,12 +71,15 @@ SHOWN_CHARS = 80
 
 
 class Refused(MlflowException):
-    """A request this model does not answer, with a message that is the model's own and stays so.
+    """A request this model does not answer, with a message that is the model's own and stays so, and ``param``: the
+    path of the field it names (``messages[1].role``), or ``None``.
 
     MLflow's scoring server (3.17) rewrites the message of an ``MlflowException`` from ``predict`` into
     ``Failed to predict data '<the whole input>'. Error: <message>``, so a refused 50 KB prompt came back whole in
     the answer. The scoring server sets ``message``; a ``Refused`` keeps the first one it was given.
     """
+
+    param: str | None = None
 
     @property
     def message(self) -> str:
@@ -77,9 +91,12 @@ class Refused(MlflowException):
             self._own_message = value
 
 
-def invalid(message: str) -> Refused:
-    """The error for a bad request: ``INVALID_PARAMETER_VALUE``, which the scoring server answers with 400."""
-    return Refused(message, error_code=INVALID_PARAMETER_VALUE)
+def invalid(message: str, param: str | None = None) -> Refused:
+    """The error for a bad request: ``INVALID_PARAMETER_VALUE``, which the scoring server answers with 400; ``param``
+    is the path of the field it names."""
+    refused = Refused(message, error_code=INVALID_PARAMETER_VALUE)
+    refused.param = param
+    return refused
 
 
 def shown(value: Any) -> str:
@@ -146,7 +163,7 @@ def checked(name: str, value: Any, where: str = "") -> Any:
     cast, in_range, accepted = SETTING_RULES[name]
     result = cast(value)
     if result is None or not in_range(result):
-        raise invalid(f"{where}{name} must be {accepted}; got {shown(value)}")
+        raise invalid(f"{where}{name} must be {accepted}; got {shown(value)}", name)
     return result
 
 
@@ -254,33 +271,41 @@ def rows_of(model_input: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _message(message: Any, at: str, where: str) -> dict[str, str]:
+    if not isinstance(message, dict):
+        raise invalid(f"{where}{at} must be an object with 'role' and 'content'; got {type(message).__name__}", at)
+    if message.get("name") is not None:
+        raise invalid(f"{where}{at}.name {NAME_REFUSED}; got {shown(message['name'])}", f"{at}.name")
+    unknown = sorted(str(key) for key in set(message) - {*MESSAGE_FIELDS, "name"})
+    if unknown:
+        raise invalid(
+            f"{where}{at} has unknown field(s) {shown(unknown)}; accepted: {', '.join(MESSAGE_FIELDS)}",
+            f"{at}.{unknown[0][:SHOWN_CHARS]}",
+        )
+    role, content = message.get("role"), message.get("content")
+    if role not in ROLES:
+        raise invalid(
+            f"{where}{at}.role {shown(role)} is not accepted; expected one of {', '.join(ROLES)}", f"{at}.role"
+        )
+    if not isinstance(content, str):
+        raise invalid(
+            f"{where}{at}.content must be a string; got {type(content).__name__} {shown(content)}", f"{at}.content"
+        )
+    return {"role": TEMPLATE_ROLE.get(role, role), "content": content}
+
+
 def _messages(value: Any, where: str) -> tuple[dict[str, str], ...]:
+    """The conversation as the chat template gets it: each message's role (``developer`` as ``system``) and text."""
     if not isinstance(value, list):
-        raise invalid(f"{where}messages must be a list of {{role, content}} objects; got {type(value).__name__}")
+        raise invalid(f"{where}messages must be a list of {{role, content}} objects; got {type(value).__name__}", CHAT)
     if not value:
-        raise invalid(f"{where}messages must hold at least one message; got an empty list")
-    messages = []
-    for number, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise invalid(
-                f"{where}messages[{number}] must be an object with 'role' and 'content'; got {type(message).__name__}"
-            )
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise invalid(
-                f"{where}messages[{number}].role {shown(role)} is not accepted; expected one of {', '.join(ROLES)}"
-            )
-        if not isinstance(content, str):
-            raise invalid(
-                f"{where}messages[{number}].content must be a string; got {type(content).__name__} {shown(content)}"
-            )
-        messages.append({"role": role, "content": content})
-    return tuple(messages)
+        raise invalid(f"{where}messages must hold at least one message; got an empty list", CHAT)
+    return tuple(_message(message, f"messages[{number}]", where) for number, message in enumerate(value))
 
 
 def _prompt(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
-        raise invalid(f"{where}prompt must be a non-empty string; got {type(value).__name__} {shown(value)}")
+        raise invalid(f"{where}prompt must be a non-empty string; got {type(value).__name__} {shown(value)}", PROMPT)
     return value
 
 
@@ -289,7 +314,7 @@ def response_guidance(value: Any, where: str = "", name: str = RESPONSE_FORMAT) 
     try:
         return guidance_of(value)
     except FormatError as error:
-        raise invalid(f"{where}{name} {error}") from None
+        raise invalid(f"{where}{name} {error}", name) from None
 
 
 def parse_row(row: dict[str, Any], options: dict[str, Any], where: str = "") -> Request:
@@ -337,13 +362,15 @@ def token_budget(request: Request, prompt_tokens: int, context_length: int, wher
     if room < 1:
         raise invalid(
             f"{where}{request.form} has {prompt_tokens} tokens; the model's context length is {context_length} "
-            f"tokens, so a prompt may have at most {context_length - 1}"
+            f"tokens, so a prompt may have at most {context_length - 1}",
+            request.form,
         )
     wanted = request.settings.max_tokens
     if request.settings.explicit_max_tokens and wanted > room:
         raise invalid(
             f"{where}max_tokens {wanted} with a prompt of {prompt_tokens} tokens exceeds the model's context "
-            f"length of {context_length} tokens; max_tokens may be at most {room} for this prompt"
+            f"length of {context_length} tokens; max_tokens may be at most {room} for this prompt",
+            "max_tokens",
         )
     return min(wanted, room)
 

@@ -140,7 +140,9 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
             budget = protocol.token_budget(request, len(ids), self.context_length, where)
             guidance = request.settings.guidance
             if guidance is not None and (problem := generation.check_guidance(self.model, guidance)):
-                raise protocol.invalid(f"{where}response_format cannot be used for guided generation: {problem}")
+                raise protocol.invalid(
+                    f"{where}response_format cannot be used for guided generation: {problem}", protocol.RESPONSE_FORMAT
+                )
             rows.append(
                 Row(request, ids, budget, self.tokenizer.create_stream(), protocol.StopScanner(request.settings.stop))
             )
@@ -148,13 +150,15 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
 
     def _chat_prompt(self, request: protocol.Request) -> str:
         if self.chat_template is None:
-            raise protocol.invalid("messages are not accepted: the model's ONNX folder has no chat template")
+            raise protocol.invalid(
+                "messages are not accepted: the model's ONNX folder has no chat template", protocol.CHAT
+            )
         try:
             return self.tokenizer.apply_chat_template(
                 json.dumps(list(request.messages)), template_str=self.chat_template, add_generation_prompt=True
             )
         except RuntimeError as error:  # the template itself refused the conversation (raise_exception)
-            raise protocol.invalid(f"messages do not fit the model's chat template: {error}") from None
+            raise protocol.invalid(f"messages do not fit the model's chat template: {error}", protocol.CHAT) from None
 
     def batches(self, rows: list[Row]) -> Iterator[list[Row]]:
         """Rows that can share a generator: same sampling settings, padded prompt plus budget within the

@@ -85,7 +85,8 @@ class TransformersChat:
             if request.settings.guidance is not None:  # refused, not ignored: this token loop has no guidance
                 raise protocol.invalid(
                     f"{where}response_format other than text is not supported by the transformers backend; "
-                    "serve the ONNX model for JSON output"
+                    "serve the ONNX model for JSON output",
+                    protocol.RESPONSE_FORMAT,
                 )
             text = self._chat_prompt(request) if request.form == protocol.CHAT else request.prompt
             # As MLflow's pipeline tokenises a prompt: the chat template already holds the special tokens.
@@ -97,13 +98,15 @@ class TransformersChat:
 
     def _chat_prompt(self, request: protocol.Request) -> str:
         if not self.tokenizer.chat_template:
-            raise protocol.invalid("messages are not accepted: the model's tokenizer has no chat template")
+            raise protocol.invalid(
+                "messages are not accepted: the model's tokenizer has no chat template", protocol.CHAT
+            )
         try:
             return self.tokenizer.apply_chat_template(
                 list(request.messages), tokenize=False, add_generation_prompt=True
             )
         except Exception as error:  # the template itself refused the conversation (raise_exception)
-            raise protocol.invalid(f"messages do not fit the model's chat template: {error}") from None
+            raise protocol.invalid(f"messages do not fit the model's chat template: {error}", protocol.CHAT) from None
 
     def generate(self, batch: list[Row]) -> Iterator[tuple[int, str]]:
         """Generate every row of ``batch``, one after another; yield ``(row index, text)`` as text comes.
