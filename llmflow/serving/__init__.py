@@ -5,8 +5,8 @@ and imports it as the top-level package ``serving``. Its files therefore import 
 only and import nothing from ``llmflow`` outside this package (``tests/test_serving_package.py`` checks it); the
 one exception is ``onnx_chat_model.py``, the models-from-code file, which is loaded as a script and imports
 ``serving.*``, falling back on ``llmflow.serving.*`` inside the project. They import only the standard library,
-mlflow, numpy, pandas and onnxruntime_genai, plus, for the OpenAI endpoint, fastapi, uvicorn, starlette and
-prometheus_client, and, only when the endpoint serves a transformers model, torch and transformers
+mlflow, numpy, pandas and onnxruntime_genai, plus, for the OpenAI endpoint, fastapi, uvicorn, starlette, pydantic
+and prometheus_client, and, only when the endpoint serves a transformers model, torch and transformers
 (``transformers_chat``).
 
 - ``chat_protocol``: the pyfunc's request and response formats, as pure functions.

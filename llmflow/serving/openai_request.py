@@ -1,0 +1,288 @@
+"""The OpenAI chat-completions request as pydantic models: each field, its type, OpenAI's range, and what is refused.
+
+Every model forbids the fields it does not declare (``extra="forbid"``), as OpenAI does, and names them with what
+it accepts. A field this endpoint cannot honour is declared and refused unless it has its default (``REFUSED``),
+so the error names it and says why. ``problem`` turns pydantic's ``ValidationError`` into one message and the path
+of the field (``messages[2].role``), quoting at most ``SHOWN_CHARS`` characters of a value.
+
+Messages are a union on ``role``, one model per role (``MESSAGE_TYPES``), so that ``tool`` messages, an
+assistant's ``tool_calls`` and the ``tools``/``tool_choice`` fields can each be added as a model and a field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .chat_protocol import NAME_REFUSED, SHOWN_CHARS, shown
+
+# How a ``Problem`` is told: its text follows the field's path ("stream must be ..."), or names the field itself
+# (a refused field), or follows the path of the object that has an unknown field.
+AFTER_PATH, OWN_TEXT, UNKNOWN = "after_path", "own_text", "unknown_field"
+# The error type of a content that is neither a string nor a list of parts.
+CONTENT_ERROR = "llmflow_content"
+# What a field of pydantic's own type errors accepts, in the words of the other errors.
+ACCEPTED = {
+    "bool_type": "true or false",
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "string_type": "a string",
+    "list_type": "a list",
+}
+
+
+def _is_default(default: Any) -> Callable[[Any], bool]:
+    return lambda value: value is None or value == default
+
+
+# Fields this endpoint cannot honour: accepted only with their default value (what OpenAI does without them).
+REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n": (_is_default(1), "n > 1 is not supported; this endpoint returns exactly one choice"),
+    "logprobs": (_is_default(False), "logprobs are not supported by this endpoint"),
+    "top_logprobs": (_is_default(None), "top_logprobs are not supported by this endpoint"),
+    "tools": (_is_default(None), "tools are not supported by this endpoint"),
+    "tool_choice": (lambda value: value in (None, "none"), "tool_choice is not supported by this endpoint"),
+    "functions": (_is_default(None), "functions are not supported by this endpoint"),
+    "function_call": (lambda value: value in (None, "none"), "function_call is not supported by this endpoint"),
+    "parallel_tool_calls": (_is_default(None), "parallel_tool_calls is not supported by this endpoint"),
+    "frequency_penalty": (_is_default(0), "frequency_penalty other than 0 is not supported"),
+    "presence_penalty": (_is_default(0), "presence_penalty other than 0 is not supported"),
+    "logit_bias": (lambda value: not value, "logit_bias is not supported by this endpoint"),
+}
+
+
+class Problem(ValueError):
+    """What a validator found wrong, told as ``kind`` says; ``field`` names a field of the model that raises it (its
+    path is the model's). Pydantic keeps it as the ``error`` of a ``value_error``, which ``problem`` reads."""
+
+    def __init__(self, text: str, kind: str = AFTER_PATH, field: str | None = None) -> None:
+        super().__init__(text)
+        self.text, self.kind, self.field = text, kind, field
+
+
+class Strict(BaseModel):
+    """A part of the request that refuses fields it does not declare, naming them and what it accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            cls._check_fields(data)
+        return data
+
+    @classmethod
+    def _check_fields(cls, data: dict[Any, Any]) -> None:
+        unknown = sorted(str(key) for key in set(data) - set(cls.model_fields))
+        if unknown:
+            text = f"has unsupported field(s) {shown(unknown)}; accepted: {', '.join(cls.model_fields)}"
+            raise Problem(text, UNKNOWN, unknown[0][:SHOWN_CHARS])
+
+
+class TextPart(Strict):
+    """A part of a message's ``content``; only text: this endpoint serves text models."""
+
+    type: Literal["text"]
+    text: StrictStr
+
+    @classmethod
+    def _check_fields(cls, data: dict[Any, Any]) -> None:
+        """The part's type first: an ``image_url`` part is refused as one, not for its unknown field ``image_url``."""
+        if "type" in data and data["type"] != "text":
+            text = f"must be 'text': this endpoint reads text parts only; got {shown(data['type'])}"
+            raise Problem(text, field="type")
+        super()._check_fields(data)
+
+
+def _content_kind(value: Any) -> str | None:
+    return "text" if isinstance(value, str) else "parts" if isinstance(value, list) and value else None
+
+
+# A message's content: a string, or a list of text parts, which are joined (with nothing between them) into one.
+Content = Annotated[
+    Annotated[StrictStr, Tag("text")] | Annotated[list[TextPart], Tag("parts")],
+    Discriminator(
+        _content_kind,
+        custom_error_type=CONTENT_ERROR,
+        custom_error_message="must be a string or a non-empty list of text parts",
+    ),
+]
+
+
+class Message(Strict):
+    role: str
+    content: Content
+    name: StrictStr | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _no_name(cls, name: str | None) -> None:
+        if name is not None:
+            raise Problem(f"{NAME_REFUSED}; got {shown(name)}")
+        return None
+
+    def for_model(self) -> dict[str, str]:
+        """The message as the model reads it (``chat_protocol``): its role and its text."""
+        content = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        return {"role": self.role, "content": content}
+
+
+class SystemMessage(Message):
+    """``developer`` is OpenAI's newer name for ``system``; the model reads both as ``system``."""
+
+    role: Literal["system", "developer"]
+
+
+class UserMessage(Message):
+    role: Literal["user"]
+
+
+class AssistantMessage(Message):
+    role: Literal["assistant"]
+
+
+MESSAGE_TYPES = (SystemMessage, UserMessage, AssistantMessage)
+AnyMessage = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
+
+
+class StreamOptions(Strict):
+    include_usage: StrictBool = False
+
+
+Number = StrictFloat | StrictInt
+
+
+class ChatRequest(Strict):
+    """A ``POST /v1/chat/completions`` body. A field's description says what it accepts (used in errors)."""
+
+    model: StrictStr | None = Field(None, description="the name of the model served (see GET /v1/models)")
+    messages: list[AnyMessage] = Field(min_length=1, description="a non-empty list of {role, content} messages")
+    max_tokens: StrictInt | None = Field(None, ge=1, description="a whole number of 1 or more")
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, description="a whole number of 1 or more")
+    temperature: Number | None = Field(None, ge=0, le=2, description="a number from 0 to 2 (0: greedy)")
+    top_p: Number | None = Field(None, gt=0, le=1, description="a number above 0 and at most 1")
+    top_k: StrictInt | None = Field(None, ge=1, description="a whole number of 1 or more")
+    stop: StrictStr | list[StrictStr] | None = Field(None, description="a string or a list of strings")
+    seed: StrictInt | None = Field(None, description="a whole number")
+    stream: StrictBool | None = Field(None, description="true or false")
+    stream_options: StreamOptions | None = None
+    response_format: Any = None  # read by the model (``response_format.guidance_of``), where guidance compiles it
+    user: StrictStr | None = Field(None, description="a string")
+    n: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    parallel_tool_calls: Any = None
+    frequency_penalty: Any = None
+    presence_penalty: Any = None
+    logit_bias: Any = None
+
+    @field_validator(*REFUSED)
+    @classmethod
+    def _refused(cls, value: Any, info: Any) -> Any:
+        harmless, message = REFUSED[info.field_name]
+        if not harmless(value):
+            raise Problem(f"{message}; got {info.field_name}={shown(value)}", OWN_TEXT)
+        return value
+
+    @model_validator(mode="after")
+    def _together(self) -> ChatRequest:
+        if self.stream_options is not None and not self.stream:
+            raise Problem("stream_options is only allowed when stream is true", OWN_TEXT, "stream_options")
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            text = "give max_completion_tokens or max_tokens (its older name), not both"
+            raise Problem(text, OWN_TEXT, "max_completion_tokens")
+        return self
+
+
+def _path(loc: tuple[int | str, ...], body: Any, missing: bool) -> list[int | str]:
+    """The segments of ``loc`` that are in ``body``: pydantic adds the tag of a union member (``user``, ``parts``),
+    which is not a field. The last segment of a missing field is kept."""
+    path, node = [], body
+    for number, segment in enumerate(loc):
+        if isinstance(node, dict) and segment in node:
+            node = node[segment]
+        elif isinstance(node, list) and isinstance(segment, int) and 0 <= segment < len(node):
+            node = node[segment]
+        elif not (missing and number == len(loc) - 1):
+            continue
+        path.append(segment)
+    return path
+
+
+def _param(path: list[int | str]) -> str | None:
+    text = "".join(f"[{segment}]" if isinstance(segment, int) else f".{segment}" for segment in path)
+    return text.removeprefix(".") or None
+
+
+def _got(error: dict[str, Any]) -> str:
+    value = error.get("input")
+    return f"got {type(value).__name__} {shown(value)}" if isinstance(value, dict | list) else f"got {shown(value)}"
+
+
+def _accepted(error: dict[str, Any], path: list[int | str]) -> str:
+    """What the field accepts: its description for a field of the request, else pydantic's own words."""
+    field = ChatRequest.model_fields.get(str(path[0])) if len(path) == 1 else None
+    if field is not None and field.description:
+        return field.description
+    return ACCEPTED.get(error["type"]) or error["msg"].removeprefix("Input should be ")
+
+
+def _union_tag(error: dict[str, Any], where: str) -> tuple[str, str]:
+    """A message's ``role`` (the tag of the union of messages) that is missing or names no message type."""
+    field = error["ctx"]["discriminator"].strip("'")
+    param = f"{where}.{field}"
+    if error["type"] == "union_tag_not_found":
+        return f"{param} is required", param
+    expected = error["ctx"]["expected_tags"]
+    return f"{param} must be one of {expected}; got {shown(error['ctx']['tag'])}", param
+
+
+def _told(found: Problem, path: list[int | str], error: dict[str, Any]) -> tuple[str, str | None]:
+    """A validator's ``Problem`` as a message and ``param``."""
+    if found.kind == UNKNOWN:  # said of the object that has it; param is the unknown field
+        return f"{_param(path) or 'the request'} {found.text}", _param([*path, found.field])
+    if found.field:
+        path = [*path, found.field]
+    param = _param(path)
+    if found.kind == OWN_TEXT:
+        return found.text, param
+    return f"{param} {found.text}" if "; got" in found.text else f"{param} {found.text}; {_got(error)}", param
+
+
+def problem(error: ValidationError, body: Any) -> tuple[str, str | None]:
+    """The message and ``param`` of the first thing wrong in ``body``, from pydantic's ``error``."""
+    first = error.errors(include_url=False)[0]
+    kind, ctx = first["type"], first.get("ctx") or {}
+    path = _path(first["loc"], body, kind == "missing")
+    if isinstance(ctx.get("error"), Problem):
+        return _told(ctx["error"], path, first)
+    where = _param(path) or "the request"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return _union_tag(first, where)
+    if kind == CONTENT_ERROR:
+        return f"{where} {first['msg']}; {_got(first)}", where
+    if kind == "missing":
+        return f"{where} is required", _param(path)
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{where} must be an object; {_got(first)}", _param(path)
+    return f"{where} must be {_accepted(first, path)}; {_got(first)}", _param(path)
