@@ -4,14 +4,14 @@ A chat request goes: key (401) -> body size (413) -> JSON and fields (400) -> a 
 parses, tokenises and checks it against the context (400; no place taken yet) -> a place in the queue (429 with
 ``Retry-After``) -> the batching scheduler generates -> the answer, or 504 when ``--request-timeout`` passes first.
 A client that leaves, streamed or not, cancels its job. Every answer names the version in ``model`` and in the
-``X-Model-Version`` header.
+``X-Model-Version`` header. Every error, an unknown path (404) or method (405) included, is in OpenAI's error format
+(``errors``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,12 +24,11 @@ from starlette.concurrency import run_in_threadpool
 
 from . import openai_protocol as protocol
 from .auth import authorized
+from .errors import Failure, add_error_handlers, internal
 from .holder import ModelHolder, Served
 from .metrics import Metrics
 from .scheduler import Closed, Job, QueueFull
 from .tracing import Tracer
-
-logger = logging.getLogger(__name__)
 
 VERSION_HEADER = "X-Model-Version"
 CLIENT_ERROR_CODES = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_REQUEST"}
@@ -41,21 +40,6 @@ class Limits:
     max_body_bytes: int
     request_timeout_s: float
     retry_after_s: int
-
-
-class Failure(Exception):
-    """An answer other than 200, in OpenAI's error format."""
-
-    def __init__(
-        self, status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None, code=None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.param, self.headers, self.code = status, kind, param, headers or {}, code
-
-    def response(self, metrics: Metrics) -> JSONResponse:
-        metrics.requests.labels(str(self.status)).inc()
-        body = protocol.error_body(str(self), self.kind, self.param, self.code)
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 def _headers(served: Served) -> dict[str, str]:
@@ -85,18 +69,11 @@ async def _prepare(served: Served, call: protocol.ChatCall) -> Any:
         [row] = await run_in_threadpool(served.model.prepare, call.request, None)
     except MlflowException as error:
         if error.error_code in CLIENT_ERROR_CODES:
-            raise Failure(400, error.message, "invalid_request_error") from None
-        raise _internal(error) from None
+            raise Failure(400, error.message, "invalid_request_error", getattr(error, "param", None)) from None
+        raise internal(error) from None
     except Exception as error:
-        raise _internal(error) from None
+        raise internal(error) from None
     return row
-
-
-def _internal(error: Exception) -> Failure:
-    """A 500 that names the error's type only: its message and traceback (server paths) go to the log."""
-    logger.error("reading a request failed", exc_info=error)
-    message = f"internal error while reading the request ({type(error).__name__}); the server's log has the details"
-    return Failure(500, message, "server_error")
 
 
 async def _place(holder: ModelHolder, call: protocol.ChatCall, limits: Limits) -> tuple[Served, Job]:
@@ -148,10 +125,7 @@ def create_app(
     """The app over ``holder``; ``keys`` empty: open; ``protect_all``: /health and /metrics need a key too."""
     app = FastAPI(title="llmflow OpenAI-compatible chat endpoint")
 
-    @app.exception_handler(Failure)
-    async def failed(request: Request, failure: Failure) -> JSONResponse:
-        """Every ``Failure`` a route raises, in OpenAI's error format (and counted by status)."""
-        return failure.response(metrics)
+    add_error_handlers(app, metrics)
 
     def guard(request: Request, public: bool = False) -> None:
         """401 unless the request carries a key (or the path is public); a route-level check, since Starlette's
@@ -264,7 +238,7 @@ async def _stream(
         metrics.requests.labels("200").inc()
         trace.end({"content": "".join(pieces), "finish_reason": row.finish_reason}, None)
     except Failure as failure:  # headers are sent: the error goes in the stream, as OpenAI's does
-        yield _sse(protocol.error_body(str(failure), failure.kind))
+        yield _sse(protocol.error_body(str(failure), failure.kind, failure.param, failure.code))
         finished = True
         metrics.requests.labels(str(failure.status)).inc()
         trace.end(None, str(failure))
