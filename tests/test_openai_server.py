@@ -26,6 +26,7 @@ from llmflow.serving.openai_server import BadRequest, model_request
 pytestmark = pytest.mark.integration
 
 KEY, FILE_KEY = "test-key-1", "test-key-2"
+NAME = "tiny-phi3-onnx"  # --served-name: a request that names another model gets a 404
 
 SPAIN = [{"role": "user", "content": "What is the capital of Spain?"}]
 
@@ -89,7 +90,7 @@ def server(logged_onnx_model: tuple[str, str], tmp_path_factory: pytest.TempPath
     (folder / "keys.txt").write_text(f"# one key a line\n{FILE_KEY}\n")
     port = free_port()
     command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri, "--port", str(port)]
-    command += ["--served-name", "tiny-phi3-onnx", "--api-key", KEY, "--api-key-file", str(folder / "keys.txt")]
+    command += ["--served-name", NAME, "--api-key", KEY, "--api-key-file", str(folder / "keys.txt")]
     command += ["--trace-ratio", "1", "--max-body-bytes", "4096"]
     # The server inherits another experiment (the store's Default): its traces must still go to the model's.
     env = {"MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false", "MLFLOW_EXPERIMENT_ID": "0"}
@@ -149,15 +150,15 @@ def test_a_prompt_longer_than_the_context_is_a_400_before_it_takes_a_place(serve
 
 
 def test_chat_completion_with_usage(client: openai.OpenAI):
-    response = client.chat.completions.create(model="tiny-phi3-onnx", messages=SPAIN, max_tokens=16, temperature=0)
+    response = client.chat.completions.create(model=NAME, messages=SPAIN, max_tokens=16, temperature=0)
     assert response.choices[0].message.role == "assistant"
     assert response.choices[0].message.content.strip() == "Madrid"
     assert response.choices[0].finish_reason == "stop"
     usage = response.usage
     assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
-    assert [m.id for m in client.models.list().data] == ["tiny-phi3-onnx"]
-    assert response.model == "tiny-phi3-onnx"  # a logged model without a registered version
+    assert [m.id for m in client.models.list().data] == [NAME]
+    assert response.model == NAME  # a logged model without a registered version
 
 
 def test_multi_turn_history_reaches_the_model(client: openai.OpenAI):
@@ -167,16 +168,16 @@ def test_multi_turn_history_reaches_the_model(client: openai.OpenAI):
         {"role": "assistant", "content": "Paris"},
         {"role": "user", "content": "What is the capital of Spain?"},
     ]
-    response = client.chat.completions.create(model="tiny-phi3-onnx", messages=messages, max_tokens=16)
-    single = client.chat.completions.create(model="tiny-phi3-onnx", messages=messages[-1:], max_tokens=16)
+    response = client.chat.completions.create(model=NAME, messages=messages, max_tokens=16)
+    single = client.chat.completions.create(model=NAME, messages=messages[-1:], max_tokens=16)
     # A longer history means more prompt tokens: the whole conversation was templated, not just one turn.
     assert response.usage.prompt_tokens > single.usage.prompt_tokens
     assert response.choices[0].message.content.strip() == "Madrid"
 
 
 def test_streaming_joins_to_the_whole_answer(client: openai.OpenAI):
-    whole = client.chat.completions.create(model="tiny-phi3-onnx", messages=SPAIN, max_tokens=16)
-    stream = client.chat.completions.create(model="tiny-phi3-onnx", messages=SPAIN, max_tokens=16, stream=True)
+    whole = client.chat.completions.create(model=NAME, messages=SPAIN, max_tokens=16)
+    stream = client.chat.completions.create(model=NAME, messages=SPAIN, max_tokens=16, stream=True)
     pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
     assert len(pieces) > 1
     assert "".join(pieces) == whole.choices[0].message.content
@@ -184,12 +185,12 @@ def test_streaming_joins_to_the_whole_answer(client: openai.OpenAI):
 
 def test_bad_requests_are_400_and_the_server_keeps_serving(client: openai.OpenAI):
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
-        client.chat.completions.create(model="tiny-phi3-onnx", messages=SPAIN, max_tokens=0)
+        client.chat.completions.create(model=NAME, messages=SPAIN, max_tokens=0)
     with pytest.raises(openai.BadRequestError, match="role"):
-        client.chat.completions.create(model="tiny-phi3-onnx", messages=[{"role": "wizard", "content": "hi"}])
+        client.chat.completions.create(model=NAME, messages=[{"role": "wizard", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="messages"):
-        client.chat.completions.create(model="tiny-phi3-onnx", messages=[])
-    response = client.chat.completions.create(model="tiny-phi3-onnx", messages=SPAIN, max_tokens=16)
+        client.chat.completions.create(model=NAME, messages=[])
+    response = client.chat.completions.create(model=NAME, messages=SPAIN, max_tokens=16)
     assert response.choices[0].message.content.strip() == "Madrid"
 
 
@@ -203,7 +204,7 @@ def test_concurrent_clients_get_their_own_answers(client: openai.OpenAI):
 
     def ask(question: str) -> str:
         messages = [{"role": "user", "content": question}]
-        return client.chat.completions.create(model="m", messages=messages, max_tokens=16).choices[0].message.content
+        return client.chat.completions.create(model=NAME, messages=messages, max_tokens=16).choices[0].message.content
 
     asked = list(questions) * 4
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
@@ -212,11 +213,11 @@ def test_concurrent_clients_get_their_own_answers(client: openai.OpenAI):
 
 
 def test_usage_is_streamed_only_when_asked_in_a_last_chunk_without_choices(client: openai.OpenAI):
-    plain = list(client.chat.completions.create(model="m", messages=SPAIN, max_tokens=16, stream=True))
+    plain = list(client.chat.completions.create(model=NAME, messages=SPAIN, max_tokens=16, stream=True))
     assert all(chunk.usage is None and chunk.choices for chunk in plain)
     asked = list(
         client.chat.completions.create(
-            model="m", messages=SPAIN, max_tokens=16, stream=True, stream_options={"include_usage": True}
+            model=NAME, messages=SPAIN, max_tokens=16, stream=True, stream_options={"include_usage": True}
         )
     )
     assert asked[-1].choices == [] and asked[-1].usage.completion_tokens > 0
@@ -227,7 +228,7 @@ def test_usage_is_streamed_only_when_asked_in_a_last_chunk_without_choices(clien
 def test_the_same_seed_gives_the_same_sampled_answer(client: openai.OpenAI):
     def sampled(seed: int) -> str:
         response = client.chat.completions.create(
-            model="m", messages=SPAIN, max_tokens=24, temperature=1.8, seed=seed, extra_body={"top_k": 400}
+            model=NAME, messages=SPAIN, max_tokens=24, temperature=1.8, seed=seed, extra_body={"top_k": 400}
         )
         return response.choices[0].message.content
 
@@ -245,13 +246,60 @@ def test_the_same_seed_gives_the_same_sampled_answer(client: openai.OpenAI):
 )
 def test_the_client_gets_a_400_naming_a_refused_field(client: openai.OpenAI, extra: dict, param: str):
     with pytest.raises(openai.BadRequestError, match=param):
-        client.chat.completions.create(model="m", messages=SPAIN, max_tokens=8, **extra)
+        client.chat.completions.create(model=NAME, messages=SPAIN, max_tokens=8, **extra)
+
+
+def test_the_developer_role_and_text_parts_get_the_answers_of_system_and_a_string(client: openai.OpenAI):
+    def answer(system: dict, question: dict) -> tuple[str, int]:
+        messages = [system, question]
+        response = client.chat.completions.create(model=NAME, messages=messages, max_tokens=16)
+        return response.choices[0].message.content, response.usage.prompt_tokens
+
+    system, question = {"role": "system", "content": "Answer briefly."}, SPAIN[0]
+    developer = {**system, "role": "developer"}
+    parts = {
+        "role": "user",
+        "content": [{"type": "text", "text": "What is the capital "}, {"type": "text", "text": "of Spain?"}],
+    }
+    expected = answer(system, question)
+    assert expected[0].strip() == "Madrid"
+    assert answer(developer, question) == expected
+    assert answer(developer, parts) == expected
+
+
+def test_another_model_name_is_a_404_model_not_found(client: openai.OpenAI, logged_onnx_model: tuple[str, str]):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=SPAIN, max_tokens=8)
+    assert (caught.value.status_code, caught.value.code, caught.value.param) == (404, "model_not_found", "model")
+    assert caught.value.type == "invalid_request_error"
+    # The URI it serves is one of its names too.
+    response = client.chat.completions.create(model=logged_onnx_model[1], messages=SPAIN, max_tokens=16)
+    assert response.choices[0].message.content.strip() == "Madrid"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw", "status"),
+    [
+        ("GET", "/v1/nothing-here", None, 404),
+        ("GET", "/v1/chat/completions", None, 405),
+        ("POST", "/v1/chat/completions", b'{"messages": [', 400),
+        ("POST", "/v1/chat/completions", b'{"messages": [], "temperature": 9}', 400),
+    ],
+)
+def test_every_error_is_openais_error_object(server: Server, method: str, path: str, raw: bytes | None, status: int):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    request = urllib.request.Request(f"{server.base}{path}", data=raw, headers=headers, method=method)
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=60)
+    body = json.loads(caught.value.read())
+    assert caught.value.code == status
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
 
 
 def test_every_request_is_a_trace_linked_to_the_logged_model(client: openai.OpenAI, logged_onnx_model: tuple[str, str]):
     tracking_uri, model_uri = logged_onnx_model
     marker = "Trace me: what is the capital of Spain?"
-    client.chat.completions.create(model="m", messages=[{"role": "user", "content": marker}], max_tokens=8)
+    client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": marker}], max_tokens=8)
     mlflow.set_tracking_uri(tracking_uri)
     model_id = model_uri.removeprefix("models:/")
     try:

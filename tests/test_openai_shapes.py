@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from llmflow.serving import chat_protocol as protocol
 from llmflow.serving.app import Limits, create_app
-from llmflow.serving.holder import ModelHolder, Served, Target
+from llmflow.serving.holder import ModelHolder, Served, Target, served_names
 from llmflow.serving.metrics import Metrics
 from llmflow.serving.openai_protocol import BadRequest, read_call
 from llmflow.serving.rows import Row
@@ -154,6 +154,44 @@ def test_a_name_is_refused_by_name_not_dropped(http: TestClient):
     assert post(http, {"messages": [{**SPAIN[0], "name": None}]})[0] == 200
 
 
+# --- the model name -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [NAME, URI, "tiny-chat@champion", f"{NAME}:{VERSION}", OWN_NAME, None])
+def test_every_name_the_model_is_served_under_is_accepted(http: TestClient, name: str | None):
+    body = {"messages": SPAIN} | ({"model": name} if name else {})
+    status, answer = post(http, body)
+    assert status == 200 and answer["model"] == f"{NAME}:{VERSION}"
+
+
+@pytest.mark.parametrize("name", ["gpt-4o", "tiny-chat@challenger", f"{NAME}:2", "models:/other@champion", ""])
+def test_another_model_is_a_404_model_not_found(http: TestClient, name: str):
+    status, answer = post(http, {"model": name, "messages": SPAIN})
+    assert status == 404
+    assert error(answer) | {"message": ""} == {
+        "message": "",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+    assert "this endpoint serves 'tiny-chat'" in error(answer)["message"]
+
+
+def test_the_openai_client_gets_not_found_for_another_model(client: openai.OpenAI):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=SPAIN)
+    assert caught.value.code == "model_not_found" and caught.value.param == "model"
+    assert client.models.retrieve(NAME).id == NAME
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+
+
+def test_served_names_follow_the_uri_form():
+    assert served_names("models:/chat/4", "models:/chat/4", None) == {"models:/chat/4", "chat/4", "chat"}
+    assert served_names("models:/m-0123", "models:/m-0123", None) == {"models:/m-0123", "m-0123"}
+    assert served_names(URI, "mine", None) == {"mine", URI, "tiny-chat@champion", "tiny-chat"}
+
+
 # --- OpenAI's ranges and field errors -----------------------------------------------------------------------------
 
 
@@ -253,11 +291,12 @@ def test_an_unknown_field_is_refused_by_its_name(http: TestClient):
         {"messages": [{"role": BIG, "content": "hi"}]},
         {"messages": [{"role": "user", "content": [{"type": BIG}]}]},
         {"messages": [{"role": "user", "content": "hi", "name": BIG}]},
+        {"messages": SPAIN, "model": BIG},
     ],
 )
 def test_an_error_names_a_large_value_without_copying_it(http: TestClient, body: dict):
     status, answer = post(http, body)
-    assert status == 400
+    assert status in (400, 404)
     assert len(json.dumps(answer)) < 1000 and BIG[:200] not in json.dumps(answer)
     assert "What is the capital of Spain? What is" in error(answer)["message"]  # quoted, up to 80 characters
 

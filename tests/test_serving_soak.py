@@ -46,24 +46,24 @@ def raw_post(base: str, body: bytes) -> int:
         return error.code
 
 
-def one(client: openai.OpenAI, base: str, number: int) -> tuple[str, int, str | None, str | None]:
+def one(client: openai.OpenAI, base: str, number: int, model: str) -> tuple[str, int, str | None, str | None]:
     """Request ``number`` of the plan: (kind, status, question, answer)."""
     question = QA[number % len(QA)]["question"]
     if number % 5 == 0:
         return "bad", raw_post(base, BAD_BODIES[number // 5 % len(BAD_BODIES)]), None, None
     try:
         if number % 10 == 1:  # leave after the first piece of the answer
-            stream = client.chat.completions.create(model="m", messages=ask(question), max_tokens=16, stream=True)
+            stream = client.chat.completions.create(model=model, messages=ask(question), max_tokens=16, stream=True)
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     break
             stream.close()
             return "left", 200, question, None
         if number % 2:
-            stream = client.chat.completions.create(model="m", messages=ask(question), max_tokens=16, stream=True)
+            stream = client.chat.completions.create(model=model, messages=ask(question), max_tokens=16, stream=True)
             text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
             return "good", 200, question, text
-        reply = client.chat.completions.create(model="m", messages=ask(question), max_tokens=16)
+        reply = client.chat.completions.create(model=model, messages=ask(question), max_tokens=16)
         return "good", 200, question, reply.choices[0].message.content
     except openai.APIStatusError as error:
         return "good", error.status_code, question, None
@@ -79,11 +79,11 @@ def test_two_hundred_requests_from_sixteen_clients(logged_onnx_model: tuple[str,
         alone: dict[str, str] = {}
         for _ in range(3):  # warm-up, and each question's answer alone
             for item in QA:
-                reply = client.chat.completions.create(model="m", messages=ask(item["question"]), max_tokens=16)
+                reply = client.chat.completions.create(model=model_uri, messages=ask(item["question"]), max_tokens=16)
                 alone[item["question"]] = reply.choices[0].message.content
         warm_rss = rss_mb(server.proc.pid)
         with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
-            results = list(pool.map(lambda n: one(client, server.base, n), range(REQUESTS)))
+            results = list(pool.map(lambda n: one(client, server.base, n, model_uri), range(REQUESTS)))
         assert idle(server.base)
         running = metric(server.base, "llmflow_requests_running")
         end_rss = rss_mb(server.proc.pid)

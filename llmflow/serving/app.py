@@ -1,11 +1,11 @@
 """The FastAPI app of the OpenAI-compatible endpoint: routes, keys, limits, and the answer of every request.
 
-A chat request goes: key (401) -> body size (413) -> JSON and fields (400) -> a model loaded (503) -> the pyfunc
-parses, tokenises and checks it against the context (400; no place taken yet) -> a place in the queue (429 with
-``Retry-After``) -> the batching scheduler generates -> the answer, or 504 when ``--request-timeout`` passes first.
-A client that leaves, streamed or not, cancels its job. Every answer names the version in ``model`` and in the
-``X-Model-Version`` header. Every error, an unknown path (404) or method (405) included, is in OpenAI's error format
-(``errors``).
+A chat request goes: key (401) -> body size (413) -> JSON and fields (400) -> a model loaded (503) -> the ``model``
+it names is the one served (404 ``model_not_found``) -> the pyfunc parses, tokenises and checks it against the
+context (400; no place taken yet) -> a place in the queue (429 with ``Retry-After``) -> the batching scheduler
+generates -> the answer, or 504 when ``--request-timeout`` passes first. A client that leaves, streamed or not,
+cancels its job. Every answer names the version in ``model`` and in the ``X-Model-Version`` header. Every error,
+an unknown path (404) or method (405) included, is in OpenAI's error format (``errors``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from starlette.concurrency import run_in_threadpool
 
 from . import openai_protocol as protocol
 from .auth import authorized
+from .chat_protocol import shown
 from .errors import Failure, add_error_handlers, internal
-from .holder import ModelHolder, Served
+from .holder import ModelHolder, Served, served_names
 from .metrics import Metrics
 from .scheduler import Closed, Job, QueueFull
 from .tracing import Tracer
@@ -76,13 +77,23 @@ async def _prepare(served: Served, call: protocol.ChatCall) -> Any:
     return row
 
 
+def _check_model(holder: ModelHolder, served: Served | None, model: str | None) -> None:
+    """404 ``model_not_found``, as OpenAI answers, unless ``model`` is absent or a name of the model served."""
+    if model is None or model in served_names(holder.model_uri, holder.name, served):
+        return
+    message = f"model {shown(model)} is not served here; this endpoint serves {holder.name!r} (see GET /v1/models)"
+    raise Failure(404, message, "invalid_request_error", "model", code="model_not_found")
+
+
 async def _place(holder: ModelHolder, call: protocol.ChatCall, limits: Limits) -> tuple[Served, Job]:
-    """The request's place in the current model's queue: 503 while loading, 429 when the queue is full."""
+    """The request's place in the current model's queue: 503 while loading, 404 for another model's name, 429 when
+    the queue is full."""
     retry = {"Retry-After": str(limits.retry_after_s)}
     while True:
         served = holder.current
         if served is None:
             raise Failure(503, "the model is loading; retry shortly", "service_unavailable", headers=retry)
+        _check_model(holder, served, call.model)
         job = Job(await _prepare(served, call), asyncio.get_running_loop())
         try:
             served.scheduler.submit(job)
@@ -156,7 +167,14 @@ def create_app(
     @app.get("/v1/models")
     def models(request: Request) -> Any:
         guard(request)
-        return {"object": "list", "data": [{"id": holder.name, "object": "model", "owned_by": "llmflow"}]}
+        return {"object": "list", "data": [_model_card(holder)]}
+
+    @app.get("/v1/models/{model:path}")
+    def model(request: Request, model: str) -> Any:
+        """OpenAI's model lookup: the one model served, under any of its names; 404 ``model_not_found`` else."""
+        guard(request)
+        _check_model(holder, holder.current, model)
+        return _model_card(holder)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -247,6 +265,10 @@ async def _stream(
             job.cancel()
             metrics.requests.labels("499").inc()
             trace.end(None, "client disconnected")
+
+
+def _model_card(holder: ModelHolder) -> dict[str, str]:
+    return {"id": holder.name, "object": "model", "owned_by": "llmflow"}
 
 
 def _sse(data: dict[str, Any]) -> str:

@@ -51,6 +51,21 @@ class Served:
         return f"{self.name}:{self.target.version}" if self.target.version else self.name
 
 
+def served_names(model_uri: str, name: str, served: Served | None) -> frozenset[str]:
+    """The names a request's ``model`` may give for the one model served: the served name (``--served-name``, else
+    the registered name, else the URI), the URI with and without ``models:/`` (``name@alias``, ``name/3``,
+    ``m-<id>``), the registered name, the ``model`` of the answers (``name:version``) and the model's own
+    ``model_name`` (what its ``/invocations`` answers say)."""
+    names = {name, model_uri, model_uri.removeprefix("models:/")}
+    if match := ALIAS_URI.match(model_uri) or VERSION_URI.match(model_uri):
+        names.add(match["name"])
+    if served is not None:
+        names.add(served.label)
+        if own := getattr(served.model, "model_name", None):
+            names.add(str(own))
+    return frozenset(names)
+
+
 def _model_id(version: Any) -> str | None:
     """The logged model behind a registered version (older stores leave ``model_id`` empty; the source names it)."""
     source = str(version.source or "")

@@ -9,9 +9,10 @@ and the transformers ``llm/v1/chat`` model through ``transformers_chat`` with th
 MLflow's own scoring of that flavour does not make (see the README).
 
 Run it with ``python -m llmflow.serving.openai_server --model-uri models:/<name>@champion``; every flag is in the
-README's serving section. The modules: ``app`` (routes and answers), ``openai_protocol`` (fields honoured and
-refused), ``auth``, ``scheduler`` (batching and limits), ``holder`` (loading and following the alias),
-``metrics``, ``tracing``.
+README's serving section. The modules: ``app`` (routes and answers), ``errors`` (every error answer),
+``openai_protocol`` (a request read, and the answers), ``openai_request`` (the request's fields, types and ranges,
+and what is refused), ``auth``, ``scheduler`` (batching and limits), ``holder`` (loading, the names it serves under,
+following the alias), ``metrics``, ``tracing``.
 """
 
 from __future__ import annotations
