@@ -2,8 +2,8 @@
 
 Every model forbids the fields it does not declare (``extra="forbid"``), as OpenAI does, and names them with what
 it accepts. A field this endpoint cannot honour is declared and refused unless it has its default (``REFUSED``),
-so the error names it and says why. ``problem`` turns pydantic's ``ValidationError`` into one message and the path
-of the field (``messages[2].role``), quoting at most ``SHOWN_CHARS`` characters of a value.
+so the error names it and says why: a validator raises a ``Problem`` that says what is accepted, quoting at most
+``SHOWN_CHARS`` characters of a value (``openai_protocol`` makes one message and ``param`` of it).
 
 Messages are a union on ``role``, one model per role (``MESSAGE_TYPES``), so that ``tool`` messages, an
 assistant's ``tool_calls`` and the ``tools``/``tool_choice`` fields can each be added as a model and a field.
@@ -24,7 +24,6 @@ from pydantic import (
     StrictInt,
     StrictStr,
     Tag,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -36,14 +35,6 @@ from .chat_protocol import NAME_REFUSED, SHOWN_CHARS, shown
 AFTER_PATH, OWN_TEXT, UNKNOWN = "after_path", "own_text", "unknown_field"
 # The error type of a content that is neither a string nor a list of parts.
 CONTENT_ERROR = "llmflow_content"
-# What a field of pydantic's own type errors accepts, in the words of the other errors.
-ACCEPTED = {
-    "bool_type": "true or false",
-    "int_type": "a whole number",
-    "float_type": "a number",
-    "string_type": "a string",
-    "list_type": "a list",
-}
 
 
 def _is_default(default: Any) -> Callable[[Any], bool]:
@@ -68,7 +59,7 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 class Problem(ValueError):
     """What a validator found wrong, told as ``kind`` says; ``field`` names a field of the model that raises it (its
-    path is the model's). Pydantic keeps it as the ``error`` of a ``value_error``, which ``problem`` reads."""
+    path is the model's). Pydantic keeps it as the ``error`` of a ``value_error``, which ``openai_protocol`` reads."""
 
     def __init__(self, text: str, kind: str = AFTER_PATH, field: str | None = None) -> None:
         super().__init__(text)
@@ -212,77 +203,3 @@ class ChatRequest(Strict):
             text = "give max_completion_tokens or max_tokens (its older name), not both"
             raise Problem(text, OWN_TEXT, "max_completion_tokens")
         return self
-
-
-def _path(loc: tuple[int | str, ...], body: Any, missing: bool) -> list[int | str]:
-    """The segments of ``loc`` that are in ``body``: pydantic adds the tag of a union member (``user``, ``parts``),
-    which is not a field. The last segment of a missing field is kept."""
-    path, node = [], body
-    for number, segment in enumerate(loc):
-        if isinstance(node, dict) and segment in node:
-            node = node[segment]
-        elif isinstance(node, list) and isinstance(segment, int) and 0 <= segment < len(node):
-            node = node[segment]
-        elif not (missing and number == len(loc) - 1):
-            continue
-        path.append(segment)
-    return path
-
-
-def _param(path: list[int | str]) -> str | None:
-    text = "".join(f"[{segment}]" if isinstance(segment, int) else f".{segment}" for segment in path)
-    return text.removeprefix(".") or None
-
-
-def _got(error: dict[str, Any]) -> str:
-    value = error.get("input")
-    return f"got {type(value).__name__} {shown(value)}" if isinstance(value, dict | list) else f"got {shown(value)}"
-
-
-def _accepted(error: dict[str, Any], path: list[int | str]) -> str:
-    """What the field accepts: its description for a field of the request, else pydantic's own words."""
-    field = ChatRequest.model_fields.get(str(path[0])) if len(path) == 1 else None
-    if field is not None and field.description:
-        return field.description
-    return ACCEPTED.get(error["type"]) or error["msg"].removeprefix("Input should be ")
-
-
-def _union_tag(error: dict[str, Any], where: str) -> tuple[str, str]:
-    """A message's ``role`` (the tag of the union of messages) that is missing or names no message type."""
-    field = error["ctx"]["discriminator"].strip("'")
-    param = f"{where}.{field}"
-    if error["type"] == "union_tag_not_found":
-        return f"{param} is required", param
-    expected = error["ctx"]["expected_tags"]
-    return f"{param} must be one of {expected}; got {shown(error['ctx']['tag'])}", param
-
-
-def _told(found: Problem, path: list[int | str], error: dict[str, Any]) -> tuple[str, str | None]:
-    """A validator's ``Problem`` as a message and ``param``."""
-    if found.kind == UNKNOWN:  # said of the object that has it; param is the unknown field
-        return f"{_param(path) or 'the request'} {found.text}", _param([*path, found.field])
-    if found.field:
-        path = [*path, found.field]
-    param = _param(path)
-    if found.kind == OWN_TEXT:
-        return found.text, param
-    return f"{param} {found.text}" if "; got" in found.text else f"{param} {found.text}; {_got(error)}", param
-
-
-def problem(error: ValidationError, body: Any) -> tuple[str, str | None]:
-    """The message and ``param`` of the first thing wrong in ``body``, from pydantic's ``error``."""
-    first = error.errors(include_url=False)[0]
-    kind, ctx = first["type"], first.get("ctx") or {}
-    path = _path(first["loc"], body, kind == "missing")
-    if isinstance(ctx.get("error"), Problem):
-        return _told(ctx["error"], path, first)
-    where = _param(path) or "the request"
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        return _union_tag(first, where)
-    if kind == CONTENT_ERROR:
-        return f"{where} {first['msg']}; {_got(first)}", where
-    if kind == "missing":
-        return f"{where} is required", _param(path)
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"{where} must be an object; {_got(first)}", _param(path)
-    return f"{where} must be {_accepted(first, path)}; {_got(first)}", _param(path)
