@@ -178,12 +178,18 @@ def test_a_refusal_holds_the_path_of_its_field_for_the_endpoints_param(row: dict
     assert caught.value.param == param
 
 
-def test_the_developer_role_is_read_as_system_and_a_name_of_none_is_no_name():
+def test_the_developer_role_is_read_as_system_and_a_null_field_is_not_given():
     developer = protocol.parse_row({"messages": [{"role": "developer", "content": "Be brief."}, user("q")]}, DEFAULTS)
     system = protocol.parse_row({"messages": [{"role": "system", "content": "Be brief."}, user("q")]}, DEFAULTS)
     assert developer == system
     assert developer.messages[0] == {"role": "system", "content": "Be brief."}
     assert protocol.parse_row({"messages": [{**user("q"), "name": None}]}, DEFAULTS).messages == (user("q"),)
+    # A null field is not given: an assistant turn as the openai client sends it back.
+    answered = {"role": "assistant", "content": "a", "refusal": None, "tool_calls": None}
+    assert protocol.parse_row({"messages": [user("q"), answered]}, DEFAULTS).messages[1] == {
+        "role": "assistant",
+        "content": "a",
+    }
 
 
 def test_errors_name_the_row_when_there_are_several():

@@ -154,6 +154,17 @@ def test_a_name_is_refused_by_name_not_dropped(http: TestClient):
     assert post(http, {"messages": [{**SPAIN[0], "name": None}]})[0] == 200
 
 
+def test_an_assistant_turn_sent_back_as_the_client_got_it_is_accepted(http: TestClient):
+    """The openai client sends an answer's message back as it parsed it, with OpenAI's null fields."""
+    answered = {"role": "assistant", "content": "Madrid", "refusal": None, "tool_calls": None, "function_call": None}
+    status, answer = post(http, {"messages": [*SPAIN, answered, *SPAIN]})
+    assert status == 200 and said(answer) == [*SPAIN, {"role": "assistant", "content": "Madrid"}, *SPAIN]
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    status, answer = post(http, {"messages": [*SPAIN, {**answered, "tool_calls": [call]}, *SPAIN]})
+    assert status == 400 and error(answer)["param"] == "messages[1].tool_calls"
+    assert error(answer)["message"].startswith("messages[1].tool_calls are not supported by this endpoint (tools")
+
+
 # --- the model name -----------------------------------------------------------------------------------------------
 
 

@@ -276,7 +276,8 @@ def _message(message: Any, at: str, where: str) -> dict[str, str]:
         raise invalid(f"{where}{at} must be an object with 'role' and 'content'; got {type(message).__name__}", at)
     if message.get("name") is not None:
         raise invalid(f"{where}{at}.name {NAME_REFUSED}; got {shown(message['name'])}", f"{at}.name")
-    unknown = sorted(str(key) for key in set(message) - {*MESSAGE_FIELDS, "name"})
+    # A field set to null is not given (as ``refusal: null`` in an assistant turn a client sends back).
+    unknown = sorted(str(key) for key, value in message.items() if value is not None and key not in MESSAGE_FIELDS)
     if unknown:
         raise invalid(
             f"{where}{at} has unknown field(s) {shown(unknown)}; accepted: {', '.join(MESSAGE_FIELDS)}",

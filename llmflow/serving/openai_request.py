@@ -5,7 +5,7 @@ it accepts. A field this endpoint cannot honour is declared and refused unless i
 so the error names it and says why: a validator raises a ``Problem`` that says what is accepted, quoting at most
 ``SHOWN_CHARS`` characters of a value (``openai_protocol`` makes one message and ``param`` of it).
 
-Messages are a union on ``role``, one model per role (``MESSAGE_TYPES``), so that ``tool`` messages, an
+Messages are a union on ``role``, one model per role (``AnyMessage``), so that ``tool`` messages, an
 assistant's ``tool_calls`` and the ``tools``/``tool_choice`` fields can each be added as a model and a field.
 """
 
@@ -54,6 +54,16 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "frequency_penalty": (_is_default(0), "frequency_penalty other than 0 is not supported"),
     "presence_penalty": (_is_default(0), "presence_penalty other than 0 is not supported"),
     "logit_bias": (lambda value: not value, "logit_bias is not supported by this endpoint"),
+}
+
+
+# An assistant turn's fields that OpenAI defines and this endpoint cannot honour: accepted only when null or empty,
+# as a client sends them back with an answer it got (``refusal: null``).
+ASSISTANT_REFUSED = {
+    "refusal": "is not supported in the conversation; put the assistant's text in content",
+    "tool_calls": "are not supported by this endpoint (tools are not)",
+    "function_call": "is not supported by this endpoint (functions are not)",
+    "audio": "is not supported by this endpoint",
 }
 
 
@@ -117,6 +127,8 @@ Content = Annotated[
 
 
 class Message(Strict):
+    """What every message has; each role's model narrows ``role`` (and a later one may add ``tool_calls``)."""
+
     role: str
     content: Content
     name: StrictStr | None = None
@@ -146,9 +158,19 @@ class UserMessage(Message):
 
 class AssistantMessage(Message):
     role: Literal["assistant"]
+    refusal: Any = None
+    tool_calls: Any = None
+    function_call: Any = None
+    audio: Any = None
+
+    @field_validator(*ASSISTANT_REFUSED)
+    @classmethod
+    def _refused(cls, value: Any, info: Any) -> Any:
+        if value:
+            raise Problem(f"{ASSISTANT_REFUSED[info.field_name]}; got {shown(value)}")
+        return value
 
 
-MESSAGE_TYPES = (SystemMessage, UserMessage, AssistantMessage)
 AnyMessage = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
 
 
