@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import jsonschema
 import onnxruntime_genai as og
 import pytest
@@ -389,10 +388,8 @@ def test_the_generic_prompt_goes_through_the_tiny_models_template_in_transformer
     assert '<|assistant|>\n{"tool_call": {"name": "weather", "arguments": {"city": "Paris"}}}<|end|>\n' in text
     assert '<|user|>\n{"tool_response": {"tool": "weather", "tool_call_id": "call_1", "content": "18 C' in text
     assert text.endswith("<|assistant|>\n")
-    # Left as they are, the tiny template fails on the call's null content in transformers; og prints it as None
-    # and drops the tool message.
-    with pytest.raises(jinja2.exceptions.UndefinedError, match="content"):
-        hf.apply_chat_template(HISTORY, tokenize=False, add_generation_prompt=True)
+    # Left as they are, the tiny template prints the call's null content as None and drops the tool message (og;
+    # transformers raises on the null content).
     raw = og_prompt(tiny, HISTORY)
     assert "18 C" not in raw and "<|assistant|>\nNone<|end|>" in raw
 
@@ -452,7 +449,7 @@ def test_required_or_a_named_function_always_gives_a_call_whose_arguments_valida
         reply = parse("".join(pieces), prompt.plan, finish_reason)
         check_call(reply, names)
         made.add(reply.tool_calls[0]["function"]["name"])
-    assert made == names or choice == "required"
+    assert made == names  # with required, these seeds call each tool
 
 
 def test_auto_gives_a_call_that_validates_or_a_reply_and_streams_what_it_parses(tiny):
