@@ -11,6 +11,8 @@ and prometheus_client, and, only when the endpoint serves a transformers model, 
 
 - ``chat_protocol``: the pyfunc's request and response formats, as pure functions.
 - ``response_format``: OpenAI's ``response_format`` as onnxruntime-genai guidance (structured output).
+- ``tools``, ``tool_prompt``, ``tool_replies``: OpenAI's ``tools`` and ``tool_choice`` in llama.cpp's generic format:
+  their checks and guidance, the conversation a chat template gets, and the answer read back (not yet wired in).
 - ``generation``: the one onnxruntime-genai generation loop (the pyfunc, the export smoke test, the endpoint and the
   benchmark use it).
 - ``rows``: the generation state of one row (tokens in, text out, stop strings, why it ended).
