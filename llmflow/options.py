@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 from collections.abc import Callable, Iterator
 from functools import cache
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, NoReturn, TypeVar, get_type_hints
 
 from llmflow.errors import InputError
 
@@ -130,9 +131,29 @@ def replace(options: OptionsT, **changes: Any) -> OptionsT:
     return build(type(options), {**options.params(), **changes})
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line instead of a usage dump (``--help`` still prints the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (--help lists the parameters)\n")
+
+
+def unknown_parameters(tokens: list[str], names: list[str]) -> str:
+    """``"unknown parameter 'precison'; did you mean 'precision'?"`` for the flags among ``tokens``."""
+    unknown = [token[2:].split("=", 1)[0].replace("-", "_") for token in tokens if token.startswith("--")]
+    if not unknown:
+        return f"unexpected argument(s) {' '.join(tokens)!r}; parameters are passed as --name value"
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"accepted: {', '.join(names)}"
+        parts.append(f"unknown parameter '{name}'; {hint}")
+    return "; ".join(parts)
+
+
 def build_parser(cls: type[StepOptions], entry_point: str, description: str) -> argparse.ArgumentParser:
     """The ``argparse`` parser of ``entry_point``: one flag per parameter of ``cls``."""
-    parser = argparse.ArgumentParser(prog=f"steps/{entry_point}.py", description=description)
+    parser = _Parser(prog=f"steps/{entry_point}.py", description=description)
     for field, kind in leaf_fields(cls):
         kebab = "--" + field.name.replace("_", "-")
         flags = [kebab] if kebab == "--" + field.name else [kebab, "--" + field.name]
@@ -144,7 +165,11 @@ def build_parser(cls: type[StepOptions], entry_point: str, description: str) -> 
 
 def parse(cls: type[OptionsT], entry_point: str, description: str, argv: list[str] | None = None) -> OptionsT:
     """Parse ``argv`` into an instance of ``cls`` (not yet checked: the step checks it inside its run)."""
-    return build(cls, vars(build_parser(cls, entry_point, description).parse_args(argv)))
+    parser = build_parser(cls, entry_point, description)
+    namespace, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.error(unknown_parameters(extra, [field.name for field, _ in leaf_fields(cls)]))
+    return build(cls, vars(namespace))
 
 
 # Checks: each takes the parameter's name and value and raises InputError naming both.

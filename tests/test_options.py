@@ -189,3 +189,25 @@ def test_a_step_script_runs_as_a_plain_file_and_reports_bad_input_in_one_line(tm
         "files) or a hub repo id"
     ]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_misspelt_parameter_is_one_line_that_names_the_nearest(capsys: pytest.CaptureFixture):
+    from llmflow.export_onnx import ExportOptions
+    from llmflow.options import parse
+
+    with pytest.raises(SystemExit) as info:
+        parse(ExportOptions, "export_onnx", "", ["--download-run-id", "r", "--precison", "int4"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "steps/export_onnx.py: unknown parameter 'precison'; did you mean 'precision'? (--help lists the parameters)"
+    ]
+    with pytest.raises(SystemExit):
+        parse(ExportOptions, "export_onnx", "", ["--download-run-id", "r", "--zzz=1", "stray"])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("steps/export_onnx.py: unknown parameter 'zzz'; accepted: precision, execution_provider,")
+    with pytest.raises(SystemExit):
+        parse(ExportOptions, "export_onnx", "", ["--precision", "int4"])
+    assert capsys.readouterr().err.splitlines() == [
+        "steps/export_onnx.py: the following arguments are required: --download-run-id/--download_run_id "
+        "(--help lists the parameters)"
+    ]
