@@ -48,6 +48,7 @@ from llmflow.tracking.names import (
     registry_key,
     registry_tag,
 )
+from llmflow.tracking.registry import missing_model
 from llmflow.tracking.runs import step_run
 from llmflow.tracking.unity_catalog import is_three_level, uc_tags
 
@@ -103,6 +104,10 @@ def champion_version(client: MlflowClient, name: str) -> ModelVersion:
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            raise missing_model(client, name, where=f"registry '{redact(mlflow.get_registry_uri())}'") from None
         raise InputError(
             f"registered model '{name}' has no '{CHAMPION}' alias in registry '{redact(mlflow.get_registry_uri())}'; "
             "expected a model whose champion passed evaluate"

@@ -36,6 +36,7 @@ from llmflow.tracking.names import (
     registry_key,
     registry_tag,
 )
+from llmflow.tracking.registry import missing_model
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +46,7 @@ def registered_aliases(client: MlflowClient, name: str) -> dict[str, str]:
     try:
         registered = client.get_registered_model(name)
     except MlflowException:
-        raise InputError(
-            f"registered model '{name}' not found in tracking store '{mlflow.get_tracking_uri()}'; "
-            "expected a name that the register step wrote"
-        ) from None
+        raise missing_model(client, name, "expected a name that the register step wrote") from None
     return {alias: str(version) for alias, version in (registered.aliases or {}).items()}
 
 

@@ -47,6 +47,7 @@ from llmflow.tracking.names import (
     registry_key,
     registry_tag,
 )
+from llmflow.tracking.registry import missing_model
 
 logger = logging.getLogger(__name__)
 
@@ -203,9 +204,7 @@ def roll_back(client: MlflowClient, name: str, run_id: str) -> Rollback:
     try:
         aliases = {alias: str(v) for alias, v in (client.get_registered_model(name).aliases or {}).items()}
     except MlflowException:
-        raise InputError(
-            f"registered model '{name}' not found in tracking store '{mlflow.get_tracking_uri()}'"
-        ) from None
+        raise missing_model(client, name) from None
     if PREVIOUS not in aliases:
         raise InputError(
             f"registered model '{name}' has no '{PREVIOUS}' alias (aliases: {sorted(aliases) or 'none'}); "

@@ -1,0 +1,39 @@
+"""What the registry holds, said to a person who named something it does not hold."""
+
+from __future__ import annotations
+
+import difflib
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from llmflow.errors import InputError
+
+# How many registered names a search reads to suggest one (one page of MLflow's search).
+SEARCHED_NAMES = 1000
+
+
+def close_names(client: MlflowClient, name: str) -> list[str]:
+    """Registered names near ``name``: those that extend it (``tiny-phi3`` -> ``tiny-phi3-onnx``), then look alike."""
+    try:
+        names = [model.name for model in client.search_registered_models(max_results=SEARCHED_NAMES)]
+    except MlflowException:
+        return []
+    extending = sorted(other for other in names if other.startswith(f"{name}-"))
+    alike = difflib.get_close_matches(name, names, n=3)
+    return list(dict.fromkeys(extending + alike))[:3]
+
+
+def missing_model(client: MlflowClient, name: str, expected: str = "", where: str = "") -> InputError:
+    """``InputError`` for a registered model ``name`` that the registry does not hold, with the names close to it.
+
+    ``where`` names the registry (default: the tracking store, by its URI)."""
+    where = where or f"tracking store '{mlflow.get_tracking_uri()}'"
+    message = f"registered model '{name}' not found in {where}"
+    close = close_names(client, name)
+    if close:
+        message += "; did you mean " + " or ".join(f"'{other}'" for other in close) + "?"
+    elif expected:
+        message += f"; {expected}"
+    return InputError(message)
