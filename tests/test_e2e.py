@@ -144,8 +144,10 @@ def test_main_runs_every_step_nested_and_finished(cold_run, store, client):
     # Each step run is named after its place in the chain, so the UI's run tree reads as the chain.
     assert sorted(r.info.run_name for r in children) == sorted(EVERY_STEP)
     assert _reused(client, store[1]) == []
-    assert "models:/e2e-onnx@champion" in cold_run.stdout
-    assert "A: 'Madrid'" in cold_run.stdout
+    # The summary loads no model: it says how to serve the champion and how to rerun each step alone.
+    assert "python -m llmflow.serving.openai_server --model-uri 'models:/e2e-onnx@champion'" in cold_run.stdout
+    download = next(r for r in children if r.data.tags[TAG_STEP] == "download")
+    assert f"run {download.info.run_id}\n      mlflow run . -e download -P model=" in cold_run.stdout
     # The summary prints each evaluation's decision and its table, as the report has them.
     assert cold_run.stdout.count("PASSED") >= 2, cold_run.stdout[-3000:]
     assert "perplexity_ratio" in cold_run.stdout
@@ -181,6 +183,8 @@ def test_nothing_changed_reuses_every_step(cold_run, project, store, client, tin
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert _reused(client, store[1]) == EVERY_STEP
     assert "reused finished steps: " + ", ".join(EVERY_STEP) in proc.stdout
+    # The decisions are the cold run's, and the summary says so rather than announcing them anew.
+    assert proc.stdout.count("earlier decision, reused from run ") == 2, proc.stdout[-3000:]
     assert (_versions(client, "onnx"), _versions(client, "transformers")) == (["1"], ["1"])
     print(f"\nmain with nothing changed: {seconds:.1f} s")  # a figure for the benchmark notes, not a limit
 

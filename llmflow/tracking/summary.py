@@ -1,28 +1,55 @@
-"""The summary ``main`` prints for a person: versions, aliases, key metrics and one champion answer."""
+"""The summary ``main`` prints for a person: versions, aliases and decisions, each step's run, and how to serve.
+
+It reads the tracking store only: it loads no model (at Phi-3-mini's size that was a 2.7 GB load to print one
+answer). Each step's line has the command that reruns that step alone, with the parameters its run had where they
+differ from ``MLproject``'s defaults.
+"""
 
 from __future__ import annotations
 
 import logging
+import shlex
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
+import yaml
 from mlflow import MlflowClient
+
+from llmflow import PROJECT_ROOT
 
 if TYPE_CHECKING:
     from llmflow.main import ChainResult
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_QUESTION = "What is the capital of Spain?"
+SERVE_PORT = 8000
 
 
-def ask_champion(name: str, question: str = SAMPLE_QUESTION, max_new_tokens: int = 32) -> str:
-    """Load ``models:/<name>@champion`` and answer one chat question with it, as evaluate asks."""
-    from llmflow.evaluation.scoring import chat_answer
+@cache
+def mlproject_defaults() -> dict[str, dict[str, str]]:
+    """``{entry point: {parameter: default as text}}`` from the project's ``MLproject`` (no default: absent)."""
+    entry_points = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text(encoding="utf-8"))["entry_points"]
+    return {
+        name: {
+            param: _text(spec["default"])
+            for param, spec in (entry.get("parameters") or {}).items()
+            if isinstance(spec, dict) and "default" in spec
+        }
+        for name, entry in entry_points.items()
+    }
 
-    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-    return chat_answer(model, question, max_new_tokens)[0].strip()
+
+def _text(value: object) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def rerun_command(entry_point: str, params: dict[str, str]) -> str:
+    """``mlflow run . -e <entry point> -P ...``: the parameters of ``params`` that differ from the defaults."""
+    defaults = mlproject_defaults().get(entry_point, {})
+    changed = [f"-P {shlex.quote(f'{name}={value}')}" for name, value in params.items() if defaults.get(name) != value]
+    return " ".join(["mlflow run . -e", entry_point, *changed])
 
 
 def report_lines(run_id: str) -> list[str]:
@@ -36,18 +63,21 @@ def report_lines(run_id: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(skip)]
 
 
-def step_timings(client: MlflowClient, result: ChainResult) -> str:
-    """Each step's wall time from its run's start and end, marking the reused ones."""
-    parts = []
+def step_lines(client: MlflowClient, result: ChainResult) -> list[str]:
+    """Each step's wall time and run id, marking the reused ones, and the command that reruns it alone."""
+    lines = ["  steps (wall time, run id; each reruns alone with the command under it):"]
     for key, run_id in result.step_runs.items():
-        info = client.get_run(run_id).info
+        run = client.get_run(run_id)
+        info = run.info
         seconds = (info.end_time - info.start_time) / 1000 if info.end_time else float("nan")
-        parts.append(f"{key} {seconds:.1f}" + (" (reused)" if key in result.reused else ""))
-    return ", ".join(parts)
+        reused = " (reused)" if key in result.reused else ""
+        lines.append(f"    {key} {seconds:.1f} s{reused}  run {run_id}")
+        lines.append(f"      {rerun_command(key.split(':')[0], run.data.params)}")
+    return lines
 
 
 def format_summary(client: MlflowClient, result: ChainResult) -> list[str]:
-    """The summary's lines: one block per registered flavour, then a sample answer from a champion."""
+    """The summary's lines: one block per registered flavour, each step's run, then how to serve a champion."""
     lines = [f"llmflow main run {result.run_id}"]
     if result.reused:
         lines.append(f"  reused finished steps: {', '.join(result.reused)}")
@@ -55,16 +85,22 @@ def format_summary(client: MlflowClient, result: ChainResult) -> list[str]:
     for flavour, (name, version) in result.registered.items():
         model_version = client.get_model_version(name, version)
         aliases = sorted(model_version.aliases)
-        lines.append(f"  {name} version {version}  aliases: {', '.join(aliases) or 'none'}")
-        lines.extend(f"    {line}" for line in report_lines(result.step_runs[f"evaluate:{flavour}"]))
+        lines.append(f"  {name} version {version}  aliases (now): {', '.join(aliases) or 'none'}")
+        evaluate_key = f"evaluate:{flavour}"
+        report = report_lines(result.step_runs[evaluate_key])
+        if evaluate_key in result.reused and report:
+            # The decision was taken by an earlier run; the aliases may have moved since.
+            report[0] = f"earlier decision, reused from run {result.step_runs[evaluate_key]}: {report[0]}"
+        lines.extend(f"    {line}" for line in report)
         if "champion" in client.get_registered_model(name).aliases:
             champions.append(name)
-    lines.append("  step timings (wall, s): " + step_timings(client, result))
-    if champions:
-        name = champions[0]
-        lines.append(f"  models:/{name}@champion  Q: {SAMPLE_QUESTION}  A: {ask_champion(name)!r}")
-    else:
+    lines.extend(step_lines(client, result))
+    if not champions:
         lines.append("  no champion yet: no version passed the gate")
+    for name in champions:
+        uri = f"models:/{name}@champion"
+        lines.append(f"  champion {uri}; serve it (OpenAI-compatible, port {SERVE_PORT}):")
+        lines.append(f"    python -m llmflow.serving.openai_server --model-uri '{uri}' --port {SERVE_PORT}")
     return lines
 
 
