@@ -11,10 +11,13 @@ from llmflow.tracking.summary import format_summary, mlproject_defaults, rerun_c
 
 def test_the_rerun_command_passes_what_differs_from_the_mlproject_defaults():
     assert mlproject_defaults()["export_onnx"]["int4_block_size"] == "32"
-    params = {"download_run_id": "abc", "precision": "int4", "int4_block_size": "32", "int4_symmetric": "true"}
+    params = {"download_run_id": "abc", "precision": "int4", "int4_block_size": "32.0", "int4_symmetric": "true"}
     assert rerun_command("export_onnx", params) == (
         "mlflow run . -e export_onnx -P download_run_id=abc -P int4_symmetric=true"
     )
+    assert rerun_command(
+        "log_transformers", {"download_run_id": "d", "max_new_tokens": "256.0", "save_pretrained": "True"}
+    ) == ("mlflow run . -e log_transformers -P download_run_id=d")
     assert rerun_command("download", {"model": "/a b/tiny", "revision": "main"}) == (
         "mlflow run . -e download -P 'model=/a b/tiny'"
     )

@@ -45,10 +45,22 @@ def _text(value: object) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
+def _same(default: str, value: str) -> bool:
+    """Whether a recorded parameter is its default: ``0.0`` is ``0``, ``False`` is ``false``."""
+    try:
+        return float(default) == float(value)
+    except ValueError:
+        return default.lower() == value.lower()
+
+
 def rerun_command(entry_point: str, params: dict[str, str]) -> str:
     """``mlflow run . -e <entry point> -P ...``: the parameters of ``params`` that differ from the defaults."""
     defaults = mlproject_defaults().get(entry_point, {})
-    changed = [f"-P {shlex.quote(f'{name}={value}')}" for name, value in params.items() if defaults.get(name) != value]
+    changed = [
+        f"-P {shlex.quote(f'{name}={value}')}"
+        for name, value in params.items()
+        if name not in defaults or not _same(defaults[name], value)
+    ]
     return " ".join(["mlflow run . -e", entry_point, *changed])
 
 
