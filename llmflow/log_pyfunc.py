@@ -6,8 +6,9 @@ Writes, in its MLflow run, a logged model (``models:/<model_id>``) built from th
 - the ONNX folder as its artifact ``onnx``;
 - a model config: the generation defaults (``max_new_tokens`` from this step, greedy decoding) and
   ``model_name``, the HF repo id that chat responses name;
-- an explicit signature that takes an OpenAI chat request (``messages``, ``temperature``, ``max_tokens``,
-  ``top_p``, ``top_k``, ``stop``, ``seed``) or a raw ``prompt``, with the per-request params ``max_new_tokens``,
+- an explicit signature that takes an OpenAI chat request (``messages``, with tool results and calls, ``temperature``,
+  ``max_tokens``, ``top_p``, ``top_k``, ``stop``, ``seed``, ``response_format``, ``tools`` and ``tool_choice`` as
+  JSON text, ``parallel_tool_calls``) or a raw ``prompt``, with the per-request params ``max_new_tokens``,
   ``temperature``, ``top_p`` and ``top_k``: every field and param the model reads, since ``mlflow models serve``
   drops, with only a warning in its log, whatever the signature does not declare; the chat completion as its output
   schema (Unity Catalog refuses a signature without outputs);
@@ -70,8 +71,27 @@ CHAT_OPTIONS = ("temperature", "max_tokens", "top_p", "top_k", "stop")
 SAMPLING_DEFAULTS: dict[str, Any] = {"temperature": 0.0, "top_p": 1.0, "top_k": 50}
 PARAM_DTYPES = {"max_new_tokens": "long", "temperature": "double", "top_p": "double", "top_k": "long"}
 # ``response_format`` travels as JSON text, in a column or a param: a ParamSpec takes only scalars (or lists of them),
-# and a column typed Object has fixed properties, so neither could carry an arbitrary JSON schema as a dict.
+# and a column typed Object has fixed properties, so neither could carry an arbitrary JSON schema as a dict. So do
+# ``tools`` (each function's ``parameters`` is a JSON schema; MLflow's own chat schema types only a flat subset of
+# it) and ``tool_choice`` (a string or an object), in columns.
 EXTRA_PARAM_DTYPES = {"response_format": "string"}
+# A call of an assistant turn, as a chat completion gives it and a conversation sends it back (MLflow's own type).
+TOOL_CALL = Object(
+    [
+        Property("id", "string"),
+        Property("type", "string"),
+        Property("function", Object([Property("name", "string"), Property("arguments", "string")])),
+    ]
+)
+# A message: role and content, a tool result's ``tool_call_id``, an assistant turn's ``tool_calls`` (content null).
+MESSAGE = Object(
+    [
+        Property("role", "string"),
+        Property("content", "string", required=False),
+        Property("tool_call_id", "string", required=False),
+        Property("tool_calls", Array(TOOL_CALL), required=False),
+    ]
+)
 # The serving runtime per execution provider. The CUDA build of onnxruntime-genai brings its own
 # onnxruntime-gpu, whose versions do not follow the CPU onnxruntime's, so only the CPU runtime is pinned.
 RUNTIME_PACKAGES = {"cpu": ("onnxruntime-genai", "onnxruntime"), "cuda": ("onnxruntime-genai-cuda",)}
@@ -96,10 +116,17 @@ def completion_schema() -> Schema:
     """The chat completion a chat request gets, as ``chat_protocol.chat_completion`` builds it.
 
     The fields are those of MLflow's ``llm/v1/chat`` output (what the transformers flavour declares) that this
-    model fills; ``custom_outputs`` and tool calls are left out because it never returns them, and because
-    a ``Map(str -> Any)`` has no Spark type, so ``spark_udf`` could not derive its result type from it.
+    model fills: the message's ``content``, or its ``tool_calls`` with a null content. ``custom_outputs`` is left
+    out because it never returns it, and because a ``Map(str -> Any)`` has no Spark type, so ``spark_udf`` could
+    not derive its result type from it.
     """
-    message = Object([Property("role", "string"), Property("content", "string")])
+    message = Object(
+        [
+            Property("role", "string"),
+            Property("content", "string", required=False),
+            Property("tool_calls", Array(TOOL_CALL), required=False),
+        ]
+    )
     choice = Object([Property("index", "long"), Property("message", message), Property("finish_reason", "string")])
     tokens = ("prompt_tokens", "completion_tokens", "total_tokens")
     return Schema(
@@ -125,10 +152,13 @@ def build_signature(defaults: dict[str, Any]) -> ModelSignature:
     """
     types = {spec.name: spec.type for spec in CHAT_MODEL_INPUT_SCHEMA.inputs if spec.name in CHAT_OPTIONS}
     types |= {
-        "messages": Array(Object([Property("role", "string"), Property("content", "string")])),
+        "messages": Array(MESSAGE),
         "prompt": "string",
         "seed": "long",
         "response_format": "string",
+        "tools": "string",
+        "tool_choice": "string",
+        "parallel_tool_calls": "boolean",
     }
     # The model's own lists of what it reads: a field or param missing here would be dropped when served.
     missing = sorted(set(ROW_FIELDS) - set(types)) + sorted(set(GENERATION_DEFAULTS) - set(PARAM_DTYPES))

@@ -149,18 +149,27 @@ def test_signature_takes_both_request_forms_with_params():
         "stop",
         "seed",
         "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
     ]
     assert not any(spec.required for spec in inputs.values())
+    # Tool results and an assistant's calls: MLflow's own chat schema types them so (its ``name`` is left out).
+    chat_message = chat_types["messages"].to_dict()["items"]["properties"]
     assert inputs["messages"].type.to_dict() == {
         "type": "array",
         "items": {
             "type": "object",
             "properties": {
-                "content": {"type": "string", "required": True},
+                "content": {"type": "string", "required": False},
                 "role": {"type": "string", "required": True},
+                "tool_call_id": {"type": "string", "required": False},
+                "tool_calls": chat_message["tool_calls"],
             },
         },
     }
+    assert (inputs["tools"].type.name, inputs["tool_choice"].type.name) == ("string", "string")  # JSON text
+    assert inputs["parallel_tool_calls"].type.name == "boolean"
     assert inputs["prompt"].type.name == "string"
     assert inputs["seed"].type.name == "long"
     assert inputs["response_format"].type.name == "string"  # JSON text: see EXTRA_PARAM_DTYPES
@@ -325,7 +334,7 @@ def test_serving_takes_both_forms(store: Logged, body: dict[str, Any], answers: 
         ({"inputs": {"temperature": 0.5}}, "exactly one of 'messages' .* got neither"),
         ({"inputs": {"messages": ASK_SPAIN, "prompt": SPAIN}}, "got both"),
         ({"messages": [], "max_tokens": 8}, "messages must hold at least one message"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, r"messages\[0\]\.role 'tool' is not accepted"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, r"messages\[0\]\.tool_call_id must be the id of the call"),
         ({"messages": [{"role": "user", "content": 5}]}, "Failed to enforce schema"),
         ({"messages": ASK_SPAIN, "max_tokens": 0}, "max_tokens must be a whole number of 1 or more; got 0"),
         (

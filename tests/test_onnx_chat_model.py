@@ -25,6 +25,7 @@ from llmflow import PROJECT_ROOT
 from llmflow.serving import chat_protocol as protocol
 from llmflow.serving.chat_protocol import Request, Settings, StopScanner
 from llmflow.serving.onnx_chat_model import OnnxChatModel
+from llmflow.serving.tool_prompt import prepare
 
 SPAIN, FRANCE, MONA_LISA = (
     "What is the capital of Spain?",
@@ -109,9 +110,8 @@ def test_row_fields_override_params_which_override_the_model_config():
     options = protocol.generation_options(DEFAULTS, {"temperature": 0.5, "max_new_tokens": 4})
     assert options == {"max_new_tokens": 4, "temperature": 0.5, "top_p": 1.0, "top_k": 50}
     request = protocol.parse_row(chat("q", top_k=3, stop="\n"), options)
-    assert request == Request(
-        "messages", (user("q"),), None, Settings(max_tokens=4, temperature=0.5, top_p=1.0, top_k=3, stop=("\n",))
-    )
+    settings = Settings(max_tokens=4, temperature=0.5, top_p=1.0, top_k=3, stop=("\n",))
+    assert request == Request("messages", (user("q"),), None, settings, prepare([user("q")]))
     explicit = protocol.parse_row({"prompt": "p", "max_tokens": 9.0, "temperature": 0}, options)
     assert (explicit.form, explicit.prompt, explicit.messages) == ("prompt", "p", None)
     assert explicit.settings == Settings(9, 0.0, 1.0, 50, (), explicit_max_tokens=True)
@@ -129,7 +129,7 @@ BAD_ROWS = [
     ({"messages": []}, "messages must hold at least one message; got an empty list"),
     ({"messages": "hello"}, r"messages must be a list of \{role, content\} objects; got str"),
     ({"messages": ["hello"]}, r"messages\[0\] must be an object with 'role' and 'content'; got str"),
-    ({"messages": [user("q"), {"role": "tool", "content": "x"}]}, r"messages\[1\]\.role 'tool' is not accepted"),
+    ({"messages": [user("q"), {"role": "tool", "content": "x"}]}, r"messages\[1\]\.tool_call_id must be the id"),
     ({"messages": [{"role": "user", "content": 5}]}, r"messages\[0\]\.content must be a string; got int 5"),
     ({"messages": [{"role": "user"}]}, r"messages\[0\]\.content must be a string; got NoneType"),
     ({"prompt": ""}, "prompt must be a non-empty string; got str ''"),
@@ -164,7 +164,7 @@ def test_a_bad_row_names_its_field(row: dict[str, Any], message: str):
 @pytest.mark.parametrize(
     ("row", "param"),
     [
-        ({"messages": [user("q"), {"role": "tool", "content": "x"}]}, "messages[1].role"),
+        ({"messages": [user("q"), {"role": "tool", "content": "x"}]}, "messages[1].tool_call_id"),
         ({"messages": [{**user("q"), "name": "ann"}]}, "messages[0].name"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         ({"messages": []}, "messages"),
@@ -257,7 +257,7 @@ def test_find_chat_template_prefers_tokenizer_config_then_the_jinja_file(tmp_pat
 
 
 def test_response_and_chunk_shapes():
-    response = protocol.chat_completion("m", "Madrid", "stop", 15, 4)
+    response = protocol.chat_completion("m", {"role": "assistant", "content": "Madrid"}, "stop", 15, 4)
     assert response["id"].startswith("chatcmpl-") and isinstance(response["created"], int)
     assert stable(response) == {
         "object": "chat.completion",

@@ -159,10 +159,14 @@ def test_an_assistant_turn_sent_back_as_the_client_got_it_is_accepted(http: Test
     answered = {"role": "assistant", "content": "Madrid", "refusal": None, "tool_calls": None, "function_call": None}
     status, answer = post(http, {"messages": [*SPAIN, answered, *SPAIN]})
     assert status == 200 and said(answer) == [*SPAIN, {"role": "assistant", "content": "Madrid"}, *SPAIN]
+    # A turn that called a tool reaches the model with its call and a null content (tests/test_tools_endpoint.py).
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    status, answer = post(http, {"messages": [*SPAIN, {**answered, "tool_calls": [call]}, *SPAIN]})
-    assert status == 400 and error(answer)["param"] == "messages[1].tool_calls"
-    assert error(answer)["message"].startswith("messages[1].tool_calls are not supported by this endpoint (tools")
+    status, answer = post(http, {"messages": [*SPAIN, {**answered, "content": None, "tool_calls": [call]}]})
+    assert status == 200 and said(answer)[1] == {"role": "assistant", "content": None, "tool_calls": [call]}
+    legacy = {**answered, "function_call": {"name": "f", "arguments": "{}"}}
+    status, answer = post(http, {"messages": [*SPAIN, legacy, *SPAIN]})
+    assert status == 400 and error(answer)["param"] == "messages[1].function_call"
+    assert "OpenAI's deprecated functions are not; use tool_calls" in error(answer)["message"]
 
 
 # --- the model name -----------------------------------------------------------------------------------------------
@@ -228,7 +232,8 @@ def test_served_names_follow_the_uri_form():
         ({"model": 5}, "model"),
         ({"n": 2}, "n"),
         ({"logprobs": True}, "logprobs"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tools": [{"type": "function"}]}, "tools[0].function"),
+        ({"functions": [{"name": "f"}]}, "functions"),
         ({"tool_choice": "auto"}, "tool_choice"),
         ({"frequency_penalty": 0.5}, "frequency_penalty"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
@@ -236,7 +241,7 @@ def test_served_names_follow_the_uri_form():
         ({"messages": "hello"}, "messages"),
         ({"messages": ["hello"]}, "messages[0]"),
         ({"messages": [*SPAIN, {"role": "wizard", "content": "hi"}]}, "messages[1].role"),
-        ({"messages": [*SPAIN, {"role": "tool", "content": "hi"}]}, "messages[1].role"),
+        ({"messages": [*SPAIN, {"role": "tool", "content": "hi"}]}, "messages[1].tool_call_id"),
         ({"messages": [{"content": "hi"}]}, "messages[0].role"),
         ({"messages": [{"role": "user"}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": 42}]}, "messages[0].content"),
@@ -259,7 +264,9 @@ def test_a_field_error_is_a_400_whose_param_names_the_field(http: TestClient, fi
         ({"top_p": 0}, "top_p must be a number above 0 and at most 1; got 0"),
         ({"max_completion_tokens": 0}, "max_completion_tokens must be a whole number of 1 or more; got 0"),
         ({"n": 2}, "n > 1 is not supported; this endpoint returns exactly one choice; got n=2"),
-        ({"tools": []}, "tools are not supported by this endpoint; got tools=[]"),
+        ({"tools": []}, 'tools must be a non-empty list of {"type": "function", ...}; got list []'),
+        ({"tool_choice": "required"}, "tool_choice is only allowed when tools are given; got tool_choice='required'"),
+        ({"function_call": "auto"}, "function_call (OpenAI's deprecated API) is not supported; use tool_choice"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role must be one of 'system', 'developer'"),
         ({"stream": True, "stream_options": {"x": 1}}, "stream_options has unsupported field(s) ['x']; accepted:"),
     ],

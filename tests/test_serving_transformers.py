@@ -74,6 +74,11 @@ BAD_INPUTS = {
     ),
     "bad stop": ({"messages": SPAIN, "stop": [""]}, "stop", "non-empty"),
     "unknown field": ({"messages": SPAIN, "best_of": 2}, "best_of", "unsupported field(s) ['best_of']"),
+    "tools": (
+        {"messages": SPAIN, "tools": [{"type": "function", "function": {"name": "weather"}}]},
+        "tools",
+        "not supported by the transformers backend (it has no guided generation); serve the ONNX model",
+    ),
     "json output": (
         {"messages": SPAIN, "response_format": {"type": "json_object"}},
         "response_format",

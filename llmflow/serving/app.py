@@ -29,6 +29,7 @@ from .errors import Failure, add_error_handlers, internal
 from .holder import ModelHolder, Served, served_names
 from .metrics import Metrics
 from .scheduler import Closed, Job, QueueFull
+from .tool_replies import ReplyStream, parse
 from .tracing import Tracer
 
 VERSION_HEADER = "X-Model-Version"
@@ -222,11 +223,12 @@ async def _whole(request: Request, served: Served, job: Job, deadline: float, me
     finally:
         watcher.cancel()
     row = job.row
+    reply = parse("".join(pieces), row.request.tool_prompt.plan, row.finish_reason)  # a tool call, or content
     answer = protocol.completion(
         f"chatcmpl-{id(job):x}{int(job.arrived * 1e6):x}",
         served.label,
-        "".join(pieces),
-        row.finish_reason,
+        reply.message(),
+        reply.finish_reason,
         len(row.ids),
         row.completion_tokens,
     )
@@ -241,20 +243,24 @@ async def _stream(
     completion_id, created, model = f"chatcmpl-{id(job):x}{int(job.arrived * 1e6):x}", int(time.time()), served.label
     first = {"role": "assistant", "content": ""}
     finished = False
-    pieces: list[str] = []
+    row = job.row
+    # Reads the text as it comes: content deltas, or a tool call's (its id and name, then pieces of its arguments).
+    reading = ReplyStream(row.request.tool_prompt.plan)
     try:
         yield _sse(protocol.chunk(completion_id, created, model, first))
         async for text in _events(job, deadline):
-            pieces.append(text)
-            yield _sse(protocol.chunk(completion_id, created, model, {"content": text}))
-        row = job.row
-        yield _sse(protocol.chunk(completion_id, created, model, {}, row.finish_reason))
+            for delta in reading.feed(text):
+                yield _sse(protocol.chunk(completion_id, created, model, delta))
+        deltas, reply = reading.close(row.finish_reason)
+        for delta in deltas:
+            yield _sse(protocol.chunk(completion_id, created, model, delta))
+        yield _sse(protocol.chunk(completion_id, created, model, {}, reply.finish_reason))
         if call.include_usage:
             yield _sse(protocol.usage_chunk(completion_id, created, model, len(row.ids), row.completion_tokens))
         yield "data: [DONE]\n\n"
         finished = True
         metrics.requests.labels("200").inc()
-        trace.end({"content": "".join(pieces), "finish_reason": row.finish_reason}, None)
+        trace.end({**reply.message(), "finish_reason": reply.finish_reason}, None)
     except Failure as failure:  # headers are sent: the error goes in the stream, as OpenAI's does
         yield _sse(protocol.error_body(str(failure), failure.kind, failure.param, failure.code))
         finished = True

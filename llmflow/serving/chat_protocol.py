@@ -6,9 +6,11 @@ request format, read top to bottom: fields, their checks, the token budget, stop
 
 A request is one or more rows. Each row is either
 - a chat request, as for an ``llm/v1/chat`` model: ``messages`` (``system``, ``user`` and ``assistant``
-  turns of ``role`` and ``content`` text; ``developer``, OpenAI's newer name for ``system``, is read as ``system``),
-  with the optional fields ``temperature``, ``max_tokens``, ``top_p``, ``top_k``, ``stop``, ``seed`` and
-  ``response_format`` (structured output, see ``response_format``);
+  turns of ``role`` and ``content`` text; ``developer``, OpenAI's newer name for ``system``, is read as ``system``;
+  ``tool`` results and ``assistant`` turns with ``tool_calls``, see ``tool_prompt``), with the optional fields
+  ``temperature``, ``max_tokens``, ``top_p``, ``top_k``, ``stop``, ``seed``, ``response_format`` (structured
+  output, see ``response_format``), ``tools``, ``tool_choice`` (objects or their JSON text, see ``tools``) and
+  ``parallel_tool_calls`` (true or false: at most one call is made per answer either way);
   it gets an OpenAI ``chat.completion`` dict back; or
 - a raw prompt, the cookbook's form: ``prompt``, text already in the model's chat format; it gets the
   generated string back. It takes the same optional fields.
@@ -41,14 +43,18 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
 from .response_format import FormatError, guidance_of
+from .tool_prompt import ToolPrompt, check_message, prepare
+from .tools import ToolsError
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 # The role a chat template gets: templates know system, user and assistant; OpenAI's clients send ``developer``
 # instead of ``system`` for newer models, and OpenAI reads it as ``system``.
 TEMPLATE_ROLE = {"developer": "system"}
 MESSAGE_FIELDS = ("role", "content")
+# The fields a message of a role may have beyond role and content (``tool_prompt.check_message`` checks them).
+FIELDS_OF_ROLE = {"tool": (*MESSAGE_FIELDS, "tool_call_id"), "assistant": (*MESSAGE_FIELDS, "tool_calls")}
 # Why a message's ``name`` is refused rather than dropped: the chat templates served here (Phi-3, SmolLM2, Llama ...)
 # render only role and content, and writing the name into the text would be a prompt format of our own.
 NAME_REFUSED = (
@@ -61,7 +67,9 @@ GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "temperature": 0.0
 # A row's field for each setting; the chat field ``max_tokens`` is the params' ``max_new_tokens``.
 ROW_FIELD_OF_PARAM = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k"}
 RESPONSE_FORMAT = "response_format"
-ROW_FIELDS = (CHAT, PROMPT, *ROW_FIELD_OF_PARAM.values(), "stop", "seed", RESPONSE_FORMAT)
+TOOLS, TOOL_CHOICE, PARALLEL_TOOL_CALLS = "tools", "tool_choice", "parallel_tool_calls"
+TOOL_FIELDS = (TOOLS, TOOL_CHOICE, PARALLEL_TOOL_CALLS)
+ROW_FIELDS = (CHAT, PROMPT, *ROW_FIELD_OF_PARAM.values(), "stop", "seed", RESPONSE_FORMAT, *TOOL_FIELDS)
 # Params that are not generation defaults of the model config: ``response_format`` as JSON text, "" for none.
 EXTRA_PARAMS: dict[str, Any] = {RESPONSE_FORMAT: ""}
 
@@ -212,12 +220,16 @@ class Settings:
 
 @dataclass(frozen=True)
 class Request:
-    """One parsed row: its form (``CHAT`` or ``PROMPT``), its content and its settings."""
+    """One parsed row: its form (``CHAT`` or ``PROMPT``), its content and its settings. A chat row also has its
+    ``tool_prompt`` (the conversation its template gets and its tool plan, see ``tool_prompt.prepare``), and
+    ``tool_fields``, the tool fields it gave (a backend without guidance refuses them)."""
 
     form: str
-    messages: tuple[dict[str, str], ...] | None
+    messages: tuple[dict[str, Any], ...] | None
     prompt: str | None
     settings: Settings
+    tool_prompt: ToolPrompt | None = None
+    tool_fields: tuple[str, ...] = ()
 
 
 def _missing(value: Any) -> bool:
@@ -271,23 +283,35 @@ def rows_of(model_input: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _message(message: Any, at: str, where: str) -> dict[str, str]:
+def tools_refused(error: ToolsError, where: str = "") -> Refused:
+    """A ``ToolsError`` as a 400; its message starts with the path of the field it names, which is ``param``."""
+    return invalid(f"{where}{error}", str(error).split(" ", 1)[0])
+
+
+def _message(message: Any, number: int, where: str) -> dict[str, Any]:
+    at = f"messages[{number}]"
     if not isinstance(message, dict):
         raise invalid(f"{where}{at} must be an object with 'role' and 'content'; got {type(message).__name__}", at)
     if message.get("name") is not None:
         raise invalid(f"{where}{at}.name {NAME_REFUSED}; got {shown(message['name'])}", f"{at}.name")
+    role, content = message.get("role"), message.get("content")
+    accepted = FIELDS_OF_ROLE.get(role, MESSAGE_FIELDS) if isinstance(role, str) else MESSAGE_FIELDS
     # A field set to null is not given (as ``refusal: null`` in an assistant turn a client sends back).
-    unknown = sorted(str(key) for key, value in message.items() if value is not None and key not in MESSAGE_FIELDS)
+    unknown = sorted(str(key) for key, value in message.items() if value is not None and key not in accepted)
     if unknown:
         raise invalid(
-            f"{where}{at} has unknown field(s) {shown(unknown)}; accepted: {', '.join(MESSAGE_FIELDS)}",
+            f"{where}{at} has unknown field(s) {shown(unknown)}; accepted: {', '.join(accepted)}",
             f"{at}.{unknown[0][:SHOWN_CHARS]}",
         )
-    role, content = message.get("role"), message.get("content")
     if role not in ROLES:
         raise invalid(
             f"{where}{at}.role {shown(role)} is not accepted; expected one of {', '.join(ROLES)}", f"{at}.role"
         )
+    if role == "tool" or message.get("tool_calls") is not None:
+        try:
+            return check_message(message, number)
+        except ToolsError as error:
+            raise tools_refused(error, where) from None
     if not isinstance(content, str):
         raise invalid(
             f"{where}{at}.content must be a string; got {type(content).__name__} {shown(content)}", f"{at}.content"
@@ -295,13 +319,13 @@ def _message(message: Any, at: str, where: str) -> dict[str, str]:
     return {"role": TEMPLATE_ROLE.get(role, role), "content": content}
 
 
-def _messages(value: Any, where: str) -> tuple[dict[str, str], ...]:
+def _messages(value: Any, where: str) -> tuple[dict[str, Any], ...]:
     """The conversation as the chat template gets it: each message's role (``developer`` as ``system``) and text."""
     if not isinstance(value, list):
         raise invalid(f"{where}messages must be a list of {{role, content}} objects; got {type(value).__name__}", CHAT)
     if not value:
         raise invalid(f"{where}messages must hold at least one message; got an empty list", CHAT)
-    return tuple(_message(message, f"messages[{number}]", where) for number, message in enumerate(value))
+    return tuple(_message(message, number, where) for number, message in enumerate(value))
 
 
 def _prompt(value: Any, where: str) -> str:
@@ -318,9 +342,21 @@ def response_guidance(value: Any, where: str = "", name: str = RESPONSE_FORMAT) 
         raise invalid(f"{where}{name} {error}", name) from None
 
 
-def parse_row(row: dict[str, Any], options: dict[str, Any], where: str = "") -> Request:
+def _tool_prompt(row: dict[str, Any], messages: Any, guidance: Any, native_tools: bool, where: str) -> ToolPrompt:
+    """The chat row's ``ToolPrompt`` (its guidance is the row's: tools', or else its ``response_format``'s)."""
+    parallel = row.get(PARALLEL_TOOL_CALLS)
+    if parallel is not None and not isinstance(parallel, bool):
+        raise invalid(f"{where}{PARALLEL_TOOL_CALLS} must be true or false; got {shown(parallel)}", PARALLEL_TOOL_CALLS)
+    try:
+        return prepare(messages, row.get(TOOLS), row.get(TOOL_CHOICE), native_tools, guidance)
+    except ToolsError as error:
+        raise tools_refused(error, where) from None
+
+
+def parse_row(row: dict[str, Any], options: dict[str, Any], where: str = "", native_tools: bool = False) -> Request:
     """One row as a ``Request``; ``options`` are the request-wide settings from ``generation_options`` (with
-    ``RESPONSE_FORMAT``, the param's guidance, for rows that do not set their own)."""
+    ``RESPONSE_FORMAT``, the param's guidance, for rows that do not set their own). ``native_tools``: the model's
+    chat template renders tools itself (``tool_prompt.supports_native_tools``)."""
     unknown = sorted(set(row) - set(ROW_FIELDS))
     if unknown:
         raise invalid(f"{where}unknown field(s) {shown(unknown)}; accepted: {', '.join(ROW_FIELDS)}")
@@ -337,20 +373,35 @@ def parse_row(row: dict[str, Any], options: dict[str, Any], where: str = "") -> 
     seed = checked("seed", row["seed"], where) if "seed" in row else None
     guided = RESPONSE_FORMAT in row
     guidance = response_guidance(row[RESPONSE_FORMAT], where) if guided else options.get(RESPONSE_FORMAT)
+    tool_fields = tuple(field for field in TOOL_FIELDS if field in row)
+    messages, tool_prompt = None, None
+    if form == CHAT:
+        messages = _messages(row[CHAT], where)
+        tool_prompt = _tool_prompt(row, messages, guidance, native_tools, where)
+        guidance = tool_prompt.plan.guidance
+    elif tool_fields:
+        raise invalid(f"{where}{tool_fields[0]} is only accepted with messages, not with a raw prompt", tool_fields[0])
     return Request(
         form=form,
-        messages=_messages(row[CHAT], where) if form == CHAT else None,
+        messages=messages,
         prompt=_prompt(row[PROMPT], where) if form == PROMPT else None,
         settings=Settings(**settings, stop=stop, explicit_max_tokens="max_tokens" in row, seed=seed, guidance=guidance),
+        tool_prompt=tool_prompt,
+        tool_fields=tool_fields,
     )
 
 
-def parse_request(model_input: Any, defaults: dict[str, Any], params: dict[str, Any] | None) -> list[Request]:
+def parse_request(
+    model_input: Any, defaults: dict[str, Any], params: dict[str, Any] | None, native_tools: bool = False
+) -> list[Request]:
     """Every row of ``model_input``, checked; errors name the row when there are several."""
     options = generation_options(defaults, params)
     options[RESPONSE_FORMAT] = response_guidance((params or {}).get(RESPONSE_FORMAT), "parameter ")
     rows = rows_of(model_input)
-    return [parse_row(row, options, f"row {number}: " if len(rows) > 1 else "") for number, row in enumerate(rows)]
+    return [
+        parse_row(row, options, f"row {number}: " if len(rows) > 1 else "", native_tools)
+        for number, row in enumerate(rows)
+    ]
 
 
 def token_budget(request: Request, prompt_tokens: int, context_length: int, where: str = "") -> int:
@@ -428,29 +479,38 @@ def completion_id() -> str:
 
 
 def chat_completion(
-    model: str, content: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
+    model: str, message: dict[str, Any], finish_reason: str, prompt_tokens: int, completion_tokens: int
 ) -> dict[str, Any]:
-    """An OpenAI ``chat.completion`` with one choice, as the ``llm/v1/chat`` transformers model returns."""
+    """An OpenAI ``chat.completion`` with one choice, as the ``llm/v1/chat`` transformers model returns; ``message``
+    is the assistant's (``tool_replies.Reply.message``: its ``content``, or ``tool_calls`` and a null content)."""
     return {
         "id": completion_id(),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
         "usage": usage(prompt_tokens, completion_tokens),
     }
 
 
 def chat_chunk(
-    chunk_id: str, created: int, model: str, content: str, finish_reason: str | None = None, **extra: Any
+    chunk_id: str,
+    created: int,
+    model: str,
+    content: str = "",
+    finish_reason: str | None = None,
+    delta: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """An OpenAI ``chat.completion.chunk``: ``choices[0].delta.content`` is the next piece of the answer."""
+    """An OpenAI ``chat.completion.chunk``: ``choices[0].delta`` is ``{"role": "assistant", "content": content}``,
+    the next piece of the answer, unless ``delta`` is given (a tool call's, ``tool_replies.ReplyStream``'s)."""
+    delta = {"role": "assistant", "content": content} if delta is None else delta
     return {
         "id": chunk_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
         **extra,
     }
 

@@ -18,6 +18,8 @@ response formats; ``generation``, the generation loop; ``rows``, a row's state),
   row that does not set them.
 - Structured output: a row's ``response_format`` (``json_object`` or ``json_schema``) becomes onnxruntime-genai
   guidance, so the tokens can only spell JSON that validates; a guided row runs in a generator of its own.
+- Tools: a chat row's ``tools`` and ``tool_choice`` (llama.cpp's generic format: ``tools``, ``tool_prompt``) guide
+  the answer to one call or a reply, read back into OpenAI's ``tool_calls`` (``tool_replies``), whole or streamed.
 - ``predict`` runs rows with the same sampling settings in one batched generator; ``predict_stream``
   yields ``chat.completion.chunk`` dicts (chat) or strings (prompt) as tokens come.
 """
@@ -41,10 +43,14 @@ try:
     from serving import chat_protocol as protocol
     from serving import generation
     from serving.rows import Row
+    from serving.tool_prompt import supports_native_tools
+    from serving.tool_replies import ReplyStream, parse
 except ModuleNotFoundError:
     from llmflow.serving import chat_protocol as protocol
     from llmflow.serving import generation
     from llmflow.serving.rows import Row
+    from llmflow.serving.tool_prompt import supports_native_tools
+    from llmflow.serving.tool_replies import ReplyStream, parse
 
 GENERATION_DEFAULTS = protocol.GENERATION_DEFAULTS
 MAX_BATCH_SIZE = 16
@@ -95,6 +101,7 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         genai_config = json.loads((onnx_dir / "genai_config.json").read_text(encoding="utf-8"))
         self.context_length = int(genai_config["model"]["context_length"])
         self.chat_template = protocol.find_chat_template(onnx_dir)
+        self.supports_native = self.chat_template is not None and supports_native_tools(self._render)
         self.defaults = {name: config.get(name, value) for name, value in GENERATION_DEFAULTS.items()}
         self.model_name = str(config.get("model_name") or onnx_dir.name)
         self.max_batch_size = int(config.get("max_batch_size", MAX_BATCH_SIZE))
@@ -130,9 +137,15 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
                 raise protocol.invalid(f"predict_stream takes exactly one request; got {len(rows)} rows")
             yield from STREAM[rows[0].request.form](self, rows[0])
 
+    def _render(self, messages: str, tools: str) -> str:
+        """The chat template applied without a generation prompt (``supports_native_tools`` probes it)."""
+        return self.tokenizer.apply_chat_template(
+            messages, template_str=self.chat_template, tools=tools, add_generation_prompt=False
+        )
+
     def prepare(self, model_input: Any, params: dict[str, Any] | None) -> list[Row]:
         """Parse and check every row, and tokenize it; raises before any generation starts."""
-        requests = protocol.parse_request(model_input, self.defaults, params)
+        requests = protocol.parse_request(model_input, self.defaults, params, self.supports_native)
         rows = []
         for number, request in enumerate(requests):
             where = f"row {number}: " if len(requests) > 1 else ""
@@ -140,9 +153,9 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
             budget = protocol.token_budget(request, len(ids), self.context_length, where)
             guidance = request.settings.guidance
             if guidance is not None and (problem := generation.check_guidance(self.model, guidance)):
-                raise protocol.invalid(
-                    f"{where}response_format cannot be used for guided generation: {problem}", protocol.RESPONSE_FORMAT
-                )
+                field = protocol.TOOLS if request.tool_prompt and request.tool_prompt.plan.calls else None
+                field = field or protocol.RESPONSE_FORMAT
+                raise protocol.invalid(f"{where}{field} cannot be used for guided generation: {problem}", field)
             rows.append(
                 Row(request, ids, budget, self.tokenizer.create_stream(), protocol.StopScanner(request.settings.stop))
             )
@@ -153,9 +166,13 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
             raise protocol.invalid(
                 "messages are not accepted: the model's ONNX folder has no chat template", protocol.CHAT
             )
+        prompt = request.tool_prompt  # the conversation with the tools described and past calls rendered
         try:
             return self.tokenizer.apply_chat_template(
-                json.dumps(list(request.messages)), template_str=self.chat_template, add_generation_prompt=True
+                json.dumps(list(prompt.messages)),
+                template_str=self.chat_template,
+                tools=prompt.tools or "",
+                add_generation_prompt=True,
             )
         except RuntimeError as error:  # the template itself refused the conversation (raise_exception)
             raise protocol.invalid(f"messages do not fit the model's chat template: {error}", protocol.CHAT) from None
@@ -198,26 +215,38 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
                 yield index, text
 
     def _chat_response(self, row: Row) -> dict[str, Any]:
+        reply = parse(row.text, row.request.tool_prompt.plan, row.finish_reason)
         return protocol.chat_completion(
-            self.model_name, row.text, row.finish_reason, len(row.ids), row.completion_tokens
+            self.model_name, reply.message(), reply.finish_reason, len(row.ids), row.completion_tokens
         )
 
     def _chat_stream(self, row: Row) -> Iterator[dict[str, Any]]:
+        """Chunks of the answer; a tool call streams as OpenAI's does (its id and name, then its arguments)."""
         chunk_id, created = protocol.completion_id(), int(time.time())
+        reading = ReplyStream(row.request.tool_prompt.plan)
         for _, text in self.generate([row]):
-            yield protocol.chat_chunk(chunk_id, created, self.model_name, text)
+            for delta in reading.feed(text):
+                yield protocol.chat_chunk(chunk_id, created, self.model_name, delta=_with_role(delta))
+        deltas, reply = reading.close(row.finish_reason)
+        for delta in deltas:
+            yield protocol.chat_chunk(chunk_id, created, self.model_name, delta=_with_role(delta))
         yield protocol.chat_chunk(
             chunk_id,
             created,
             self.model_name,
             "",
-            row.finish_reason,
+            reply.finish_reason,
             usage=protocol.usage(len(row.ids), row.completion_tokens),
         )
 
     def _prompt_stream(self, row: Row) -> Iterator[str]:
         for _, text in self.generate([row]):
             yield text
+
+
+def _with_role(delta: dict[str, Any]) -> dict[str, Any]:
+    """Each chunk names the role, as this model's chunks always have (a tool call's content is null)."""
+    return {"role": "assistant", "content": delta.get("content"), **delta}
 
 
 # Dispatch on a row's form: how its prompt is built, how its answer is returned and how it is streamed.

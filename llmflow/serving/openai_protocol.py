@@ -15,12 +15,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from .chat_protocol import shown
-from .openai_request import CONTENT_ERROR, OWN_TEXT, REFUSED, UNKNOWN, ChatRequest, Problem
+from .openai_request import CONTENT_ERROR, OWN_TEXT, REFUSED, UNKNOWN, ChatRequest, NamedToolChoice, Problem
 
 __all__ = ["REFUSED", "BadRequest", "ChatCall", "read_call"]
 
 # Fields passed on to the model's own chat request (chat_protocol); `max_completion_tokens` is the newer name of
-# `max_tokens`. `response_format` is checked by the model (chat_protocol, and its schema compiled by guidance).
+# `max_tokens`. `response_format` is checked by the model (chat_protocol, and its schema compiled by guidance);
+# `tools`, `tool_choice` and `parallel_tool_calls` are passed on with tools (``_tool_fields``).
 SETTINGS = ("temperature", "top_p", "top_k", "stop", "seed", "response_format")
 
 
@@ -131,6 +132,20 @@ def _problem(error: ValidationError, body: Any) -> tuple[str, str | None]:
     return f"{where} must be {_accepted(first, path)}; {_got(first)}", _param(path)
 
 
+def _tool_fields(parsed: ChatRequest) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` as the model reads them; none without tools (then
+    ``tool_choice`` can only be ``none``, the default, and ``parallel_tool_calls`` changes nothing)."""
+    if parsed.tools is None:
+        return {}
+    choice = parsed.tool_choice
+    fields = {
+        "tools": [tool.for_model() for tool in parsed.tools],
+        "tool_choice": choice.model_dump() if isinstance(choice, NamedToolChoice) else choice,
+        "parallel_tool_calls": parsed.parallel_tool_calls,
+    }
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 def read_call(body: Any) -> ChatCall:
     """The ``ChatCall`` of an OpenAI request body; ``BadRequest`` names the field that is wrong or refused."""
     if not isinstance(body, dict):
@@ -144,6 +159,7 @@ def read_call(body: Any) -> ChatCall:
     request = {
         "messages": [message.for_model() for message in parsed.messages],
         **{name: value for name, value in settings.items() if value is not None},
+        **_tool_fields(parsed),
     }
     include_usage = parsed.stream_options is not None and parsed.stream_options.include_usage
     return ChatCall(request, bool(parsed.stream), include_usage, parsed.model)
@@ -163,14 +179,20 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def completion(
-    completion_id: str, model: str, content: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
+    completion_id: str,
+    model: str,
+    message: dict[str, Any],
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
 ) -> dict[str, Any]:
+    """A ``chat.completion``; ``message``: the assistant's (``tool_replies.Reply.message``)."""
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
         "usage": usage(prompt_tokens, completion_tokens),
     }
 

@@ -5,8 +5,9 @@ it accepts. A field this endpoint cannot honour is declared and refused unless i
 so the error names it and says why: a validator raises a ``Problem`` that says what is accepted, quoting at most
 ``SHOWN_CHARS`` characters of a value (``openai_protocol`` makes one message and ``param`` of it).
 
-Messages are a union on ``role``, one model per role (``AnyMessage``), so that ``tool`` messages, an
-assistant's ``tool_calls`` and the ``tools``/``tool_choice`` fields can each be added as a model and a field.
+Messages are a union on ``role``, one model per role (``AnyMessage``). ``tools``, ``tool_choice`` and the tool fields
+of messages have their shapes checked here; the rest (a function's name, whether a named function or a call answered
+is there, whether the schema compiles) by the model (``tools``, ``tool_prompt``), with the same 400 and ``param``.
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n": (_is_default(1), "n > 1 is not supported; this endpoint returns exactly one choice"),
     "logprobs": (_is_default(False), "logprobs are not supported by this endpoint"),
     "top_logprobs": (_is_default(None), "top_logprobs are not supported by this endpoint"),
-    "tools": (_is_default(None), "tools are not supported by this endpoint"),
-    "tool_choice": (lambda value: value in (None, "none"), "tool_choice is not supported by this endpoint"),
-    "functions": (_is_default(None), "functions are not supported by this endpoint"),
-    "function_call": (lambda value: value in (None, "none"), "function_call is not supported by this endpoint"),
-    "parallel_tool_calls": (_is_default(None), "parallel_tool_calls is not supported by this endpoint"),
+    "functions": (_is_default(None), "functions (OpenAI's deprecated API) are not supported; use tools"),
+    "function_call": (
+        lambda value: value in (None, "none"),
+        "function_call (OpenAI's deprecated API) is not supported; use tool_choice",
+    ),
     "frequency_penalty": (_is_default(0), "frequency_penalty other than 0 is not supported"),
     "presence_penalty": (_is_default(0), "presence_penalty other than 0 is not supported"),
     "logit_bias": (lambda value: not value, "logit_bias is not supported by this endpoint"),
@@ -61,8 +62,7 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
 # as a client sends them back with an answer it got (``refusal: null``).
 ASSISTANT_REFUSED = {
     "refusal": "is not supported in the conversation; put the assistant's text in content",
-    "tool_calls": "are not supported by this endpoint (tools are not)",
-    "function_call": "is not supported by this endpoint (functions are not)",
+    "function_call": "is not supported by this endpoint (OpenAI's deprecated functions are not; use tool_calls)",
     "audio": "is not supported by this endpoint",
 }
 
@@ -127,7 +127,7 @@ Content = Annotated[
 
 
 class Message(Strict):
-    """What every message has; each role's model narrows ``role`` (and a later one may add ``tool_calls``)."""
+    """What every message has; each role's model narrows ``role`` (and a tool or assistant one adds fields)."""
 
     role: str
     content: Content
@@ -140,10 +140,11 @@ class Message(Strict):
             raise Problem(f"{NAME_REFUSED}; got {shown(name)}")
         return None
 
-    def for_model(self) -> dict[str, str]:
+    def for_model(self) -> dict[str, Any]:
         """The message as the model reads it (``chat_protocol``): its role and its text."""
-        content = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
-        return {"role": self.role, "content": content}
+        content = self.content
+        text = content if isinstance(content, str) or content is None else "".join(part.text for part in content)
+        return {"role": self.role, "content": text}
 
 
 class SystemMessage(Message):
@@ -156,10 +157,24 @@ class UserMessage(Message):
     role: Literal["user"]
 
 
+class CalledFunction(Strict):
+    name: StrictStr
+    arguments: StrictStr  # the arguments' JSON text
+
+
+class ToolCall(Strict):  # a call of an assistant turn, as the endpoint answered it
+    id: StrictStr
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class AssistantMessage(Message):
+    """An answer sent back: its text, or its ``tool_calls`` with a null content (OpenAI's null fields accepted)."""
+
     role: Literal["assistant"]
+    content: Content | None = None
     refusal: Any = None
-    tool_calls: Any = None
+    tool_calls: list[ToolCall] | None = None
     function_call: Any = None
     audio: Any = None
 
@@ -170,8 +185,62 @@ class AssistantMessage(Message):
             raise Problem(f"{ASSISTANT_REFUSED[info.field_name]}; got {shown(value)}")
         return value
 
+    @model_validator(mode="after")
+    def _content_or_calls(self) -> AssistantMessage:
+        if self.content is None and not self.tool_calls:
+            raise Problem("must be a string or a list of text parts unless the turn has tool_calls", field="content")
+        return self
 
-AnyMessage = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
+    def for_model(self) -> dict[str, Any]:
+        """Its role and text, and its calls when it made some (an empty list, as some clients send, is none)."""
+        message = super().for_model()
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        return message
+
+
+class ToolMessage(Message):
+    """A tool's result: ``content`` answers the call ``tool_call_id`` of an earlier assistant turn."""
+
+    role: Literal["tool"]
+    tool_call_id: StrictStr
+
+    def for_model(self) -> dict[str, Any]:
+        return {**super().for_model(), "tool_call_id": self.tool_call_id}
+
+
+AnyMessage = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
+
+
+class FunctionSpec(Strict):
+    """A function of ``tools``; its name's form and its ``parameters`` schema are the model's to check (``tools``)."""
+
+    name: StrictStr
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class Tool(Strict):
+    type: Literal["function"]
+    function: FunctionSpec
+
+    def for_model(self) -> dict[str, Any]:
+        """The tool as the model reads it: the fields given, a null one as not given (the schema as it was sent)."""
+        function = {name: value for name, value in self.function if value is not None}
+        return {"type": self.type, "function": function}
+
+
+class NamedFunction(Strict):
+    name: StrictStr
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+TOOL_CHOICE = """'none', 'auto', 'required' or {"type": "function", "function": {"name": ...}}"""
 
 
 class StreamOptions(Strict):
@@ -200,11 +269,11 @@ class ChatRequest(Strict):
     n: Any = None
     logprobs: Any = None
     top_logprobs: Any = None
-    tools: Any = None
-    tool_choice: Any = None
+    tools: list[Tool] | None = Field(None, min_length=1, description='a non-empty list of {"type": "function", ...}')
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(None, description=TOOL_CHOICE)
+    parallel_tool_calls: StrictBool | None = Field(None, description="true or false (one call per answer either way)")
     functions: Any = None
     function_call: Any = None
-    parallel_tool_calls: Any = None
     frequency_penalty: Any = None
     presence_penalty: Any = None
     logit_bias: Any = None
@@ -224,4 +293,7 @@ class ChatRequest(Strict):
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             text = "give max_completion_tokens or max_tokens (its older name), not both"
             raise Problem(text, OWN_TEXT, "max_completion_tokens")
+        if self.tools is None and self.tool_choice not in (None, "none"):  # "none" without tools: the default
+            text = f"tool_choice is only allowed when tools are given; got tool_choice={shown(self.tool_choice)}"
+            raise Problem(text, OWN_TEXT, "tool_choice")
         return self

@@ -7,7 +7,9 @@ transformers model as it drives the ONNX pyfunc, through ``prepare`` (``chat_pro
 the prompt is tokenised and its budget checked against the context), ``generate`` (text as it comes, per row) and
 ``context_length``, so both flavours refuse the same requests with the same 400s. Stop strings are cut from the text
 as the ONNX model cuts them, with the pipeline's own tokenizer: nothing is read from the Hugging Face Hub. A
-``seed`` (with ``temperature`` > 0) seeds the row's own random generator.
+``seed`` (with ``temperature`` > 0) seeds the row's own random generator. ``response_format`` and ``tools`` are
+refused with a 400 naming them: this token loop has no guided generation (a conversation that used tools still
+renders, as ``tool_prompt`` writes past calls and results as text).
 
 Rows run one after another, each in its own token loop over the model's key-value cache: this is the reference
 model, served for comparison and as a fallback, not the fast path. torch and transformers are imported only here,
@@ -82,6 +84,13 @@ class TransformersChat:
         rows = []
         for number, request in enumerate(requests):
             where = f"row {number}: " if len(requests) > 1 else ""
+            if request.tool_fields:  # refused, not ignored: tools need guidance (the ONNX model's, og's)
+                field = request.tool_fields[0]
+                raise protocol.invalid(
+                    f"{where}{field} is not supported by the transformers backend (it has no guided generation); "
+                    "serve the ONNX model for tools",
+                    field,
+                )
             if request.settings.guidance is not None:  # refused, not ignored: this token loop has no guidance
                 raise protocol.invalid(
                     f"{where}response_format other than text is not supported by the transformers backend; "
@@ -102,8 +111,9 @@ class TransformersChat:
                 "messages are not accepted: the model's tokenizer has no chat template", protocol.CHAT
             )
         try:
+            # The conversation as ``tool_prompt`` renders it: past tool calls and results as text any template takes.
             return self.tokenizer.apply_chat_template(
-                list(request.messages), tokenize=False, add_generation_prompt=True
+                list(request.tool_prompt.messages), tokenize=False, add_generation_prompt=True
             )
         except Exception as error:  # the template itself refused the conversation (raise_exception)
             raise protocol.invalid(f"messages do not fit the model's chat template: {error}", protocol.CHAT) from None
