@@ -1,8 +1,9 @@
 """Load and soak on loopback: 200 requests from 16 clients, a fifth of them bad, a tenth leaving mid-stream.
 
-The queue is small (4 running, 4 waiting), so some requests get 429. Expected: no 5xx; every good request that is
-answered gets the answer it gets alone; nothing runs or waits at the end; the server's RSS is within 10% of its RSS
-after the warm-up. Bounded: 200 requests, each with a 60 s client timeout.
+The queue is small (2 running, 2 waiting), so some requests get 429 (with 4 and 4, one full run saw none).
+Expected: no 5xx; every good request that is answered gets the answer it gets alone; nothing runs or waits at the
+end; the server's RSS is within 10% of its RSS after the warm-up. Bounded: 200 requests, each with a 60 s client
+timeout.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def test_two_hundred_requests_from_sixteen_clients(logged_onnx_model: tuple[str,
     tracking_uri, model_uri = logged_onnx_model
     port = free_port()
     command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri, "--port", str(port)]
-    command += ["--max-concurrent", "4", "--max-queue", "4", "--log-level", "warning"]
+    command += ["--max-concurrent", "2", "--max-queue", "2", "--log-level", "warning"]
     with started(command, port, tracking_uri, tmp_path / "server.log") as server:
         client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="x", max_retries=0, timeout=60)
         alone: dict[str, str] = {}
