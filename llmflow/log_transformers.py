@@ -11,13 +11,14 @@ they are, without loading the model. Logging a loaded pipeline instead writes th
 loads the logged model a second time to check its input example: 14.7 GiB peak for Phi-3-mini's 7.6 GB of bf16
 weights, against a few hundred MB this way (MLflow skips that check for a checkpoint for the same reason; the
 ``evaluate`` step loads and runs the model). MLflow names a checkpoint by its folder, a temporary path here; the
-step names it by its HF repo id instead (``_named_checkpoint``), which chat responses give as their ``model``.
+step names it by its HF repo id instead (``llmflow.patches.mlflow.named_checkpoint``), which chat responses give as
+their ``model``.
 
 With ``save_pretrained=false`` a hub model is logged as MLflow's reference to its repo and commit, without the
 weights: they stay in the Hugging Face cache (and on the Hub), and loading the model reads them from there. MLflow
 would record the repo's latest commit on the Hub at logging time (``get_latest_commit_for_repo``), which need not
 be the commit this pipeline downloaded, and cannot be asked offline; the step records the download run's pinned
-commit instead (``_pinned_revision``).
+commit instead (``llmflow.patches.mlflow.pinned_revision``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,8 @@ import mlflow
 from llmflow.download import model_dir_from_run
 from llmflow.errors import InputError
 from llmflow.options import GenerationSettings, StepOptions, non_empty, one_of, option
+from llmflow.patches.mlflow import named_checkpoint, pinned_revision
+from llmflow.patches.transformers import task_class_resolved
 from llmflow.tracking.model_cards import logged_model_tags, transformers_model_name, transformers_model_params
 from llmflow.tracking.names import (
     TAG_DOWNLOAD_RUN,
@@ -82,62 +83,11 @@ class LogTransformersOptions(GenerationSettings, TransformersSettings):
     download_run_id: str = option(help="Id of a finished `download` run whose model to log.", check=non_empty)
 
 
-@contextmanager
-def _named_checkpoint(repo: str) -> Iterator[None]:
-    """Within this block MLflow can log a checkpoint folder under transformers 5, and names it ``repo``.
-
-    MLflow 3.17.2 reads the pipeline class of a task as ``check_task(task)[1]["impl"].__name__``; transformers 5
-    gives that class as its dotted name, a string, and the checkpoint path fails with ``AttributeError``
-    (``tests/test_log_transformers.py`` checks that stock MLflow still does, so this can go when it is fixed).
-    Here ``check_task`` gives the class itself. The name: see the module doc.
-    """
-    import mlflow.transformers as flavor
-    from mlflow.transformers.flavor_config import FlavorKey
-    from transformers import pipelines
-
-    stock_config, stock_model, stock_check = (
-        flavor.build_flavor_config_from_local_checkpoint,
-        flavor._DummyModel,
-        pipelines.check_task,
-    )
-
-    def check_task(task: str):  # noqa: ANN202 - transformers' tuple
-        normalized, metadata, options = stock_check(task)
-        if isinstance(metadata.get("impl"), str):
-            metadata = {**metadata, "impl": pipelines._resolve_impl(metadata["impl"])}  # as pipeline() does
-        return normalized, metadata, options
-
-    def named_config(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - wraps MLflow's function
-        return {**stock_config(*args, **kwargs), FlavorKey.MODEL_NAME: repo}
-
-    flavor.build_flavor_config_from_local_checkpoint = named_config
-    flavor._DummyModel = lambda name_or_path: stock_model(name_or_path=repo)
-    pipelines.check_task = check_task
-    try:
-        yield
-    finally:
-        flavor.build_flavor_config_from_local_checkpoint, flavor._DummyModel = stock_config, stock_model
-        pipelines.check_task = stock_check
-
-
 def checkpoint_precision(model_dir: Path) -> str:
     """The precision a checkpoint's weights load in (``dtype="auto"``): its config's dtype, fp32 when it has none."""
     config = json.loads((Path(model_dir) / "config.json").read_text())
     dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
     return PRECISION_NAMES.get(dtype, dtype)
-
-
-@contextmanager
-def _pinned_revision(commit_sha: str) -> Iterator[None]:
-    """Within this block MLflow records ``commit_sha`` as a hub reference's revision (see the module doc)."""
-    from mlflow.transformers import flavor_config
-
-    stock = flavor_config.get_latest_commit_for_repo
-    flavor_config.get_latest_commit_for_repo = lambda repo: commit_sha
-    try:
-        yield
-    finally:
-        flavor_config.get_latest_commit_for_repo = stock
 
 
 def log_transformers(options: LogTransformersOptions) -> LogTransformersResult:
@@ -155,7 +105,7 @@ def log_transformers(options: LogTransformersOptions) -> LogTransformersResult:
                 f"save_pretrained 'false' needs a hub model, and download run '{download_run_id}' is a local folder "
                 f"({tags.get(TAG_HF_REPO)}); a local model's weights can only be stored: pass save_pretrained=true"
             )
-        with tempfile.TemporaryDirectory(prefix="llmflow-hf-") as tmp, _pinned_revision(tags[TAG_HF_SHA]):
+        with tempfile.TemporaryDirectory(prefix="llmflow-hf-") as tmp, pinned_revision(tags[TAG_HF_SHA]):
             model_dir = model_dir_from_run(download_run_id, dst=Path(tmp))
             # A reference is loaded by repo id at the pinned commit (from the HF cache), so that MLflow records the
             # repo, not the cache folder.
@@ -187,7 +137,7 @@ def log_transformers(options: LogTransformersOptions) -> LogTransformersResult:
                 generator = pipeline("text-generation", model=model, tokenizer=tokenizer, device=torch.device("cpu"))
                 info = mlflow.transformers.log_model(transformers_model=generator, save_pretrained=False, **logged_as)
             else:
-                with _named_checkpoint(repo):
+                with named_checkpoint(repo), task_class_resolved():
                     info = mlflow.transformers.log_model(
                         transformers_model=str(model_dir),
                         torch_dtype=getattr(torch, TORCH_DTYPES[precision]),

@@ -6,7 +6,7 @@ family's distinguishing config values are first shown to move transformers' logi
 builder that ignored them. Every family then goes through the whole int4 path: export, the pyfunc, the transformers
 model, register and evaluate against the reference. This checks shape, not weights.
 
-Gemma 3 goes through ``llmflow.export.builder.gemma3_rope_per_layer_type``: the 0.18 builder reads
+Gemma 3 goes through ``llmflow.patches.onnxruntime_genai.gemma3_rope_per_layer_type``: the 0.18 builder reads
 ``rope_parameters["rope_type"]``, and transformers 5 keeps Gemma 3's RoPE per layer type
 (``{"full_attention": {...}, "sliding_attention": {...}}``, also for a Hub config written in the older form), so the
 stock builder fails with ``KeyError: 'rope_type'``. A test asserts that failure on both forms, so that the day the
@@ -163,7 +163,7 @@ def _as_published(model_dir: Path, out_dir: Path) -> Path:
 
 @pytest.mark.parametrize("form", ["transformers 5", "published"])
 def test_the_stock_builder_cannot_read_gemma3_rope_parameters(form: str, family_dirs, tmp_path: Path):
-    """The bug ``export.builder.gemma3_rope_per_layer_type`` works around; if this fails, the builder fixed it."""
+    """The bug ``llmflow.patches.onnxruntime_genai.gemma3_rope_per_layer_type`` works around; if this fails, the builder fixed it."""
     from onnxruntime_genai.models import builder
 
     model_dir = family_dirs["gemma-3"]

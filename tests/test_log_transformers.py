@@ -88,6 +88,6 @@ def test_stored_weights_are_copied_from_the_checkpoint_without_loading_the_model
 
 
 def test_stock_mlflow_still_cannot_log_a_checkpoint_under_transformers_5(tiny_model_dir: Path, tmp_path: Path):
-    """The reason for ``_named_checkpoint``'s ``check_task``: drop it when this test fails."""
+    """The reason for ``llmflow.patches.transformers.task_class_resolved``: drop it when this test fails."""
     with pytest.raises(AttributeError, match="__name__"):
         mlflow.transformers.save_model(str(tiny_model_dir), tmp_path / "model", task="llm/v1/chat")

@@ -17,9 +17,10 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from unittest import mock
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -34,6 +35,8 @@ from llmflow.tracking.names import TABLE_FILE, TAG_MODEL_URI, TAG_STEP
 
 logger = logging.getLogger(__name__)
 
+# MLflow's setting for how many questions mlflow.genai.evaluate scores at once.
+EVAL_WORKERS_ENV = "MLFLOW_GENAI_EVAL_MAX_WORKERS"
 # What score_model measures of one model; a champion's recorded evaluation is read back as these.
 SCORED_METRICS = (
     *QUALITY_METRICS,
@@ -100,13 +103,22 @@ def genai_scorers() -> list[Any]:
     return [make(name) for name in QUALITY_METRICS]
 
 
-def _sequential_evaluation() -> Any:
-    """One question at a time, so each latency is the model's alone.
+@contextmanager
+def _sequential_evaluation() -> Iterator[None]:
+    """One question at a time, so each latency is the model's alone (MLflow's documented setting).
 
     (MLflow's check call on the first question stays on: with MLFLOW_GENAI_EVAL_SKIP_TRACE_VALIDATION set,
     mlflow 3.17 logs no traces at all.)
     """
-    return mock.patch.dict(os.environ, {"MLFLOW_GENAI_EVAL_MAX_WORKERS": "1"})
+    before = os.environ.get(EVAL_WORKERS_ENV)
+    os.environ[EVAL_WORKERS_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(EVAL_WORKERS_ENV, None)
+        else:
+            os.environ[EVAL_WORKERS_ENV] = before
 
 
 def examples_from_result(result_df: Any, inputs: EvalInputs, timings: dict[str, tuple[float, int]]) -> list[Example]:

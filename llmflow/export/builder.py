@@ -3,7 +3,8 @@
 Quantization runs one MatMul at a time (``llmflow.export.nbits``) and the build stamp is the installed wheel's commit
 (``llmflow.export.stamp``); the quantizer's per-MatMul INFO lines are held back.
 
-Two builder bugs are worked around here. The first (``longrope_type_key``): its Phi-3 LongRoPE class
+Two builder bugs are worked around here, by patches in ``llmflow.patches.onnxruntime_genai``. The first
+(``longrope_type_key``): its Phi-3 LongRoPE class
 (Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) reads the RoPE policy as ``rope_parameters["type"]``, the key of configs
 written before transformers 5. A config that transformers 5 saved has only ``rope_type``, and the builder then fails
 with ``KeyError: 'type'``; its base class already reads ``rope_type`` for every other model.
@@ -32,13 +33,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from llmflow.errors import InputError, first_line
-from llmflow.export.nbits import builder_classes, streaming_quantization
+from llmflow.export.nbits import streaming_quantization
 from llmflow.export.recipe import Int4Recipe
 from llmflow.export.residency import page_out
 from llmflow.export.stamp import package_build_stamp
-
-LONGROPE_CLASS = "Phi3MiniLongRoPEModel"
-GEMMA3_CLASS = "Gemma3Model"
+from llmflow.patches.onnxruntime_genai import gemma3_rope_per_layer_type, longrope_type_key
 
 # What the builder raises for a model or option it cannot handle (a KeyError: a config key it expects and does not
 # find); anything else is a bug and keeps its traceback.
@@ -66,74 +65,6 @@ def _quiet_quantizer() -> Iterator[None]:
         yield
     finally:
         quantizer.setLevel(previous)
-
-
-@contextmanager
-def longrope_type_key() -> Iterator[None]:
-    """Within this block a LongRoPE config without ``type`` gets it from ``rope_type`` before the builder reads it."""
-    classes = builder_classes("phi", LONGROPE_CLASS)  # its subclasses inherit the patched method
-    stock = [cls.__dict__["make_rope_init"] for cls in classes]
-
-    def patched(original):  # noqa: ANN001, ANN202 - wraps a builder method
-        def make_rope_init(self, config):  # noqa: ANN001, ANN202
-            parameters = getattr(config, "rope_parameters", None)
-            if isinstance(parameters, dict) and "rope_type" in parameters:
-                parameters.setdefault("type", parameters["rope_type"])
-            return original(self, config)
-
-        return make_rope_init
-
-    for cls, original in zip(classes, stock, strict=True):
-        cls.make_rope_init = patched(original)
-    try:
-        yield
-    finally:
-        for cls, original in zip(classes, stock, strict=True):
-            cls.make_rope_init = original
-
-
-def _per_layer_type_rope(parameters: object) -> bool:
-    """Whether ``parameters`` is transformers 5's per-layer-type RoPE form that the builder's Gemma 3 cannot read."""
-    return (
-        isinstance(parameters, dict)
-        and "rope_type" not in parameters
-        and all(isinstance(parameters.get(kind), dict) for kind in ("full_attention", "sliding_attention"))
-    )
-
-
-@contextmanager
-def gemma3_rope_per_layer_type() -> Iterator[None]:
-    """Within this block the builder's Gemma 3 reads transformers 5's per-layer-type RoPE parameters.
-
-    Its ``make_rope_init`` gets the global layers' parameters as ``rope_parameters``; the base class's ``theta``
-    (read before it, from a ``rope_theta`` transformers 5 no longer sets, so 10000) is taken from them, and
-    ``rope_local_base_freq`` (read after it, by ``Gemma3Model.__init__``) from the sliding layers' ones. A config in
-    any other form is left as it is.
-    """
-    classes = builder_classes("gemma", GEMMA3_CLASS)  # Gemma 4 overrides make_rope_init and reads this form itself
-    own = [cls.__dict__.get("make_rope_init") for cls in classes]  # None: Gemma3Model inherits the base class's
-
-    def patched(original):  # noqa: ANN001, ANN202 - wraps a builder method
-        def make_rope_init(self, config):  # noqa: ANN001, ANN202
-            parameters = getattr(config, "rope_parameters", None)
-            if _per_layer_type_rope(parameters):
-                config.rope_local_base_freq = parameters["sliding_attention"]["rope_theta"]
-                config.rope_parameters = dict(parameters["full_attention"])
-                self.rope_attrs["theta"] = config.rope_parameters["rope_theta"]
-            return original(self, config)
-
-        return make_rope_init
-
-    for cls in classes:
-        cls.make_rope_init = patched(cls.make_rope_init)
-    try:
-        yield
-    finally:
-        for cls, method in zip(classes, own, strict=True):
-            if method is None:
-                del cls.make_rope_init  # back to the inherited one
-            else:
-                cls.make_rope_init = method
 
 
 def _builder_reason(exc: Exception) -> str:

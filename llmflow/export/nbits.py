@@ -29,6 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from llmflow.export.recipe import Int4Recipe
+from llmflow.patches.onnxruntime_genai import to_nbits_replaced
 
 logger = logging.getLogger(__name__)
 
@@ -170,11 +171,20 @@ def quantize_graph(
     return model
 
 
-def streaming_to_nbits(builder_model: Any, after_each: Callable[[], object] | None = None) -> ir.Model:
-    """A drop-in for the builder's ``Model.to_nbits`` that quantizes one weight at a time (see the module doc)."""
+def streaming_to_nbits(
+    builder_model: Any,
+    after_each: Callable[[], object] | None = None,
+    stock_to_nbits: Callable[[Any], ir.Model] | None = None,
+) -> ir.Model:
+    """A drop-in for the builder's ``Model.to_nbits`` that quantizes one weight at a time (see the module doc).
+
+    Settings outside that path (``applies_to``) go to ``stock_to_nbits``, the builder's own method.
+    """
     if not applies_to(builder_model):
+        if stock_to_nbits is None:
+            raise ValueError("these quantization settings need the builder's own to_nbits, and none was given")
         logger.info("quantization options outside the streaming path; using the builder's own to_nbits")
-        return _STOCK_TO_NBITS[0](builder_model)
+        return stock_to_nbits(builder_model)
     attrs = builder_model.quant_attrs
     customized = _customized(builder_model)
     return quantize_graph(
@@ -201,30 +211,6 @@ def add_int8_nodes(builder_model: Any, recipe: Int4Recipe | None) -> None:
         builder_model.int4_customized_weight_config = config
 
 
-_STOCK_TO_NBITS: list[Any] = []
-
-
-def _builder_model_classes() -> list[type]:
-    """The builder's ``Model`` base class, as the builder imports it.
-
-    The builder puts its own folder on ``sys.path`` and imports ``builders.base`` as a top-level module, so its
-    ``Model`` is not ``onnxruntime_genai.models.builders.base.Model``; both are patched.
-    """
-    return builder_classes("base", "Model")
-
-
-def builder_classes(module: str, name: str) -> list[type]:
-    """Class ``name`` of the builder's module ``builders.<module>``, under both names the builder imports it as."""
-    import importlib
-    import sys
-
-    from onnxruntime_genai.models import builder  # noqa: F401 - imported for its sys.path and module side effects
-
-    names = (f"builders.{module}", f"onnxruntime_genai.models.builders.{module}")
-    classes = [getattr(sys.modules.get(n) or importlib.import_module(n), name) for n in names]
-    return list({id(cls): cls for cls in classes}.values())
-
-
 @contextmanager
 def streaming_quantization(
     after_each: Callable[[], object] | None = None, recipe: Int4Recipe | None = None
@@ -234,19 +220,10 @@ def streaming_quantization(
     ``after_each`` is called after each weight is quantized (see ``quantize_graph``); ``recipe``'s own int8
     selections are added to the builder's per-node bit widths first (``add_int8_nodes``), for either pass.
     """
-    classes = _builder_model_classes()
-    stock = [cls.__dict__["to_nbits"] for cls in classes]
-    _STOCK_TO_NBITS.insert(0, stock[0])
 
-    def with_options(builder_model: Any) -> ir.Model:
+    def to_nbits(builder_model: Any, stock: Callable[[Any], ir.Model]) -> ir.Model:
         add_int8_nodes(builder_model, recipe)
-        return streaming_to_nbits(builder_model, after_each)
+        return streaming_to_nbits(builder_model, after_each, stock)
 
-    for cls in classes:
-        cls.to_nbits = streaming_to_nbits if after_each is None and recipe is None else with_options
-    try:
+    with to_nbits_replaced(to_nbits):
         yield
-    finally:
-        for cls, original in zip(classes, stock, strict=True):
-            cls.to_nbits = original
-        _STOCK_TO_NBITS.pop(0)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from llmflow.patches.onnxruntime_genai import build_stamp_from_package
+
 
 def package_commit() -> str | None:
     import onnxruntime_genai
@@ -22,14 +24,5 @@ def package_commit() -> str | None:
 @contextmanager
 def package_build_stamp() -> Iterator[None]:
     """Within this block the builder stamps the wheel's commit; outside it, as shipped."""
-    from llmflow.export.nbits import _builder_model_classes
-
-    classes = _builder_model_classes()
-    stock = [cls.__dict__["get_genai_commit"] for cls in classes]
-    for cls in classes:
-        cls.get_genai_commit = classmethod(lambda cls: package_commit())
-    try:
+    with build_stamp_from_package(package_commit):
         yield
-    finally:
-        for cls, original in zip(classes, stock, strict=True):
-            cls.get_genai_commit = original
