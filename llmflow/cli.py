@@ -1,4 +1,4 @@
-"""The one command-line layer every step shares: ``steps/<name>.py`` calls ``run_step(<step function>)``.
+"""The one command-line layer every step shares: ``steps/<name>.py`` is ``main = step_main(<step function>)``.
 
 A step function takes one argument, ``options``, annotated with its options class (``llmflow.options``);
 the parser is built from that class, and its first docstring line is the step's description. A step's
@@ -79,3 +79,12 @@ def run_step(step: Callable[..., Any], argv: list[str] | None = None, entry_poin
         os._exit(exc.exit_code)
     # What a later task of a Databricks job reads as {{tasks.<step>.values.<name>}}.
     task_values.publish(result)
+
+
+def step_main(step: Callable[..., Any], entry_point: str | None = None) -> Callable[[list[str] | None], None]:
+    """The ``main(argv=None)`` of a script under ``steps/``: ``run_step`` of ``step``."""
+
+    def main(argv: list[str] | None = None) -> None:
+        run_step(step, argv, entry_point)
+
+    return main

@@ -10,12 +10,9 @@ from pathlib import Path
 _root = Path(inspect.currentframe().f_code.co_filename).resolve().parents[1]
 sys.path.insert(0, str(_root if (_root / "llmflow").is_dir() else Path.cwd()))
 from llmflow.batch_predict import batch_predict  # noqa: E402
-from llmflow.cli import run_step  # noqa: E402
+from llmflow.cli import step_main  # noqa: E402
 
-
-def main(argv: list[str] | None = None) -> None:
-    run_step(batch_predict, argv)
-
+main = step_main(batch_predict)
 
 if __name__ == "__main__":
     main()

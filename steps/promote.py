@@ -9,13 +9,10 @@ from pathlib import Path
 # job runs a copy of this file from elsewhere, in the project folder it changes into.
 _root = Path(inspect.currentframe().f_code.co_filename).resolve().parents[1]
 sys.path.insert(0, str(_root if (_root / "llmflow").is_dir() else Path.cwd()))
-from llmflow.cli import run_step  # noqa: E402
+from llmflow.cli import step_main  # noqa: E402
 from llmflow.promote import promote  # noqa: E402
 
-
-def main(argv: list[str] | None = None) -> None:
-    run_step(promote, argv)
-
+main = step_main(promote)
 
 if __name__ == "__main__":
     main()

@@ -30,7 +30,7 @@ from mlflow.projects.docker import validate_docker_env
 from mlflow.utils.mlflow_tags import MLFLOW_DOCKER_IMAGE_ID, MLFLOW_PROJECT_BACKEND
 from mlproject import mlproject_parameters
 
-from llmflow import PROJECT_ROOT
+from llmflow import PROJECT_ROOT, cli
 from llmflow.cli import options_class
 from llmflow.options import parse
 from llmflow.tracking.digest import CODE_ROOTS, code_digest
@@ -68,7 +68,7 @@ def _parsed_step_args(entry_point: str, argv: list[str], monkeypatch: pytest.Mon
     def fake_run_step(step: Any, argv: list[str] | None = None, entry_point: str | None = None) -> None:
         parsed.update(parse(options_class(step), entry_point or step.__name__, "", argv).params())
 
-    monkeypatch.setattr(module, "run_step", fake_run_step)
+    monkeypatch.setattr(cli, "run_step", fake_run_step)  # what the step's main calls
     module.main(argv)
     return parsed
 

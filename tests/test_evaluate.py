@@ -12,13 +12,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
 
 import steps.evaluate as evaluate_step
-from llmflow import PROJECT_ROOT
+from llmflow import PROJECT_ROOT, cli
+from llmflow.cli import options_class
 from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
 from llmflow.evaluate import EvaluateOptions, EvaluationSettings, evaluate, validate_evaluate_options
@@ -27,7 +29,7 @@ from llmflow.evaluation.qa import QAPair
 from llmflow.export_onnx import ExportOptions
 from llmflow.log_pyfunc import LogPyfuncOptions
 from llmflow.log_transformers import LogTransformersOptions
-from llmflow.options import build
+from llmflow.options import build, parse
 from llmflow.register import RegisterOptions
 from llmflow.rollback import RollbackOptions, rollback
 from llmflow.tracking.names import TAG_ERROR, TAG_EVAL_MAX_QUESTIONS
@@ -217,10 +219,11 @@ def test_bad_eval_files_are_refused(tmp_path: Path, content: str, message: str):
 def test_step_script_takes_its_defaults_from_mlproject(monkeypatch):
     calls = []
 
-    def fake_evaluate(options: EvaluateOptions) -> None:
-        calls.append(options.params())
+    def fake_run_step(step: Any, argv: list[str] | None = None, entry_point: str | None = None) -> None:
+        assert step is evaluate
+        calls.append(parse(options_class(step), "evaluate", "", argv).params())
 
-    monkeypatch.setattr(evaluate_step, "evaluate", fake_evaluate)
+    monkeypatch.setattr(cli, "run_step", fake_run_step)  # what the script's main calls
     evaluate_step.main(["--registered-model-name", "tiny"])
     evaluate_step.main(["--registered-model-name", "tiny", "--eval-max-new-tokens", "16.0", "--min-scores", "none"])
     assert calls[0] == {

@@ -163,7 +163,8 @@ def _as_published(model_dir: Path, out_dir: Path) -> Path:
 
 @pytest.mark.parametrize("form", ["transformers 5", "published"])
 def test_the_stock_builder_cannot_read_gemma3_rope_parameters(form: str, family_dirs, tmp_path: Path):
-    """The bug ``llmflow.patches.onnxruntime_genai.gemma3_rope_per_layer_type`` works around; if this fails, the builder fixed it."""
+    """The bug ``llmflow.patches.onnxruntime_genai.gemma3_rope_per_layer_type`` works around; if this fails, the
+    builder fixed it."""
     from onnxruntime_genai.models import builder
 
     model_dir = family_dirs["gemma-3"]

@@ -78,7 +78,8 @@ def test_the_fp32_export_computes_the_logits_transformers_does(name: str, shape_
 
 
 def test_the_stock_builder_fails_on_a_transformers_5_longrope_config(shape_dirs, tmp_path: Path):
-    """The bug ``llmflow.patches.onnxruntime_genai.longrope_type_key`` works around; if this fails, the builder fixed it."""
+    """The bug ``llmflow.patches.onnxruntime_genai.longrope_type_key`` works around; if this fails, the builder
+    fixed it."""
     from onnxruntime_genai.models import builder
 
     args = (None, str(shape_dirs["phi-3.5-mini"]), str(tmp_path / "out"), "fp32", "cpu", str(tmp_path / "cache"))
