@@ -68,7 +68,7 @@ CHAT_EXAMPLE = {"messages": [{"role": "user", "content": "What is the capital of
 # The generation options of a chat request that MLflow's llm/v1/chat signature types; ``seed`` is not one of them.
 CHAT_OPTIONS = ("temperature", "max_tokens", "top_p", "top_k", "stop")
 # Greedy by default, as in the smoke test and the evaluation; a request can switch sampling on.
-SAMPLING_DEFAULTS: dict[str, Any] = {"temperature": 0.0, "top_p": 1.0, "top_k": 50}
+SAMPLING_DEFAULTS: dict[str, Any] = {k: v for k, v in GENERATION_DEFAULTS.items() if k != "max_new_tokens"}
 PARAM_DTYPES = {"max_new_tokens": "long", "temperature": "double", "top_p": "double", "top_k": "long"}
 # ``response_format`` travels as JSON text, in a column or a param: a ParamSpec takes only scalars (or lists of them),
 # and a column typed Object has fixed properties, so neither could carry an arbitrary JSON schema as a dict. So do

@@ -25,6 +25,7 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from llmflow import PROJECT_ROOT
 from llmflow.download import DownloadOptions, is_local_reference
@@ -152,7 +153,30 @@ def run_chain(options: MainOptions) -> ChainResult:
     Every option is checked (inside this run) before any child run starts.
     """
     with step_run("main", options) as parent:
+        name_for_people(parent, options)
         return _chain(parent, options)
+
+
+EXPERIMENT_DESCRIPTION = (
+    "Runs of llmflow, the MLflow project that takes a Hugging Face chat model to production: each `main` run holds "
+    "its steps (download, export_onnx, log_transformers, log_pyfunc, register, evaluate) as nested runs. "
+    "Registered models: <name>-onnx and <name>-transformers, with the aliases challenger and champion."
+)
+
+
+def main_run_name(options: MainOptions) -> str:
+    """What the UI calls a ``main`` run: ``main: <registered name> <precision>`` (MLflow's own is a random pair
+    of words)."""
+    return f"main: {options.registered_model_name} {options.export.precision}"
+
+
+def name_for_people(run: Run, options: MainOptions) -> None:
+    """Give the ``main`` run a readable name, and its experiment a description when it has none."""
+    client = MlflowClient()
+    client.set_tag(run.info.run_id, MLFLOW_RUN_NAME, main_run_name(options))
+    experiment = client.get_experiment(run.info.experiment_id)
+    if not experiment.tags.get(MLFLOW_RUN_NOTE):
+        client.set_experiment_tag(run.info.experiment_id, MLFLOW_RUN_NOTE, EXPERIMENT_DESCRIPTION)
 
 
 def _absolute(path: str) -> str:

@@ -139,7 +139,9 @@ def _wait_stopped(proc: subprocess.Popen, pids: set[int], timeout: float = 120) 
 def test_ctrl_c_on_mlflow_run_main_stops_the_export_and_the_rerun_runs_it_again(project, slow_model, store):
     root, client, env = store
     command = [sys.executable, "-m", "mlflow", "run", str(project), "-e", "main", "--env-manager", "local"]
+    # The rerun goes through evaluate: 2 short answers and 64 held-out tokens are enough to finish it.
     params = [f"model={slow_model}", f"registered_model_name={NAME}", "eval_max_heldout_tokens=64"]
+    params += ["eval_max_questions=2", "eval_max_new_tokens=8"]
     command += [arg for param in params for arg in ("-P", param)]
     # A terminal job: its own process group, which Ctrl-C signals as a whole.
     proc = subprocess.Popen(

@@ -143,6 +143,9 @@ def test_main_runs_every_step_nested_and_finished(cold_run, store, client):
     assert all(r.info.status == "FINISHED" for r in children)
     # Each step run is named after its place in the chain, so the UI's run tree reads as the chain.
     assert sorted(r.info.run_name for r in children) == sorted(EVERY_STEP)
+    # main itself has a name a person recognises (not MLflow's random pair of words), its experiment a description.
+    assert main.info.run_name == "main: e2e int4"
+    assert client.get_experiment(store[1]).tags["mlflow.note.content"].startswith("Runs of llmflow")
     assert _reused(client, store[1]) == []
     # The summary loads no model: it says how to serve the champion and how to rerun each step alone.
     assert "python -m llmflow.serving.openai_server --model-uri 'models:/e2e-onnx@champion'" in cold_run.stdout
