@@ -15,10 +15,12 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # matplotlib takes a second to import; only the plots need it
+    from matplotlib.figure import Figure
 
 METRICS_PLOT = "metrics.png"
 LATENCY_PLOT = "latency.png"
@@ -60,6 +62,8 @@ def colours_for(columns: Sequence[str]) -> dict[str, str]:
 
 
 def save_figure(figure: Figure, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(figure)
     # No software/date metadata, so the same input gives the same bytes.
     figure.savefig(path, dpi=_DPI, metadata={"Software": None})
@@ -74,6 +78,8 @@ def plot_metrics(table: Mapping[str, Mapping[str, float]], colours: Mapping[str,
     others = [n for n in names if n not in quality]
     per_row = 3
     other_rows = math.ceil(len(others) / per_row)
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(10, 4.2 + 2.8 * other_rows), layout="constrained")
     grid = figure.add_gridspec(1 + other_rows, per_row, height_ratios=[1.5] + [1] * other_rows)
     axes = figure.add_subplot(grid[0, :])
@@ -118,6 +124,8 @@ def plot_latency(latencies: Mapping[str, np.ndarray], colours: Mapping[str, str]
     """One box per model (seconds); p50 is the box's middle line, p95 a red diamond; both under the box."""
     columns = list(latencies)
     data = [latencies[c] for c in columns]
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(max(6.0, 2.2 * len(columns) + 2), 4.8), layout="constrained")
     axes = figure.add_subplot()
     boxes = axes.boxplot(data, patch_artist=True, widths=0.5, medianprops={"color": "black", "linewidth": 2})

@@ -22,14 +22,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ml_dtypes
 import numpy as np
-import onnx_ir as ir
 
 from llmflow.export.recipe import Int4Recipe
 from llmflow.patches.onnxruntime_genai import to_nbits_replaced
+
+if TYPE_CHECKING:  # onnx_ir and ml_dtypes take seconds to import; only an export needs them
+    import onnx_ir as ir
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ def _block_quantizer(bits: int, block_size: int, is_symmetric: bool, accuracy_le
 
 def _quantize_node(graph: ir.Graph, node: ir.Node, quantizer: Any, bits: int, block_size: int, accuracy_level: int):
     """Replace one ``MatMul`` with a constant 2-D weight by ``MatMulNBits``, as ``quantize_matmul`` builds it."""
+    import ml_dtypes
+    import onnx_ir as ir
+
     weight = node.inputs[1]
     # The builder's weights are transposed torch views; the quantizer's kernel reads its input as row-major.
     array = np.ascontiguousarray(weight.const_value.numpy())
