@@ -17,7 +17,7 @@ export PATH := $(BIN):$(PATH)
 # The demo and the tests never reach the Hugging Face Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: FORCE venv system-deps tiny smollm2 demo test test-fast bench bench-deps bench-quality bench-scale lint clean
+.PHONY: FORCE venv system-deps tiny smollm2 demo test test-fast bench bench-deps bench-quality bench-scale lint docs clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -113,5 +113,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check llmflow steps tests bench scripts
 	$(BIN)/ruff format --check llmflow steps tests bench scripts
 
+# The documentation site (README.md is the short guide; docs/ the rest), into site/: a broken link or anchor fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build mlflow.db mlruns mlartifacts bench-results
+	rm -rf $(VENV) build mlflow.db mlruns mlartifacts bench-results site
