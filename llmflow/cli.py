@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, get_type_hints
 
 from llmflow.errors import Cancelled, PipelineError
@@ -33,12 +34,39 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _raise_cancelled(signum: int, _frame: object) -> None:
+# Calls a signal must not interrupt: a tracking or registry store call stopped between its query and the end of its
+# fetch leaves the SQLite cursor alive (the traceback keeps its frames), holding the database's shared lock, and the
+# step's own write of its KILLED status then fails with "database is locked". The signal waits for the call to end.
+DEFERRED_IN = ("sqlalchemy", "sqlite3", "mlflow.store.tracking", "mlflow.store.model_registry", "mlflow.store.db")
+RECHECK_SECONDS = 0.05
+_pending: list[int] = []
+
+
+def in_store_call(frame: FrameType | None) -> bool:
+    """Whether ``frame`` or a frame that called it runs code of ``DEFERRED_IN``."""
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith(DEFERRED_IN):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _raise_cancelled(signum: int, frame: FrameType | None) -> None:
     # One signal starts the cleanup; a second (Ctrl-C pressed twice, or the SIGTERM that `mlflow run` sends after
     # the terminal's SIGINT) must not interrupt it. What does not stop in time gets SIGKILL from whoever started it.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    raise Cancelled(signum)
+    _pending[:] = [signum]
+    _raise_when_outside_store_calls(signal.SIGALRM, frame)
+
+
+def _raise_when_outside_store_calls(_alarm: int, frame: FrameType | None) -> None:
+    if not _pending:
+        return
+    if in_store_call(frame):
+        signal.setitimer(signal.ITIMER_REAL, RECHECK_SECONDS)  # look again once the call has moved on
+        return
+    raise Cancelled(_pending.pop())
 
 
 def cancel_on_signals() -> None:
@@ -46,11 +74,13 @@ def cancel_on_signals() -> None:
 
     SIGTERM is how Databricks and Kubernetes cancel (Python's default dies on it without ending the run, and as a
     container's PID 1 Python ignores it altogether); SIGINT is Ctrl-C. Only the main thread can install handlers.
+    A signal that lands inside a tracking store call is raised once that call has returned (``DEFERRED_IN``).
     """
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _raise_cancelled)
+    signal.signal(signal.SIGALRM, _raise_when_outside_store_calls)
 
 
 def run_step(step: Callable[..., Any], argv: list[str] | None = None, entry_point: str | None = None) -> None:

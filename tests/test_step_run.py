@@ -1,36 +1,101 @@
-"""``step_run`` records a cancelled step on its run even when the signal lands inside an MLflow read."""
+"""A step cancelled by a signal records it on its run even when the signal lands inside an MLflow store call.
+
+Raised there, the ``Cancelled`` left the call's SQLite cursor alive in the traceback's frames, holding the database's
+shared lock: the step's own write of its KILLED status then failed with "database is locked" and the step exited 1
+(CI, ``test_cancel``). The handler now waits for the store call to return (``llmflow.cli.DEFERRED_IN``).
+"""
 
 from __future__ import annotations
 
+import os
 import signal
+import time
+import traceback
+from collections.abc import Iterator
 
 import mlflow
 import pytest
 from sqlalchemy import event
+from sqlalchemy.orm import loading
 
+from llmflow import cli
 from llmflow.errors import Cancelled
 from llmflow.tracking.names import TAG_ERROR
 from llmflow.tracking.runs import step_run
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
 
-def test_a_signal_inside_a_read_still_ends_the_run_killed(tracking_uri: str):
-    """SIGTERM between a query and its fetch once left an open SQLite cursor in the traceback's frames: the step's
-    own write of the KILLED status then failed with "database is locked" (CI, test_cancel) and the step exited 1."""
-    engine = mlflow.tracking._tracking_service.utils._get_store().engine
-    armed = []
 
-    def cancel_after_a_select(conn, cursor, statement, *args) -> None:
-        if armed and statement.lstrip().upper().startswith("SELECT"):
-            armed.clear()
-            raise Cancelled(signal.SIGTERM)  # as the step's handler does, mid-read
+@pytest.fixture
+def step_handlers() -> Iterator[None]:
+    """The step's signal handlers, as ``run_step`` installs them; pytest's own are put back afterwards."""
+    before = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    cli.cancel_on_signals()
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
 
-    event.listen(engine, "after_cursor_execute", cancel_after_a_select)
-    try:
-        with pytest.raises(Cancelled), step_run("export_onnx", {"precision": "int4"}) as run:
-            armed.append(True)
-            mlflow.get_run(run.info.run_id)
-    finally:
-        event.remove(engine, "after_cursor_execute", cancel_after_a_select)
 
+def _wait_for_the_signal(seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+
+
+def _cancelled_during_a_read(arm: dict[str, bool]) -> tuple[mlflow.entities.Run, BaseException]:
+    with pytest.raises(Cancelled) as info, step_run("export_onnx", {"precision": "int4"}) as run:
+        arm["on"] = True
+        mlflow.get_run(run.info.run_id)  # the signal arrives inside this read
+        _wait_for_the_signal()  # and is raised at the first moment outside it
+    return run, info.value
+
+
+def _assert_killed_and_raised_outside_the_store(run: mlflow.entities.Run, cancelled: BaseException) -> None:
     ended = mlflow.get_run(run.info.run_id)
     assert (ended.info.status, ended.data.tags[TAG_ERROR]) == ("KILLED", "cancelled by SIGTERM")
+    where = traceback.extract_tb(cancelled.__traceback__)
+    assert not any("sqlalchemy" in frame.filename for frame in where), [f.name for f in where]
+
+
+def test_a_signal_between_a_query_and_its_fetch_waits_for_the_read(tracking_uri: str, step_handlers: None):
+    engine = mlflow.tracking._tracking_service.utils._get_store().engine
+    arm = {"on": False}
+
+    def signal_after_a_select(conn, cursor, statement, *args) -> None:
+        if arm["on"] and statement.lstrip().upper().startswith("SELECT"):
+            arm["on"] = False
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    event.listen(engine, "after_cursor_execute", signal_after_a_select)
+    try:
+        run, cancelled = _cancelled_during_a_read(arm)
+    finally:
+        event.remove(engine, "after_cursor_execute", signal_after_a_select)
+    _assert_killed_and_raised_outside_the_store(run, cancelled)
+
+
+def test_a_signal_while_rows_are_loaded_waits_for_the_read(
+    tracking_uri: str, step_handlers: None, monkeypatch: pytest.MonkeyPatch
+):
+    """Where CI's run of test_cancel was hit: inside the ORM's row loading, with the cursor half read."""
+    arm = {"on": False}
+    real = loading._instance_processor
+
+    def signal_while_loading(*args, **kwargs):
+        if arm["on"]:
+            arm["on"] = False
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "_instance_processor", signal_while_loading)
+    run, cancelled = _cancelled_during_a_read(arm)
+    _assert_killed_and_raised_outside_the_store(run, cancelled)
+
+
+def test_outside_a_store_call_the_signal_is_raised_at_once(step_handlers: None):
+    with pytest.raises(Cancelled) as info:
+        os.kill(os.getpid(), signal.SIGINT)
+        _wait_for_the_signal()
+    assert info.value.signal_name == "SIGINT"
+    assert not cli.in_store_call(None)

@@ -6,12 +6,10 @@ what they write are in ``llmflow.tracking.names``.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import subprocess
 import sys
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import distributions, version
@@ -106,23 +104,6 @@ def seed_everything(seed: int = SEED) -> None:
         torch.manual_seed(seed)
 
 
-def release_interrupted_reads(exc: BaseException) -> None:
-    """Let go of what a signal interrupted, before the run is written to.
-
-    A signal can land inside an MLflow read, between the query and its fetch. The interrupted frames, kept alive by
-    the exception's traceback, then hold an open SQLite cursor and so the database's shared lock: the next write of
-    this same process waits on it and fails with "database is locked". Clearing those frames (the traceback itself
-    stays, for whoever prints it) and collecting what they held closes the cursor.
-    """
-    seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen:  # the exceptions it was raised from hold frames too
-        seen.add(id(link))
-        traceback.clear_frames(link.__traceback__)
-        link = link.__cause__ or link.__context__
-    gc.collect()
-
-
 @contextmanager
 def step_run(step: str, options: StepOptions | dict[str, Any]) -> Iterator[Run]:
     """Run the body inside this step's MLflow run, record its parameters, and check its options there.
@@ -160,7 +141,6 @@ def step_run(step: str, options: StepOptions | dict[str, Any]) -> Iterator[Run]:
             mlflow.set_tag(TAG_ERROR, str(exc))
             raise
         except Cancelled as exc:
-            release_interrupted_reads(exc)
             mlflow.set_tag(TAG_ERROR, str(exc))
             mlflow.end_run("KILLED")
             raise
