@@ -91,11 +91,12 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt $(LLAMA_DIR)/cmake-args
 bench-deps: $(BENCH_STAMP)
 
 # Speed of the ONNX pyfunc against a bare onnxruntime-genai loop, transformers and HTTP serving, concurrent clients,
-# and onnxruntime-genai against llama.cpp (figures, not a test).
-bench: $(STAMP) $(BENCH_STAMP)
+# onnxruntime-genai against llama.cpp, and og.Engine against the endpoint's scheduler (figures, not a test).
+bench: $(STAMP) $(BENCH_STAMP) smollm2
 	$(BIN)/python -m bench.benchmark
 	$(BIN)/python -m bench.concurrency
 	$(BIN)/python -m bench.llamacpp
+	$(BIN)/python -m bench.engine
 
 # int4 recipes on the real model and its rotated copy (perplexity ratio, greedy agreement, size, decode speed), and
 # llama.cpp's Q4_K_M/Q4_0/Q8_0 on the same float weights (figures, not a test).
