@@ -201,6 +201,46 @@ def format_goals(verdicts: dict[str, dict[str, Any]]) -> str:
     )
 
 
+def format_probes(probes: dict[str, Any], short: int, long: int) -> str:
+    """The probes in a few lines: threads, the profile's big shares, the kernel table, the padded-batch check."""
+    lines = []
+    if "threads" in probes:
+        one, two = probes["threads"]["intra_op_1"], probes["threads"]["default"]
+        lines.append(
+            f"intra-op threads 1 against the default: decode {one['decode_tokens_per_s']:.1f} against "
+            f"{two['decode_tokens_per_s']:.1f} tok/s, TTFT {long} {one[f'ttft_ms_{long}']:.0f} against "
+            f"{two[f'ttft_ms_{long}']:.0f} ms"
+        )
+    for phase, figures in probes.get("ort_profile", {}).items():
+        top = ", ".join(f"{op} {share:.0%}" for op, share in list(figures["share_by_operator"].items())[:3])
+        lines.append(
+            f"profile, {phase}: {figures['run_ms']:.1f} ms a run; {top}; LM head {figures['lm_head_share']:.0%}"
+        )
+    kernels = probes.get("matmul_nbits_kernels", [])
+    if kernels:
+        rows = sorted({(k["bits"], k["symmetric"], k["accuracy_level"]) for k in kernels}, key=lambda r: (-r[2], r))
+        columns = sorted({(k["matmul"], k["M"]) for k in kernels}, key=lambda c: (c[0] != "gate_proj", c[1]))
+        lines += [
+            "| MatMulNBits alone, GFLOP/s | " + " | ".join(f"{name} M={m}" for name, m in columns) + " |",
+            "|---|" + "---:|" * len(columns),
+        ]
+        gflops = {(k["bits"], k["symmetric"], k["accuracy_level"], k["matmul"], k["M"]): k["gflops"] for k in kernels}
+        for bits, symmetric, level in rows:
+            label = f"{bits} bits {'sym' if symmetric else 'asym'}, level {level}"
+            lines.append(
+                f"| {label} | " + " | ".join(f"{gflops[(bits, symmetric, level, *c)]:.1f}" for c in columns) + " |"
+            )
+    if "padded_batch_equals_alone" in probes:
+        lines.append(f"a right-padded batch answers as each prompt alone: {probes['padded_batch_equals_alone']}")
+    for key, figures in probes.items():
+        if key.startswith("prompt_cache_"):
+            lines.append(
+                f"{key}: TTFT {figures['ttft_ms_cache_off']:.0f} ms with cache_prompt off, "
+                f"{figures['ttft_ms_cache_on']:.0f} ms on (the same prompt again)"
+            )
+    return "\n".join(lines)
+
+
 def profile_by_operator(events: list[dict[str, Any]], prefill_runs: int) -> dict[str, Any]:
     """An onnxruntime profile (``enable_profiling``'s JSON events) summed by operator type, for the ``prefill_runs``
     longest ``model_run`` events (the prefills) and for the rest (decode steps) apart: milliseconds per run, and the
@@ -319,6 +359,22 @@ def matmul_nbits_probe(shapes: dict[str, tuple[int, int]], rows: tuple[int, ...]
                     }
                 )
     return figures
+
+
+def padded_batch_equals_alone(onnx_dir: Path, prompts: list[list[int]], pad: int, new_tokens: int) -> bool:
+    """Whether prompts of different lengths in one right-padded batch (as the endpoint batches them,
+    ``llmflow.serving.generation.start``) get the greedy tokens each gets alone."""
+    import onnxruntime_genai as og
+
+    from llmflow.serving import generation
+
+    model = og.Model(str(onnx_dir))
+    alone = [generation.greedy(model, ids, new_tokens)[0] for ids in prompts]
+    rows: list[list[int]] = [[] for _ in prompts]
+    for step in generation.steps(generation.start(model, prompts, pad, new_tokens)):
+        for row, token in zip(rows, step, strict=True):
+            row.append(token)
+    return all(row[: len(one)] == one for row, one in zip(rows, alone, strict=True))
 
 
 def quietly(name: str, run_once: Callable[[], dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
@@ -474,7 +530,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             base, contents[0], args.max_tokens
                         )
         if args.probes:
-            probes |= run_probes(onnx_dirs[ORT_DEFAULT], cases, specs[ORT_DEFAULT], single[ORT_DEFAULT], tmp, args)
+            probes |= run_probes(
+                onnx_dirs, int(tokenizer.pad_token_id), cases, specs[ORT_DEFAULT], single[ORT_DEFAULT], tmp, args
+            )
     scaling = (
         clients["project endpoint (onnxruntime-genai int4)"]["rounds"][-1]["tokens_per_second"]
         / clients["project endpoint (onnxruntime-genai int4)"]["rounds"][0]["tokens_per_second"]
@@ -517,15 +575,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_probes(
-    onnx_dir: Path,
+    onnx_dirs: dict[str, Path],
+    pad: int,
     cases: list[dict[str, Any]],
     spec: dict[str, Any],
     default: dict[str, Any],
     work: Path,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """What limits onnxruntime-genai: one intra-op thread against the default (``default``'s figures), and an
-    onnxruntime profile of one long prompt (prefill) and its new tokens (decode steps), after a warm-up request."""
+    """What limits onnxruntime-genai: one intra-op thread against the default (``default``'s figures); an
+    onnxruntime profile of one long prompt (prefill) and its new tokens (decode steps), after a warm-up request;
+    each MatMulNBits kernel alone (``matmul_nbits_probe``); whether each export keeps a padded batch's answers."""
     short, long = args.prompt_lengths
     one_thread = run_single("onnxruntime-genai 1 thread", {**spec, "session_options": {"intra_op_num_threads": 1}},
                             work, args)  # fmt: skip
@@ -546,9 +606,24 @@ def run_probes(
     run_worker("onnxruntime-genai_profile", profiled, work, "bench.peer_workers")
     [profile_file] = sorted(work.glob("ort-profile*.json"))
     profile = profile_by_operator(json.loads(profile_file.read_text()), prefill_runs=2)
-    kernels = quietly("MatMulNBits probe", lambda: {"figures": matmul_nbits_probe(PROBE_SHAPES, (1, short)),
-                                                       "other_cpu_cores": 0.0}, args)  # fmt: skip
-    return {"threads": threads, "ort_profile": profile, "matmul_nbits_kernels": kernels["figures"]}
+    # prune_lm_head keeps the last position's logits, which in a right-padded batch is a pad for the shorter rows.
+    padded = [case["prompt_ids"][0] for case in cases]  # one short and one long prompt
+    batch_equal = {
+        variant: padded_batch_equals_alone(onnx_dirs[name], padded, pad, 12) for name, variant in ORT_VARIANTS.items()
+    }
+
+    def kernels_once() -> dict[str, Any]:
+        meter = OtherLoad()
+        return {"figures": matmul_nbits_probe(PROBE_SHAPES, (1, short)), "other_cpu_cores": meter.cores()}
+
+    kernels = quietly("MatMulNBits probe", kernels_once, args)
+    return {
+        "threads": threads,
+        "ort_profile": profile,
+        "matmul_nbits_kernels": kernels["figures"],
+        "matmul_nbits_other_cpu_cores": kernels["other_cpu_cores"],
+        "padded_batch_equals_alone": batch_equal,
+    }
 
 
 def main() -> None:
@@ -584,7 +659,7 @@ def main() -> None:
         print(format_clients_table(result))
     print(format_goals(result["goals"]))
     if result["probes"]:
-        print(f"probes: {json.dumps(result['probes'], indent=None)[:2000]}")
+        print(format_probes(result["probes"], short, long))
     busy = {n: round(e["other_cpu_cores"], 2) for n, e in result["single"].items() if e["other_cpu_cores"] >= 0.2}
     if busy:
         print(f"WARNING: other processes used CPU (cores) during {busy}: those figures are slowed by them")

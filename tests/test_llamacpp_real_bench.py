@@ -10,6 +10,7 @@ from bench.llamacpp_real import (
     chat_prompts,
     format_clients_table,
     format_goals,
+    format_probes,
     format_single_table,
     goal_verdicts,
     profile_by_operator,
@@ -157,3 +158,34 @@ def test_cases_are_measured_each_with_its_own_new_tokens():
         0,
         0,
     ]
+
+
+def test_the_probes_print_threads_profile_kernels_and_the_padded_batch():
+    kernel = {"matmul": "lm_head", "M": 1, "bits": 4, "symmetric": True, "accuracy_level": 4, "gflops": 19.04}
+    probes = {
+        "threads": {
+            "intra_op_1": {"decode_tokens_per_s": 80.0, "ttft_ms_512": 900.0},
+            "default": {"decode_tokens_per_s": 120.0, "ttft_ms_512": 500.0},
+        },
+        "ort_profile": {
+            "decode": {
+                "run_ms": 8.0,
+                "share_by_operator": {"MatMulNBits": 0.7, "GroupQueryAttention": 0.3},
+                "lm_head_share": 0.25,
+            }
+        },
+        "matmul_nbits_kernels": [
+            kernel,
+            {**kernel, "M": 128, "gflops": 30.0},
+            {**kernel, "symmetric": False, "gflops": 3.4},
+        ]
+        + [{**kernel, "symmetric": False, "M": 128, "gflops": 21.4}],
+        "padded_batch_equals_alone": {"default": True, "prune_lm_head": False},
+        "prompt_cache_llama_server_Q4_0": {"ttft_ms_cache_off": 60.0, "ttft_ms_cache_on": 9.0},
+    }
+    text = format_probes(probes, 128, 512)
+    assert "decode 80.0 against 120.0 tok/s, TTFT 512 900 against 500 ms" in text
+    assert "MatMulNBits 70%, GroupQueryAttention 30%; LM head 25%" in text
+    assert "| 4 bits asym, level 4 | 3.4 | 21.4 |" in text and "| 4 bits sym, level 4 | 19.0 | 30.0 |" in text
+    assert "'prune_lm_head': False" in text
+    assert "TTFT 60 ms with cache_prompt off, 9 ms on" in text
