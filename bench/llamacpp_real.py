@@ -660,7 +660,8 @@ def main() -> None:
     print(format_goals(result["goals"]))
     if result["probes"]:
         print(format_probes(result["probes"], short, long))
-    busy = {n: round(e["other_cpu_cores"], 2) for n, e in result["single"].items() if e["other_cpu_cores"] >= 0.2}
+    measured = {**result["single"], **result["clients"]}
+    busy = {n: round(e["other_cpu_cores"], 2) for n, e in measured.items() if e["other_cpu_cores"] >= 0.2}
     if busy:
         print(f"WARNING: other processes used CPU (cores) during {busy}: those figures are slowed by them")
     print(f"results: {args.out}  (wall {result['wall_seconds']:.0f} s)")
