@@ -18,9 +18,11 @@ float HF folder of ``make smollm2``), in one run:
   ``cache_prompt`` off), driven by the same ``openai`` client code (``bench.concurrency``): 1, 4 and 16 clients,
   each sending ``--requests`` streamed greedy requests of ``--max-tokens`` tokens, 128-token prompts. A chat answer
   may end at EOS, so the tokens per request are recorded beside the rates.
-- **Probes** of what limits onnxruntime-genai (``--no-probes`` skips them): one intra-op thread against the default,
-  llama-server's prompt cache on a repeated prompt, and an onnxruntime profile of the default export (time per
-  operator type, prefill and decode apart; the LM head's share).
+- **What limits onnxruntime-genai**: a row of the default export with onnxruntime's intra-op threads set to the
+  cores (each row records its CPU over wall time), and probes (``--no-probes`` skips them): an onnxruntime profile
+  of the default export (time per operator type, prefill and decode apart; the LM head's share), each MatMulNBits
+  kernel alone (bits, symmetry, accuracy level), whether a right-padded batch keeps each prompt's answer with
+  ``prune_lm_head``, and llama-server's prompt cache on a repeated prompt.
 
 Every measurement waits for a quiet CPU and records the CPU other processes took (``bench.machine``). Writes JSON
 (``--out``) and prints the tables. Needs ``make bench-deps`` and ``make llama-server``.
@@ -67,6 +69,9 @@ ORT_VARIANTS = {
     f"{ORT_DEFAULT} +prune_lm_head": "prune_lm_head",
     f"{ORT_DEFAULT} plain": "plain",
 }
+# A row on the default export with onnxruntime's intra-op threads set to the cores: onnxruntime-genai's default keeps
+# one core busy here (the rows' CPU/wall), so this shows what the thread setting is worth.
+ORT_THREADS = f"{ORT_DEFAULT} {os.cpu_count()} intra-op threads"
 ORT_WEIGHTS = {
     "default": "int4 default recipe",
     "prune_lm_head": "int4 default recipe",
@@ -162,14 +167,14 @@ def format_single_table(result: dict[str, Any]) -> str:
     short, long = result["settings"]["prompt_lengths"]
     lines = [
         f"| engine | weights | size MB | decode tok/s | TTFT {short} ms | TTFT {long} ms | prefill tok/s @{long} "
-        "| peak RSS MB | other CPU |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU/wall | peak RSS MB | other CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, f in result["single"].items():
         lines.append(
             f"| {name} | {f['weights']} | {f['size_bytes'] / 1e6:.0f} | {f['decode_tokens_per_s']:.1f} | "
             f"{f[f'ttft_ms_{short}']:.1f} | {f[f'ttft_ms_{long}']:.1f} | {f[f'prefill_tokens_per_s_{long}']:.0f} | "
-            f"{f['peak_rss_mb']:.0f} | {f['other_cpu_cores']:.2f} |"
+            f"{f['cpu_per_wall']:.2f} | {f['peak_rss_mb']:.0f} | {f['other_cpu_cores']:.2f} |"
         )
     lines += ["", f"| {ORT_DEFAULT} as a multiple of | decode | TTFT {short} | TTFT {long} |", "|---|---:|---:|---:|"]
     for name, r in result["ratios"].items():
@@ -202,15 +207,8 @@ def format_goals(verdicts: dict[str, dict[str, Any]]) -> str:
 
 
 def format_probes(probes: dict[str, Any], short: int, long: int) -> str:
-    """The probes in a few lines: threads, the profile's big shares, the kernel table, the padded-batch check."""
+    """The probes in a few lines: the profile's big shares, the kernel table, the padded-batch check, the cache."""
     lines = []
-    if "threads" in probes:
-        one, two = probes["threads"]["intra_op_1"], probes["threads"]["default"]
-        lines.append(
-            f"intra-op threads 1 against the default: decode {one['decode_tokens_per_s']:.1f} against "
-            f"{two['decode_tokens_per_s']:.1f} tok/s, TTFT {long} {one[f'ttft_ms_{long}']:.0f} against "
-            f"{two[f'ttft_ms_{long}']:.0f} ms"
-        )
     for phase, figures in probes.get("ort_profile", {}).items():
         top = ", ".join(f"{op} {share:.0%}" for op, share in list(figures["share_by_operator"].items())[:3])
         lines.append(
@@ -485,10 +483,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             name: {**common, "worker": "onnxruntime-genai", "onnx_dir": str(path), "ignore_eos": True}
             for name, path in onnx_dirs.items()
         } | {llama_name(t): {**common, "worker": "llama.cpp", "gguf": str(path)} for t, path in ggufs.items()}
+        threads = {"intra_op_num_threads": os.cpu_count() or 1}
+        specs[ORT_THREADS] = {**specs[ORT_DEFAULT], "session_options": threads}
+        onnx_dirs_by_row = {**onnx_dirs, ORT_THREADS: onnx_dirs[ORT_DEFAULT]}
         raw = {name: run_single(name, spec, tmp, args) for name, spec in specs.items()}
-        sizes = {name: folder_bytes(path) for name, path in onnx_dirs.items()}
+        sizes = {name: folder_bytes(path) for name, path in onnx_dirs_by_row.items()}
         sizes |= {llama_name(t): path.stat().st_size for t, path in ggufs.items()}
         weights = {name: ORT_WEIGHTS[variant] for name, variant in ORT_VARIANTS.items()}
+        weights[ORT_THREADS] = ORT_WEIGHTS["default"]
         weights |= {llama_name(t): f"GGUF {t}" for t in LLAMA_TYPES}
         single = {}
         for name, result in raw.items():
@@ -500,6 +502,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "weights": weights[name],
                 "size_bytes": sizes[name],
                 "peak_rss_mb": result["peak_rss_mb"],
+                "cpu_per_wall": result["cpu_per_wall"],
                 "other_cpu_cores": result["other_cpu_cores"],
                 "attempts_other_cpu_cores": result["attempts_other_cpu_cores"],
             }
@@ -530,9 +533,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             base, contents[0], args.max_tokens
                         )
         if args.probes:
-            probes |= run_probes(
-                onnx_dirs, int(tokenizer.pad_token_id), cases, specs[ORT_DEFAULT], single[ORT_DEFAULT], tmp, args
-            )
+            probes |= run_probes(onnx_dirs, int(tokenizer.pad_token_id), cases, specs[ORT_DEFAULT], tmp, args)
     scaling = (
         clients["project endpoint (onnxruntime-genai int4)"]["rounds"][-1]["tokens_per_second"]
         / clients["project endpoint (onnxruntime-genai int4)"]["rounds"][0]["tokens_per_second"]
@@ -579,25 +580,13 @@ def run_probes(
     pad: int,
     cases: list[dict[str, Any]],
     spec: dict[str, Any],
-    default: dict[str, Any],
     work: Path,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """What limits onnxruntime-genai: one intra-op thread against the default (``default``'s figures); an
-    onnxruntime profile of one long prompt (prefill) and its new tokens (decode steps), after a warm-up request;
-    each MatMulNBits kernel alone (``matmul_nbits_probe``); whether each export keeps a padded batch's answers."""
+    """What limits onnxruntime-genai (the thread setting is a row of the table): an onnxruntime profile of one long
+    prompt (prefill) and its new tokens (decode steps), after a warm-up request; each MatMulNBits kernel alone
+    (``matmul_nbits_probe``); whether each export keeps a padded batch's answers."""
     short, long = args.prompt_lengths
-    one_thread = run_single("onnxruntime-genai 1 thread", {**spec, "session_options": {"intra_op_num_threads": 1}},
-                            work, args)  # fmt: skip
-    for case in cases:
-        for r in one_thread["cases"][case["name"]]:
-            r["prompt_tokens"] = int(case["name"])
-    figures = single_figures(one_thread["cases"], str(short), str(long))
-    threads = {
-        "intra_op_1": {k: figures[k] for k in ("decode_tokens_per_s", f"ttft_ms_{short}", f"ttft_ms_{long}")},
-        "default": {k: default[k] for k in ("decode_tokens_per_s", f"ttft_ms_{short}", f"ttft_ms_{long}")},
-        "other_cpu_cores": one_thread["other_cpu_cores"],
-    }
     prefix = work / "ort-profile"
     long_case = next(c for c in cases if c["name"] == str(long))
     profiled = {**spec, "cases": [{**long_case, "prompt_ids": long_case["prompt_ids"][:1],
@@ -618,7 +607,6 @@ def run_probes(
 
     kernels = quietly("MatMulNBits probe", kernels_once, args)
     return {
-        "threads": threads,
         "ort_profile": profile,
         "matmul_nbits_kernels": kernels["figures"],
         "matmul_nbits_other_cpu_cores": kernels["other_cpu_cores"],
@@ -637,7 +625,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="*", default=[1, 4, 16], help="Client counts (none: skip).")
     parser.add_argument("--requests", type=int, default=2, help="Requests each client sends in turn.")
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each client request (greedy).")
-    parser.add_argument("--no-probes", dest="probes", action="store_false", help="Skip the threads/profile probes.")
+    parser.add_argument(
+        "--no-probes", dest="probes", action="store_false", help="Skip the profile/kernel/cache probes."
+    )
     parser.add_argument("--quiet-wait", type=float, default=60.0, help="Seconds to wait for a quiet CPU (0: none).")
     parser.add_argument("--busy-retries", type=int, default=1, help="Measure again while others took CPU.")
     parser.add_argument("--llama-cpp", type=Path, default=None, help="The vendored llama.cpp tree of the sdist.")

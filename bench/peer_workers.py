@@ -46,17 +46,21 @@ def measure_requests(generate: Callable[[list[int]], dict[str, Any]], spec: dict
 
 def measure(generate: Callable[[list[int], int], dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
     """``requests`` for a spec of one prompt set, or ``cases`` (name: requests) for a spec with ``cases``,
-    each case measured as ``measure_requests`` does, with its own prompts and ``max_new_tokens``."""
+    each case measured as ``measure_requests`` does, with its own prompts and ``max_new_tokens``; and
+    ``cpu_per_wall``, the cores the process kept busy meanwhile (CPU seconds over wall seconds)."""
+    started, cpu = time.perf_counter(), time.process_time()
     if "cases" not in spec:
-        return {"requests": measure_requests(lambda ids: generate(ids, spec["max_new_tokens"]), spec)}
-    return {
-        "cases": {
-            case["name"]: measure_requests(
-                lambda ids, limit=case["max_new_tokens"]: generate(ids, limit), {**spec, **case}
-            )
-            for case in spec["cases"]
+        result = {"requests": measure_requests(lambda ids: generate(ids, spec["max_new_tokens"]), spec)}
+    else:
+        result = {
+            "cases": {
+                case["name"]: measure_requests(
+                    lambda ids, limit=case["max_new_tokens"]: generate(ids, limit), {**spec, **case}
+                )
+                for case in spec["cases"]
+            }
         }
-    }
+    return {**result, "cpu_per_wall": (time.process_time() - cpu) / (time.perf_counter() - started)}
 
 
 def longest_context(spec: dict[str, Any]) -> int:
