@@ -17,7 +17,7 @@ export PATH := $(BIN):$(PATH)
 # The demo and the tests never reach the Hugging Face Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: FORCE venv system-deps tiny smollm2 demo test test-fast bench bench-deps bench-quality bench-scale lint docs clean
+.PHONY: FORCE venv system-deps tiny smollm2 demo test test-fast bench bench-deps llama-server bench-quality bench-scale lint docs clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -90,12 +90,27 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt $(LLAMA_DIR)/cmake-args
 
 bench-deps: $(BENCH_STAMP)
 
+# llama.cpp's own OpenAI-compatible server, for bench/llamacpp_real.py's concurrent clients (llama-cpp-python serves
+# one sequence at a time): built with cmake from the vendored tree that bench-deps unpacks, with the same flags
+# (no AMX), no HTTPS and no curl, statically linked, under build/llama/server-build (minutes).
+LLAMA_SERVER := $(LLAMA_DIR)/server-build/bin/llama-server
+$(LLAMA_SERVER): $(BENCH_STAMP)
+	cmake -S $(LLAMA_DIR)/llama_cpp_python-$$(sed -n 's/^llama-cpp-python==//p' requirements-bench.txt)/vendor/llama.cpp \
+		-B $(LLAMA_DIR)/server-build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+		-DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+		$(LLAMA_CMAKE_ARGS)
+	cmake --build $(LLAMA_DIR)/server-build --target llama-server -j$$(nproc)
+
+llama-server: $(LLAMA_SERVER)
+
 # Speed of the ONNX pyfunc against a bare onnxruntime-genai loop, transformers and HTTP serving, concurrent clients,
-# onnxruntime-genai against llama.cpp, and og.Engine against the endpoint's scheduler (figures, not a test).
-bench: $(STAMP) $(BENCH_STAMP) smollm2
+# onnxruntime-genai against llama.cpp (on the random Phi-3, then side by side on the real model), and og.Engine against
+# the endpoint's scheduler (figures, not a test).
+bench: $(STAMP) $(BENCH_STAMP) $(LLAMA_SERVER) smollm2
 	$(BIN)/python -m bench.benchmark
 	$(BIN)/python -m bench.concurrency
 	$(BIN)/python -m bench.llamacpp
+	$(BIN)/python -m bench.llamacpp_real
 	$(BIN)/python -m bench.engine
 
 # int4 recipes on the real model and its rotated copy (perplexity ratio, greedy agreement, size, decode speed), and

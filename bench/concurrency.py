@@ -8,6 +8,9 @@ each sending ``--requests`` streamed greedy chat requests one after another with
 It reports aggregate generated tokens/s (all clients' tokens over the wall time), time to first token p50/p99,
 whether every answer equals the answer the same prompt got alone, and the server's memory: its RSS after the
 warm-up request and its peak (``bench.scale.monitor``, sampled every 0.5 s). Writes JSON (``--out``).
+
+The client part (``openai_client``, ``one_request``, ``run_round``) takes any OpenAI-compatible base URL:
+``bench.llamacpp_real`` drives llama.cpp's ``llama-server`` with it too (``project_server`` starts this project's).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +72,16 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 600) -> None:
     raise RuntimeError(f"the server was not ready within {timeout} s")
 
 
-def one_request(client: Any, content: str, max_tokens: int) -> dict[str, Any]:
+def openai_client(base: str) -> Any:
+    """The real ``openai`` client for the server at ``base`` (``http://host:port``): no retries, a long timeout."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=1800)
+
+
+def one_request(client: Any, content: str, max_tokens: int, extra_body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One streamed greedy chat request: TTFT (to the first content), seconds, completion and prompt tokens (the
+    server's ``usage``), the text. ``extra_body``: fields of a particular server (llama-server's ``cache_prompt``)."""
     started = time.perf_counter()
     stream = client.chat.completions.create(
         model="bench",
@@ -76,23 +90,37 @@ def one_request(client: Any, content: str, max_tokens: int) -> dict[str, Any]:
         temperature=0,
         stream=True,
         stream_options={"include_usage": True},
+        extra_body=extra_body,
     )
-    first, pieces, tokens = None, [], 0
+    first, pieces, tokens, prompt_tokens = None, [], 0, None
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             first = first if first is not None else time.perf_counter() - started
             pieces.append(chunk.choices[0].delta.content)
         if chunk.usage is not None:
-            tokens = chunk.usage.completion_tokens
-    return {"ttft": first, "seconds": time.perf_counter() - started, "tokens": tokens, "text": "".join(pieces)}
+            tokens, prompt_tokens = chunk.usage.completion_tokens, chunk.usage.prompt_tokens
+    return {
+        "ttft": first,
+        "seconds": time.perf_counter() - started,
+        "tokens": tokens,
+        "prompt_tokens": prompt_tokens,
+        "text": "".join(pieces),
+    }
 
 
-def run_round(client: Any, prompts: list[str], clients: int, requests: int, max_tokens: int) -> dict[str, Any]:
+def run_round(
+    client: Any,
+    prompts: list[str],
+    clients: int,
+    requests: int,
+    max_tokens: int,
+    extra_body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """``clients`` threads, each sending ``requests`` requests in turn; prompt ``(client * requests + i) % len``."""
 
     def worker(number: int) -> list[dict[str, Any]]:
         indexes = [(number * requests + i) % len(prompts) for i in range(requests)]
-        return [{**one_request(client, prompts[i], max_tokens), "prompt_index": i} for i in indexes]
+        return [{**one_request(client, prompts[i], max_tokens, extra_body), "prompt_index": i} for i in indexes]
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
@@ -109,6 +137,37 @@ def run_round(client: Any, prompts: list[str], clients: int, requests: int, max_
         "ttft_p99": ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))],
         "records": records,
     }
+
+
+def free_port() -> int:
+    """A port that nothing listens on now (the kernel's pick, on loopback)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def project_server(onnx_dir: Path, max_tokens: int, max_concurrent: int, tmp: Path) -> Iterator[tuple[str, Any]]:
+    """Log ``onnx_dir`` as the project's ONNX pyfunc in a new SQLite store under ``tmp``, serve it with
+    ``python -m llmflow.serving.openai_server`` on loopback; yield its base URL and process once it is ready."""
+    with tracking_store(tmp) as uri:
+        model_uri = log_model(onnx_dir, max_tokens)
+        port = free_port()
+        command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri]
+        command += ["--port", str(port), "--max-concurrent", str(max_concurrent), "--max-queue", "256"]
+        command += ["--log-level", "warning"]
+        env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}
+        with (tmp / "server.log").open("w") as log:
+            proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                base = f"http://127.0.0.1:{port}"
+                wait_ready(base, proc)
+                yield base, proc
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
 
 
 REAL_SHAPE = "phi3-mini"
@@ -136,39 +195,25 @@ def run(
     prompt_count: int = 16,
     prompt_tokens: int = 32,
 ) -> dict:
-    import openai
-
     from bench.scale.monitor import GIB, TreeSampler, status_kib
     from llmflow.export_onnx import ExportSettings, run_builder
 
     with tempfile.TemporaryDirectory(prefix="llmflow-conc-") as tmp_name:
         tmp = Path(tmp_name)
-        with tracking_store(tmp) as uri:
-            model_dir, parameters = build_model(shape, tmp)
-            prompts = [p.content for p in make_prompts(model_dir, prompt_count, prompt_tokens)]
-            onnx_dir = run_builder(model_dir, tmp / "onnx", ExportSettings(precision="int4"))
-            model_uri = log_model(onnx_dir, max_tokens)
-            port = 18000 + int(time.time()) % 1000
-            command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri]
-            command += ["--port", str(port), "--max-concurrent", str(max_concurrent), "--max-queue", "256"]
-            command += ["--log-level", "warning"]
-            env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}
-            with (tmp / "server.log").open("w") as log:
-                proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-                sampler = TreeSampler(proc.pid).start()
-                try:
-                    base = f"http://127.0.0.1:{port}"
-                    wait_ready(base, proc)
-                    client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=1800)
-                    one_request(client, prompts[0], max_tokens)  # warm-up
-                    warm_rss = status_kib(proc.pid, "VmRSS") * 1024
-                    alone = {i: one_request(client, p, max_tokens)["text"] for i, p in enumerate(prompts)}
-                    rounds = [run_round(client, prompts, n, requests, max_tokens) for n in clients]
-                finally:
-                    sampler.stop()
-                    sampler.sample()  # a last look: the server's VmHWM covers everything since it started
-                    proc.terminate()
-                    proc.wait(timeout=30)
+        model_dir, parameters = build_model(shape, tmp)
+        prompts = [p.content for p in make_prompts(model_dir, prompt_count, prompt_tokens)]
+        onnx_dir = run_builder(model_dir, tmp / "onnx", ExportSettings(precision="int4"))
+        with project_server(onnx_dir, max_tokens, max_concurrent, tmp) as (base, proc):
+            sampler = TreeSampler(proc.pid).start()
+            try:
+                client = openai_client(base)
+                one_request(client, prompts[0], max_tokens)  # warm-up
+                warm_rss = status_kib(proc.pid, "VmRSS") * 1024
+                alone = {i: one_request(client, p, max_tokens)["text"] for i, p in enumerate(prompts)}
+                rounds = [run_round(client, prompts, n, requests, max_tokens) for n in clients]
+            finally:
+                sampler.stop()
+                sampler.sample()  # a last look: the server's VmHWM covers everything since it started
     for r in rounds:
         r["alone_equal"] = all(rec["text"] == alone[rec["prompt_index"]] for rec in r["records"])
         del r["records"]

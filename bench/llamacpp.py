@@ -101,27 +101,38 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def convert_to_gguf(llama_cpp: Path, model_dir: Path, out: Path, work: Path) -> dict[str, Any]:
-    """llama.cpp's converter (f32 GGUF, ``bench/gguf_convert.py``), then its quantizer to Q4_0 at ``out``."""
-    f32 = work / "model-f32.gguf"
+def convert_f32(llama_cpp: Path, model_dir: Path, f32: Path, work: Path, converter: str = "phi3") -> float:
+    """llama.cpp's converter to an f32 GGUF at ``f32`` (``bench/gguf_convert.py``, ``converter`` ``phi3`` or
+    ``llama``, in a process of its own); returns its seconds."""
     started = time.perf_counter()
-    log = work / "convert.log"
+    log = work / f"convert-{f32.stem}.log"
     with log.open("wb") as sink:
         done = subprocess.run(
-            [sys.executable, str(PROJECT_ROOT / "bench" / "gguf_convert.py"), str(llama_cpp), str(model_dir), str(f32)],
+            [sys.executable, str(PROJECT_ROOT / "bench" / "gguf_convert.py"), str(llama_cpp), str(model_dir), str(f32),
+             converter],
             cwd=PROJECT_ROOT,
             stdout=sink,
             stderr=subprocess.STDOUT,
             check=False,
-        )
+        )  # fmt: skip
     if done.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
         raise RuntimeError(f"convert_hf_to_gguf failed with exit code {done.returncode}:\n{tail}")
-    converted = time.perf_counter() - started
-    quantized = run_worker(
-        "quantize", {"worker": "quantize", "source": str(f32), "target": str(out)}, work, module="bench.peer_workers"
-    )
-    return {"convert_seconds": converted, "quantize_seconds": quantized["seconds"], "f32_bytes": f32.stat().st_size}
+    return time.perf_counter() - started
+
+
+def quantize_gguf(f32: Path, target: Path, ftype: str, work: Path) -> float:
+    """llama.cpp's quantizer (``bench.peer_workers``, a fresh process) from ``f32`` to ``ftype`` (e.g. ``Q4_K_M``)."""
+    spec = {"worker": "quantize", "source": str(f32), "target": str(target), "ftype": ftype}
+    return run_worker(f"quantize-{ftype}", spec, work, module="bench.peer_workers")["seconds"]
+
+
+def convert_to_gguf(llama_cpp: Path, model_dir: Path, out: Path, work: Path) -> dict[str, Any]:
+    """llama.cpp's converter (f32 GGUF, ``bench/gguf_convert.py``), then its quantizer to Q4_0 at ``out``."""
+    f32 = work / "model-f32.gguf"
+    converted = convert_f32(llama_cpp, model_dir, f32, work)
+    quantized = quantize_gguf(f32, out, "Q4_0", work)
+    return {"convert_seconds": converted, "quantize_seconds": quantized, "f32_bytes": f32.stat().st_size}
 
 
 def run(

@@ -3,10 +3,16 @@
 Both get the same token ids (no tokenizer in the timed part), generate greedy for exactly ``max_new_tokens``
 (the benchmark model never picks its muted EOS ids, and neither loop is told to stop earlier), run with as many
 threads as the machine has cores, and are timed by one helper (``timed_tokens``), after one warm-up request.
+
+A spec with ``cases`` (the real model, ``bench.llamacpp_real``) holds several prompt sets, each with its own
+``max_new_tokens``; the result then has ``cases`` (name: requests) instead of ``requests``. A real chat model does
+pick its EOS id: llama.cpp's ``generate`` goes on past it, and onnxruntime-genai is held to the same count with
+``ignore_eos`` (its ``min_length`` search option masks EOS until the last token), so both do the same steps.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -38,20 +44,65 @@ def measure_requests(generate: Callable[[list[int]], dict[str, Any]], spec: dict
     return [{**generate(ids), "prompt": i} for _ in range(spec["repeats"]) for i, ids in enumerate(prompts)]
 
 
+def measure(generate: Callable[[list[int], int], dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
+    """``requests`` for a spec of one prompt set, or ``cases`` (name: requests) for a spec with ``cases``,
+    each case measured as ``measure_requests`` does, with its own prompts and ``max_new_tokens``; and
+    ``cpu_per_wall``, the cores the process kept busy meanwhile (CPU seconds over wall seconds)."""
+    started, cpu = time.perf_counter(), time.process_time()
+    if "cases" not in spec:
+        result = {"requests": measure_requests(lambda ids: generate(ids, spec["max_new_tokens"]), spec)}
+    else:
+        result = {
+            "cases": {
+                case["name"]: measure_requests(
+                    lambda ids, limit=case["max_new_tokens"]: generate(ids, limit), {**spec, **case}
+                )
+                for case in spec["cases"]
+            }
+        }
+    return {**result, "cpu_per_wall": (time.process_time() - cpu) / (time.perf_counter() - started)}
+
+
+def longest_context(spec: dict[str, Any]) -> int:
+    """Prompt plus new tokens of the longest request the spec asks for."""
+    cases = spec.get("cases") or [spec]
+    return max(len(ids) + case["max_new_tokens"] for case in cases for ids in case["prompt_ids"])
+
+
 def run_onnxruntime_genai(spec: dict[str, Any]) -> dict[str, Any]:
-    """The project's own loop (``llmflow.serving.generation``) on the int4 export, from ids."""
+    """The project's own loop (``llmflow.serving.generation``) on the int4 export, from ids.
+
+    ``session_options`` (optional) is laid over the decoder's in ``genai_config.json`` (``og.Config.overlay``), e.g.
+    ``{"intra_op_num_threads": 1}`` or ``{"enable_profiling": PREFIX}``; ``ignore_eos``: see the module docstring.
+    """
+    import numpy as np
     import onnxruntime_genai as og
 
     from llmflow.serving import generation
 
-    model = og.Model(spec["onnx_dir"])
-    limit = spec["max_new_tokens"]
+    config = og.Config(spec["onnx_dir"])
+    if spec.get("session_options"):
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": spec["session_options"]}}}))
+    models = [og.Model(config)]
 
-    def stream(ids: list[int]) -> Iterator[int]:
-        for [token] in generation.steps(generation.start(model, [ids], 0, limit)):
+    def start(ids: list[int], limit: int) -> Any:
+        model = models[0]
+        if not spec.get("ignore_eos"):
+            return generation.start(model, [ids], 0, limit)
+        params = og.GeneratorParams(model)
+        length = len(ids) + limit
+        params.set_search_options(**generation.search_options(1, length), min_length=length)
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.asarray([ids], dtype=np.int32))
+        return generator
+
+    def stream(ids: list[int], limit: int) -> Iterator[int]:
+        for [token] in generation.steps(start(ids, limit)):
             yield token
 
-    return {"requests": measure_requests(lambda ids: timed_tokens(lambda: stream(ids), limit), spec)}
+    result = measure(lambda ids, limit: timed_tokens(lambda: stream(ids, limit), limit), spec)
+    models.clear()  # ends the session, which writes the profile when profiling
+    return result
 
 
 def run_llama_cpp(spec: dict[str, Any]) -> dict[str, Any]:
@@ -64,18 +115,18 @@ def run_llama_cpp(spec: dict[str, Any]) -> dict[str, Any]:
     import llama_cpp
 
     cores = os.cpu_count() or 1
+    n_ctx = spec.get("n_ctx") or longest_context(spec)
     llm = llama_cpp.Llama(
         model_path=spec["gguf"],
-        n_ctx=spec["n_ctx"],
-        n_batch=spec["n_ctx"],
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
         n_threads=cores,
         n_threads_batch=cores,
         seed=0,
         verbose=False,
     )
-    limit = spec["max_new_tokens"]
 
-    def generate(ids: list[int]) -> dict[str, Any]:
+    def generate(ids: list[int], limit: int) -> dict[str, Any]:
         def stream() -> Iterator[int]:
             llm.reset()
             return llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
@@ -84,20 +135,22 @@ def run_llama_cpp(spec: dict[str, Any]) -> dict[str, Any]:
 
     same_ids = [
         llm.tokenize(text.encode(), add_bos=False, special=True) == ids
-        for text, ids in zip(spec["prompt_texts"], spec["prompt_ids"], strict=True)
+        for case in spec.get("cases") or [spec]
+        for text, ids in zip(case["prompt_texts"], case["prompt_ids"], strict=True)
     ]
     metadata = {
         key: llm.metadata.get(key) for key in ("general.file_type", "tokenizer.ggml.pre", "general.architecture")
     }
-    return {"requests": measure_requests(generate, spec), "tokenizer_same_ids": same_ids, "metadata": metadata}
+    return {**measure(generate, spec), "tokenizer_same_ids": same_ids, "metadata": metadata}
 
 
 def run_quantize(spec: dict[str, Any]) -> dict[str, Any]:
-    """llama.cpp's quantizer (``llama_model_quantize``, what the ``llama-quantize`` tool calls): f32 GGUF to Q4_0."""
+    """llama.cpp's quantizer (``llama_model_quantize``, what the ``llama-quantize`` tool calls): f32 GGUF to the
+    spec's ``ftype`` (a llama-quantize name such as ``Q4_K_M``; default ``Q4_0``)."""
     from llama_cpp import llama_cpp as low
 
     params = low.llama_model_quantize_default_params()
-    params.ftype = low.LLAMA_FTYPE_MOSTLY_Q4_0
+    params.ftype = getattr(low, f"LLAMA_FTYPE_MOSTLY_{spec.get('ftype', 'Q4_0')}")
     params.nthread = os.cpu_count() or 1
     started = time.perf_counter()
     code = low.llama_model_quantize(spec["source"].encode(), spec["target"].encode(), params)
