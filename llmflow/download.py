@@ -28,9 +28,9 @@ from typing import Any
 import mlflow
 
 from llmflow.errors import InputError
-from llmflow.export.architectures import check_architecture, supported_architectures  # noqa: F401
+from llmflow.export.architectures import check_architecture
 from llmflow.options import StepOptions, non_empty, option
-from llmflow.sources.manifest import build_manifest, manifest_digest, sha256_file  # noqa: F401
+from llmflow.sources.manifest import build_manifest, manifest_digest, sha256_file
 from llmflow.tracking.names import MANIFEST_ARTIFACT, MODEL_ARTIFACT_DIR, TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE
 from llmflow.tracking.runs import artifacts_in_place, get_step_run, step_run
 

@@ -29,14 +29,14 @@ from pathlib import Path
 import mlflow
 from tqdm.auto import tqdm
 
-from llmflow.download import WEIGHT_SUFFIXES, build_manifest, model_dir_from_run, read_manifest
+from llmflow.download import WEIGHT_SUFFIXES, model_dir_from_run, read_manifest
 from llmflow.errors import InputError, first_line
 from llmflow.export import prebuilt, recipe
-from llmflow.export.builder import build, builder_extra_options  # noqa: F401 - builder_extra_options: API
+from llmflow.export.builder import build
 from llmflow.export.memory import check_export_memory, config_of, export_need, memory_found
 from llmflow.export.smoke import SMOKE_QUESTION, SmokeResult, smoke_test, smoke_test_skip_reason
 from llmflow.options import StepOptions, non_empty, one_of, option
-from llmflow.sources.manifest import manifest_digest
+from llmflow.sources.manifest import build_manifest, manifest_digest
 from llmflow.tracking.names import (
     ONNX_ARTIFACT_DIR,
     ONNX_MANIFEST_ARTIFACT,

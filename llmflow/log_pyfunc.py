@@ -63,7 +63,6 @@ logger = logging.getLogger(__name__)
 # (The path is one string so that the code digest, which follows file names written in a module, sees the file.)
 MODEL_CODE = Path(__file__).resolve().parent / "serving/onnx_chat_model.py"
 SERVING_PACKAGE = MODEL_CODE.parent
-MODEL_NAME = "model"
 CHAT_EXAMPLE = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}], "max_tokens": 16}
 # The generation options of a chat request that MLflow's llm/v1/chat signature types; ``seed`` is not one of them.
 CHAT_OPTIONS = ("temperature", "max_tokens", "top_p", "top_k", "stop")

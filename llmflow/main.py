@@ -51,7 +51,6 @@ from llmflow.tracking.summary import print_summary
 
 logger = logging.getLogger(__name__)
 
-FLAVOURS = {"onnx": "log_pyfunc", "transformers": "log_transformers"}
 # The chain in the order it runs; rerun_from names one of these (or "none", or "all" for download).
 CHAIN = ("download", "export_onnx", "log_pyfunc", "log_transformers", "register", "evaluate")
 RERUN_CHOICES = ("none", "all", *CHAIN)

@@ -13,6 +13,8 @@ import pytest
 from llmflow import download as dl
 from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
+from llmflow.export.architectures import supported_architectures
+from llmflow.sources.manifest import build_manifest, manifest_digest
 from llmflow.tracking.names import TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE
 
 
@@ -22,8 +24,8 @@ def test_local_folder_is_content_hashed_and_logged(tiny_model_dir: Path, trackin
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "download"  # a step called directly is named after itself
     assert run.data.tags[TAG_SOURCE] == "local"
-    expected = dl.build_manifest(tiny_model_dir)
-    assert run.data.tags[TAG_HF_SHA] == "sha256:" + dl.manifest_digest(expected)
+    expected = build_manifest(tiny_model_dir)
+    assert run.data.tags[TAG_HF_SHA] == "sha256:" + manifest_digest(expected)
     manifest = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/manifest.json")
     assert manifest["files"] == expected
     assert {f["file"] for f in expected} >= {"config.json", "model.safetensors", "tokenizer.json"}
@@ -35,7 +37,7 @@ def test_model_dir_from_run_returns_verified_copy(tiny_model_dir: Path, tracking
     result = dl.download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
     copy = dl.model_dir_from_run(result.run_id, dst=tmp_path / "copy")
     assert copy != tiny_model_dir
-    assert dl.build_manifest(copy) == dl.build_manifest(tiny_model_dir)
+    assert build_manifest(copy) == build_manifest(tiny_model_dir)
 
 
 def test_a_local_artifact_store_is_read_in_place(tiny_model_dir: Path, tracking_uri: str, tmp_path: Path):
@@ -90,7 +92,7 @@ def test_unsupported_architecture_fails_in_download(tiny_model_dir: Path, tracki
 
 
 def test_supported_architectures_come_from_the_builder():
-    supported = dl.supported_architectures()
+    supported = supported_architectures()
     assert {"Phi3ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM"} <= supported
     assert "BertForMaskedLM" not in supported
 

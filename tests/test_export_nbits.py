@@ -9,11 +9,11 @@ import pytest
 from onnxruntime_genai.models import builder
 from onnxruntime_genai.models.builders.base import Model
 
-from llmflow.download import sha256_file
 from llmflow.export import nbits
 from llmflow.export.stamp import package_build_stamp, package_commit
 from llmflow.export_onnx import ExportSettings, run_builder
 from llmflow.patches.onnxruntime_genai import builder_model_classes
+from llmflow.sources.manifest import sha256_file
 
 
 def stock_export(model_dir: Path, out: Path, extra: list[str]) -> Path:

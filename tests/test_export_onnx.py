@@ -16,19 +16,20 @@ from mlproject import mlproject_parameters
 from onnxruntime_genai.models import builder
 
 from llmflow import export_onnx as export_module
-from llmflow.download import DownloadOptions, build_manifest, download
+from llmflow.download import DownloadOptions, download
 from llmflow.errors import InputError
+from llmflow.export.builder import builder_extra_options
 from llmflow.export.recipe import Int4Recipe
 from llmflow.export_onnx import (
     SUPPORTED_PAIRS,
     TAG_SMOKE_TEST,
     ExportOptions,
     ExportSettings,
-    builder_extra_options,
     export_onnx,
     run_builder,
 )
 from llmflow.options import names, parse
+from llmflow.sources.manifest import build_manifest
 from llmflow.tracking.names import (
     TAG_DOWNLOAD_RUN,
     TAG_ERROR,

@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from llmflow.download import DownloadOptions, build_manifest, download
+from llmflow.download import DownloadOptions, download
 from llmflow.errors import InputError
 from llmflow.export import prebuilt
 from llmflow.export_onnx import ExportOptions, export_onnx
@@ -23,7 +23,7 @@ from llmflow.log_pyfunc import LogPyfuncOptions, log_pyfunc
 from llmflow.main import MainOptions
 from llmflow.options import build
 from llmflow.sources.hf_cache import seed_cache
-from llmflow.sources.manifest import manifest_digest
+from llmflow.sources.manifest import build_manifest, manifest_digest
 from llmflow.tracking.names import (
     ONNX_MANIFEST_ARTIFACT,
     TAG_EXECUTION_PROVIDER,

@@ -21,8 +21,8 @@ from mlflow import MlflowClient
 
 from llmflow import PROJECT_ROOT
 from llmflow.demo.smollm2 import DEFAULT_OUT, DEFAULT_WHEEL_DIR, GGUF_MEMBER, WHEEL_NAME, build_smollm2, extract_gguf
-from llmflow.download import sha256_file
 from llmflow.errors import InputError
+from llmflow.sources.manifest import sha256_file
 from llmflow.tracking.names import TAG_STEP
 
 REGISTERED = "smollm2"

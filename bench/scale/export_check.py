@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from bench.scale.monitor import GIB, run_sampled
-from llmflow.download import sha256_file
+from llmflow.sources.manifest import sha256_file
 
 EXTRA = ["block_size=32", "accuracy_level=4"]
 

@@ -34,7 +34,6 @@ from .tracing import Tracer
 
 VERSION_HEADER = "X-Model-Version"
 CLIENT_ERROR_CODES = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_REQUEST"}
-PUBLIC_PATHS = ("/health", "/metrics")
 
 
 @dataclass(frozen=True)

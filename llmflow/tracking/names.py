@@ -114,9 +114,7 @@ TABLE_FILE = "eval_table.json"  # evaluate
 REPORT_DIR = "report"
 REPORT_FILE = "report.md"
 DECISION_FILE = "decision.json"
-COMPARISON_ARTIFACT = "comparison.json"  # reproduce
 # The name of every logged model inside its run.
-LOGGED_MODEL_NAME = "model"
 
 # Datasets (evaluate): the QA set is one MLflow GenAI evaluation dataset, tagged with the file it came from
 # and its sha256 (TAG_QA_SHA).
