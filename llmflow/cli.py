@@ -36,8 +36,16 @@ def configure_logging() -> None:
 
 # Calls a signal must not interrupt: a tracking or registry store call stopped between its query and the end of its
 # fetch leaves the SQLite cursor alive (the traceback keeps its frames), holding the database's shared lock, and the
-# step's own write of its KILLED status then fails with "database is locked". The signal waits for the call to end.
-DEFERRED_IN = ("sqlalchemy", "sqlite3", "mlflow.store.tracking", "mlflow.store.model_registry", "mlflow.store.db")
+# step's own write of its KILLED status then fails with "database is locked"; a temporary folder's removal stopped
+# half way leaves the folder behind. The signal waits for the call to end.
+DEFERRED_IN = (
+    "sqlalchemy",
+    "sqlite3",
+    "mlflow.store.tracking",
+    "mlflow.store.model_registry",
+    "mlflow.store.db",
+    "tempfile",
+)
 RECHECK_SECONDS = 0.05
 _pending: list[int] = []
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -99,3 +101,26 @@ def test_outside_a_store_call_the_signal_is_raised_at_once(step_handlers: None):
         _wait_for_the_signal()
     assert info.value.signal_name == "SIGINT"
     assert not cli.in_store_call(None)
+
+
+def test_a_signal_while_a_temporary_folder_is_removed_waits_for_the_removal(
+    tmp_path, step_handlers: None, monkeypatch: pytest.MonkeyPatch
+):
+    """A SIGTERM that landed in ``TemporaryDirectory``'s clean-up left the folder half removed (seen in test_cancel:
+    a ``llmflow-config-*`` folder of the export's memory check stayed behind)."""
+    real_rmdir = os.rmdir
+    sent = []
+
+    def signal_then_rmdir(path, *args, **kwargs):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rmdir", signal_then_rmdir)
+    with pytest.raises(Cancelled):
+        with tempfile.TemporaryDirectory(dir=tmp_path, prefix="llmflow-") as folder:
+            for name in ("a", "b", "c"):
+                (Path(folder) / name).mkdir()
+        _wait_for_the_signal()
+    assert sent and list(tmp_path.iterdir()) == []
