@@ -62,6 +62,16 @@ def engine_figures(requests: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def machine_record(load_start: tuple[float, float, float]) -> dict[str, Any]:
+    """The machine a comparison ran on: cores, load average at its start and end, and the engines' versions."""
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
+        "versions": {n: version(n) for n in ("onnxruntime-genai", "onnxruntime", "llama-cpp-python")},
+    }
+
+
 def peer_ratios(onnx: dict[str, Any], llama: dict[str, Any]) -> dict[str, float]:
     """onnxruntime-genai over llama.cpp: decode tokens/s (above 1: onnxruntime-genai faster), TTFT (below 1: faster)."""
     return {
@@ -209,12 +219,7 @@ def run(
         "llama_cpp_tokenizer_same_ids": raw["llama.cpp"]["tokenizer_same_ids"],
         "gguf_metadata": raw["llama.cpp"]["metadata"],
         "setup_seconds": setup,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_start": load_start,
-            "loadavg_end": os.getloadavg(),
-            "versions": {n: version(n) for n in ("onnxruntime-genai", "onnxruntime", "llama-cpp-python")},
-        },
+        "machine": machine_record(load_start),
         "wall_seconds": time.perf_counter() - started,
     }
     out.parent.mkdir(parents=True, exist_ok=True)

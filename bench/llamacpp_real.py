@@ -44,13 +44,19 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 from bench.benchmark import run_worker
-from bench.llamacpp import convert_f32, default_llama_cpp_tree, engine_figures, folder_bytes, quantize_gguf
+from bench.llamacpp import (
+    convert_f32,
+    default_llama_cpp_tree,
+    engine_figures,
+    folder_bytes,
+    machine_record,
+    quantize_gguf,
+)
 from bench.machine import OtherLoad, measure_quietly, process_cpu_seconds
 
 logger = logging.getLogger(__name__)
@@ -562,12 +568,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "probes": probes,
         "llama_cpp_tokenizer_same_ids": llama_same_ids,
         "setup_seconds": setup,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_start": load_start,
-            "loadavg_end": os.getloadavg(),
-            "versions": {n: version(n) for n in ("onnxruntime-genai", "onnxruntime", "llama-cpp-python")},
-        },
+        "machine": machine_record(load_start),
         "wall_seconds": time.perf_counter() - started,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
