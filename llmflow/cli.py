@@ -14,9 +14,9 @@ import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, get_type_hints
+from typing import Any, NoReturn, get_type_hints
 
-from llmflow.errors import Cancelled, PipelineError
+from llmflow.errors import Cancelled, PipelineError, cancellation_in, first_line
 from llmflow.options import StepOptions, parse
 from llmflow.tracking import task_values
 
@@ -37,13 +37,16 @@ def configure_logging() -> None:
 # Calls a signal must not interrupt: a tracking or registry store call stopped between its query and the end of its
 # fetch leaves the SQLite cursor alive (the traceback keeps its frames), holding the database's shared lock, and the
 # step's own write of its KILLED status then fails with "database is locked"; a temporary folder's removal stopped
-# half way leaves the folder behind. The signal waits for the call to end.
+# half way leaves the folder behind; an artifact download stopped in the calling thread leaves MLflow's worker threads
+# writing into the folder that the clean-up then removes (rmtree fails "Directory not empty", an OSError that replaced
+# the cancellation: the run ended FAILED, CI's test_cancel). The signal waits for the call to end.
 DEFERRED_IN = (
     "sqlalchemy",
     "sqlite3",
     "mlflow.store.tracking",
     "mlflow.store.model_registry",
     "mlflow.store.db",
+    "mlflow.store.artifact",
     "tempfile",
 )
 RECHECK_SECONDS = 0.05
@@ -103,20 +106,30 @@ def run_step(step: Callable[..., Any], argv: list[str] | None = None, entry_poin
     cancel_on_signals()
     try:
         result = step(options)
-    except PipelineError as exc:
+    except BaseException as exc:
+        cancelled = cancellation_in(exc)
+        if cancelled is not None:
+            _exit_cancelled(name, cancelled, exc)
+        if not isinstance(exc, PipelineError):
+            raise
         print(f"error: {name}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except Cancelled as exc:
-        print(f"error: {name}: {exc}", file=sys.stderr)
-        # Its run is ended and its temporary folders are gone. Leave now: the interpreter's exit joins the worker
-        # threads a library started (an artifact download's pool, a progress bar's monitor), which held a step
-        # cancelled early in its export for minutes.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
-        os._exit(exc.exit_code)
     # What a later task of a Databricks job reads as {{tasks.<step>.values.<name>}}.
     task_values.publish(result)
+
+
+def _exit_cancelled(name: str, cancelled: Cancelled, raised: BaseException) -> NoReturn:
+    """End a cancelled step's process with one line and 128 + the signal's number. ``raised`` is what reached the
+    step's top: the ``Cancelled`` itself, or an error of a clean-up on its way out (its run still ends KILLED)."""
+    print(f"error: {name}: {cancelled}", file=sys.stderr)
+    if raised is not cancelled:
+        logger.warning("%s: a clean-up after the cancellation failed: %s", name, first_line(raised))
+    # Its run is ended. Leave now: the interpreter's exit joins the worker threads a library started (an artifact
+    # download's pool, a progress bar's monitor), which held a step cancelled early in its export for minutes.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(cancelled.exit_code)
 
 
 def step_main(step: Callable[..., Any], entry_point: str | None = None) -> Callable[[list[str] | None], None]:

@@ -41,6 +41,19 @@ class Cancelled(BaseException):
         return 128 + self.signum
 
 
+def cancellation_in(exc: BaseException) -> Cancelled | None:
+    """The ``Cancelled`` that ``exc`` is, or that was being handled when ``exc`` was raised (its ``__context__``
+    chain): a clean-up that fails on the way out of a cancelled step does not make the cancellation a failure."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        if isinstance(found, Cancelled):
+            return found
+        seen.add(id(found))
+        found = found.__context__
+    return None
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message, or its type's name when it has none: the reason in a one-line error."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -160,7 +160,7 @@ def test_ctrl_c_on_mlflow_run_main_stops_the_export_and_the_rerun_runs_it_again(
     assert left == set(), f"still running after `mlflow run` returned: {left}"
     [main] = _runs(client, "main")
     [export] = _runs(client, "export_onnx")
-    assert export.info.status == "KILLED", export.data.tags.get(TAG_ERROR)
+    assert export.info.status == "KILLED", f"{export.data.tags.get(TAG_ERROR)}\n{err[-6000:]}"
     # The step ends its own run on main's SIGTERM; if it has not within main's grace (a loaded machine), main kills
     # its group and records why itself.
     assert export.data.tags[TAG_ERROR] in ("cancelled by SIGTERM", "cancelled: main received SIGINT"), err[-3000:]

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from sqlalchemy import event
 from sqlalchemy.orm import loading
 
 from llmflow import cli
-from llmflow.errors import Cancelled
+from llmflow.errors import Cancelled, cancellation_in
 from llmflow.tracking.names import TAG_ERROR
 from llmflow.tracking.runs import step_run
 
@@ -124,3 +125,67 @@ def test_a_signal_while_a_temporary_folder_is_removed_waits_for_the_removal(
                 (Path(folder) / name).mkdir()
         _wait_for_the_signal()
     assert sent and list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_during_an_artifact_download_waits_for_the_download(
+    tmp_path, tracking_uri: str, step_handlers: None, monkeypatch: pytest.MonkeyPatch
+):
+    """CI's test_cancel: the signal was raised in the thread that waited for MLflow's download pool, whose workers
+    went on writing into the step's temporary folder while its clean-up removed it; rmtree failed ("Directory not
+    empty"), and that OSError, not the cancellation, reached the run, which ended FAILED with the folder left behind.
+    Here each file's copy starts once the clean-up, had it started, would be removing its folder."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with mlflow.start_run() as source:
+        for name in ("config.json", "tokenizer.json", "generation_config.json"):
+            mlflow.log_text("{}", f"model/{name}")
+    real_download, real_rmdir = LocalArtifactRepository._download_file, os.rmdir
+    sent = []
+
+    def signal_then_copy(self, remote_file_path, local_path):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        return real_download(self, remote_file_path, local_path)
+
+    def slow_rmdir(path, *args, **kwargs):
+        time.sleep(0.4)  # a loaded machine: a copy lands between the listing of a folder and its removal
+        return real_rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(LocalArtifactRepository, "_download_file", signal_then_copy)
+    monkeypatch.setattr(os, "rmdir", slow_rmdir)
+    with pytest.raises(Cancelled), step_run("export_onnx", {"precision": "int4"}) as run:
+        with tempfile.TemporaryDirectory(dir=scratch, prefix="llmflow-config-") as folder:
+            mlflow.artifacts.download_artifacts(run_id=source.info.run_id, artifact_path="model", dst_path=folder)
+            assert sorted(p.name for p in (Path(folder) / "model").iterdir()) == [
+                "config.json",
+                "generation_config.json",
+                "tokenizer.json",
+            ]
+            _wait_for_the_signal()
+    assert sent and list(scratch.iterdir()) == []
+    ended = mlflow.get_run(run.info.run_id)
+    assert (ended.info.status, ended.data.tags[TAG_ERROR]) == ("KILLED", "cancelled by SIGTERM")
+
+
+def test_a_clean_up_that_fails_after_the_signal_still_ends_the_run_killed(tracking_uri: str):
+    """Whatever a clean-up raises on the way out of a cancelled step, the run records the cancellation."""
+    with pytest.raises(OSError) as info, step_run("export_onnx", {"precision": "int4"}) as run:
+        try:
+            raise Cancelled(signal.SIGTERM)
+        finally:
+            raise OSError(39, "Directory not empty")
+    assert cancellation_in(info.value).signal_name == "SIGTERM"
+    ended = mlflow.get_run(run.info.run_id)
+    assert (ended.info.status, ended.data.tags[TAG_ERROR]) == ("KILLED", "cancelled by SIGTERM")
+
+
+def test_an_error_without_a_signal_behind_it_is_no_cancellation():
+    try:
+        try:
+            raise ValueError("first")
+        except ValueError:
+            raise OSError("second") from None
+    except OSError as exc:
+        assert cancellation_in(exc) is None

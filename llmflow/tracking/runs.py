@@ -22,7 +22,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from llmflow import PROJECT_ROOT
-from llmflow.errors import Cancelled, InputError, PipelineError
+from llmflow.errors import InputError, PipelineError, cancellation_in
 from llmflow.options import StepOptions
 from llmflow.tracking.digest import code_digest
 from llmflow.tracking.names import (
@@ -137,12 +137,13 @@ def step_run(step: str, options: StepOptions | dict[str, Any]) -> Iterator[Run]:
             if isinstance(options, StepOptions):
                 options.check()
             yield run
-        except PipelineError as exc:
-            mlflow.set_tag(TAG_ERROR, str(exc))
-            raise
-        except Cancelled as exc:
-            mlflow.set_tag(TAG_ERROR, str(exc))
-            mlflow.end_run("KILLED")
+        except BaseException as exc:
+            cancelled = cancellation_in(exc)
+            if cancelled is not None:
+                mlflow.set_tag(TAG_ERROR, str(cancelled))
+                mlflow.end_run("KILLED")
+            elif isinstance(exc, PipelineError):
+                mlflow.set_tag(TAG_ERROR, str(exc))
             raise
 
 
