@@ -23,9 +23,10 @@ def smoke_test(
     """Ask the exported model one chat question with greedy decoding, through the serving generation loop."""
     import onnxruntime_genai as og
 
+    from llmflow.serving.cpus import available_cpus, load_og_model
     from llmflow.serving.generation import greedy
 
-    model = og.Model(str(onnx_dir))
+    model = load_og_model(onnx_dir, available_cpus())
     tokenizer = og.Tokenizer(model)
     prompt = tokenizer.apply_chat_template(
         json.dumps([{"role": "user", "content": question}]), add_generation_prompt=True

@@ -42,12 +42,14 @@ from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 try:
     from serving import chat_protocol as protocol
     from serving import generation
+    from serving.cpus import generation_threads, load_og_model
     from serving.rows import Row
     from serving.tool_prompt import supports_native_tools
     from serving.tool_replies import ReplyStream, parse
 except ModuleNotFoundError:
     from llmflow.serving import chat_protocol as protocol
     from llmflow.serving import generation
+    from llmflow.serving.cpus import generation_threads, load_og_model
     from llmflow.serving.rows import Row
     from llmflow.serving.tool_prompt import supports_native_tools
     from llmflow.serving.tool_replies import ReplyStream, parse
@@ -94,7 +96,9 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         config = context.model_config or {}
         onnx_dir = onnx_folder(context.artifacts or {}, config)
         self.onnx_dir = onnx_dir  # evaluate reads the graph from here for perplexity
-        self.model = og.Model(str(onnx_dir))
+        # The CPUs this process is given, not onnxruntime's default guess (which used one core of two here).
+        self.threads = generation_threads(config)
+        self.model = load_og_model(onnx_dir, self.threads)
         self.tokenizer = og.Tokenizer(self.model)
         self.eos = frozenset(int(token) for token in self.tokenizer.eos_token_ids)
         self.pad = int(self.tokenizer.pad_token_id)
