@@ -56,8 +56,13 @@ smollm2: $(SMOLLM2)/config.json
 demo: tiny
 	$(BIN)/mlflow run . -e main --env-manager local -P model=$(TINY) -P registered_model_name=tiny-phi3
 
+# Two pytest-xdist workers, each taking whole modules (a module's fixtures, like test_e2e's cold run, are built
+# once). The steps they run share the CPUs, so onnxruntime generates with one thread each (llmflow/serving/cpus.py:
+# two spinning threads per process on two busy cores ran slower than one).
+TEST_WORKERS ?= 2
 test: $(STAMP) system-deps smollm2
-	LLMFLOW_SMOLLM2_DIR=$(abspath $(SMOLLM2)) $(BIN)/python -m pytest -q --durations=15
+	LLMFLOW_SMOLLM2_DIR=$(abspath $(SMOLLM2)) LLMFLOW_INTRA_OP_THREADS=1 \
+		$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit

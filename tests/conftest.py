@@ -1,7 +1,7 @@
 """Shared fixtures. Nothing here touches the network.
 
 ``HF_HUB_OFFLINE`` is set before anything imports huggingface_hub, and every test points MLflow at a
-SQLite store in a temporary folder. The tiny Phi-3 is built once per session.
+SQLite store in a temporary folder. The tiny Phi-3 is built once per session (per xdist worker).
 """
 
 from __future__ import annotations

@@ -46,14 +46,23 @@ def test_a_quota_caps_the_affinity_rounded_up(tmp_path: Path, monkeypatch: pytes
     assert cpus.available_cpus(_cgroup(tmp_path / "wide", {"cpu.max": "400000 100000"})) == 1
 
 
-def test_the_model_config_sets_the_count_and_a_bad_one_is_named(monkeypatch: pytest.MonkeyPatch):
+def test_the_model_config_then_the_environment_set_the_count_and_a_bad_one_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+):
     monkeypatch.setattr(cpus, "available_cpus", lambda: 6)
+    monkeypatch.delenv(cpus.THREADS_ENV, raising=False)
     assert cpus.generation_threads({"intra_op_num_threads": 3}) == 3
     assert cpus.generation_threads({"intra_op_num_threads": "2"}) == 2
     assert cpus.generation_threads({"intra_op_num_threads": 0}) == 6
     assert cpus.generation_threads({}) == 6
-    with pytest.raises(ValueError, match=r"intra_op_num_threads -2 must be a positive integer"):
+    monkeypatch.setenv(cpus.THREADS_ENV, "1")
+    assert cpus.generation_threads({}) == 1
+    assert cpus.generation_threads({"intra_op_num_threads": 4}) == 4
+    with pytest.raises(ValueError, match=r"model_config intra_op_num_threads -2 is not accepted; expected a positive"):
         cpus.generation_threads({"intra_op_num_threads": -2})
+    monkeypatch.setenv(cpus.THREADS_ENV, "two")
+    with pytest.raises(ValueError, match=r"environment variable LLMFLOW_INTRA_OP_THREADS 'two' is not accepted"):
+        cpus.generation_threads({})
 
 
 def test_in_a_spark_task_the_task_s_cpus_are_used(monkeypatch: pytest.MonkeyPatch):
@@ -66,6 +75,7 @@ def test_in_a_spark_task_the_task_s_cpus_are_used(monkeypatch: pytest.MonkeyPatc
     fake.TaskContext = types.SimpleNamespace(get=lambda: Task())
     monkeypatch.setitem(sys.modules, "pyspark", fake)
     monkeypatch.setattr(cpus, "available_cpus", lambda: 16)
+    monkeypatch.delenv(cpus.THREADS_ENV, raising=False)
     assert cpus.generation_threads({}) == 2
     fake.TaskContext = types.SimpleNamespace(get=lambda: None)  # the driver: no task
     assert cpus.generation_threads({}) == 16

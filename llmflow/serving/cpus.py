@@ -6,6 +6,8 @@ and decoded at 82.7 (``python -m bench.llamacpp_real``, docs/speed.md). So the m
 
 - ``model_config`` ``intra_op_num_threads`` when the loader gives one (``mlflow.pyfunc.load_model(uri,
   model_config={"intra_op_num_threads": 4})``);
+- else the environment variable ``LLMFLOW_INTRA_OP_THREADS`` (for a process that loads the model itself, like the
+  endpoint, or for processes that share their CPUs: the test suite sets 1 when it runs two workers);
 - inside a Spark task, the CPUs Spark gave the task (``spark.task.cpus``), so that concurrent tasks of one executor
   do not spin their threads on each other's cores;
 - otherwise the CPUs this process may run on: its affinity mask, capped by its cgroup's CPU quota (a container's
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 THREADS_KEY = "intra_op_num_threads"
+THREADS_ENV = "LLMFLOW_INTRA_OP_THREADS"
 CGROUP = Path("/sys/fs/cgroup")
 
 
@@ -67,15 +70,27 @@ def spark_task_cpus() -> int | None:
     return None if context is None else int(context.cpus())
 
 
+def _count(given: Any, where: str) -> int | None:
+    """A thread count as given (``None``, ``""`` and 0 mean automatic); a bad one is named with where it came from."""
+    if given in (None, "", 0, "0"):
+        return None
+    try:
+        number = float(given)
+    except (TypeError, ValueError):
+        number = 0.0
+    if not number.is_integer() or number < 1:
+        raise ValueError(f"{where} {given!r} is not accepted; expected a positive whole number, or 0 for automatic")
+    return int(number)
+
+
 def generation_threads(config: dict[str, Any]) -> int:
     """The intra-op thread count to generate with, for a model loaded with ``config`` (its ``model_config``)."""
-    given = config.get(THREADS_KEY)
-    if given not in (None, "", 0, "0"):
-        threads = int(given)
-        if threads < 1:
-            raise ValueError(f"model_config {THREADS_KEY} {given!r} must be a positive integer (or 0: automatic)")
-        return threads
-    return spark_task_cpus() or available_cpus()
+    return (
+        _count(config.get(THREADS_KEY), f"model_config {THREADS_KEY}")
+        or _count(os.environ.get(THREADS_ENV), f"environment variable {THREADS_ENV}")
+        or spark_task_cpus()
+        or available_cpus()
+    )
 
 
 def load_og_model(onnx_dir: Path, threads: int) -> Any:
