@@ -44,14 +44,10 @@ class Cancelled(BaseException):
 def cancellation_in(exc: BaseException) -> Cancelled | None:
     """The ``Cancelled`` that ``exc`` is, or that was being handled when ``exc`` was raised (its ``__context__``
     chain): a clean-up that fails on the way out of a cancelled step does not make the cancellation a failure."""
-    seen: set[int] = set()
     found: BaseException | None = exc
-    while found is not None and id(found) not in seen:
-        if isinstance(found, Cancelled):
-            return found
-        seen.add(id(found))
-        found = found.__context__
-    return None
+    while found is not None and not isinstance(found, Cancelled):
+        found = found.__context__  # Python breaks a cycle when it sets a context, so this ends
+    return found
 
 
 def first_line(exc: BaseException) -> str:

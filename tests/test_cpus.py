@@ -93,7 +93,9 @@ def _threads_added(load) -> int:  # noqa: ANN001
     return added
 
 
-def test_the_count_reaches_onnxruntime_unless_the_export_sets_its_own(onnx_dir: Path, tmp_path: Path):
+def test_the_count_reaches_onnxruntime_unless_the_export_sets_its_own(
+    onnx_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """onnxruntime starts an intra-op pool of (count - 1) threads with each session; the export's own count wins.
     (Its default here is one thread: the second model below, loaded without a count, starts none.)"""
     import onnxruntime_genai as og
@@ -102,6 +104,8 @@ def test_the_count_reaches_onnxruntime_unless_the_export_sets_its_own(onnx_dir: 
     assert _threads_added(lambda: cpus.load_og_model(onnx_dir, 1)) == 0
     assert _threads_added(lambda: cpus.load_og_model(onnx_dir, 4)) == 3
     assert _threads_added(lambda: og.Model(str(onnx_dir))) == 0
+    monkeypatch.setenv(cpus.THREADS_ENV, "3")  # without a count, as the smoke test and perplexity load it
+    assert _threads_added(lambda: cpus.load_og_model(onnx_dir)) == 2
     pinned = tmp_path / "pinned"
     shutil.copytree(onnx_dir, pinned)
     config = json.loads((pinned / "genai_config.json").read_text())

@@ -275,7 +275,7 @@ def _onnx_model(model: Any) -> tuple[Any, int | None, Any]:
     """(og.Model, context length or None, default tokenizer) for a folder, an og.Model or an ``OnnxChatModel``."""
     import onnxruntime_genai as og
 
-    from llmflow.serving.cpus import available_cpus, load_og_model
+    from llmflow.serving.cpus import load_og_model
 
     if isinstance(model, str | Path):
         folder = Path(model)
@@ -285,7 +285,7 @@ def _onnx_model(model: Any) -> tuple[Any, int | None, Any]:
                 f"ONNX model folder '{folder}' has no genai_config.json; expected an onnxruntime-genai export folder"
             )
         context = json.loads(config_file.read_text(encoding="utf-8"))["model"].get("context_length")
-        return load_og_model(folder, available_cpus()), context, _hf_tokenizer(folder)
+        return load_og_model(folder), context, _hf_tokenizer(folder)
     if isinstance(model, og.Model):
         return model, None, og.Tokenizer(model)
     if isinstance(getattr(model, "model", None), og.Model):  # the ONNX pyfunc's OnnxChatModel

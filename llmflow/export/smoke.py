@@ -23,10 +23,10 @@ def smoke_test(
     """Ask the exported model one chat question with greedy decoding, through the serving generation loop."""
     import onnxruntime_genai as og
 
-    from llmflow.serving.cpus import available_cpus, load_og_model
+    from llmflow.serving.cpus import load_og_model
     from llmflow.serving.generation import greedy
 
-    model = load_og_model(onnx_dir, available_cpus())
+    model = load_og_model(onnx_dir)
     tokenizer = og.Tokenizer(model)
     prompt = tokenizer.apply_chat_template(
         json.dumps([{"role": "user", "content": question}]), add_generation_prompt=True

@@ -93,10 +93,12 @@ def generation_threads(config: dict[str, Any]) -> int:
     )
 
 
-def load_og_model(onnx_dir: Path, threads: int) -> Any:
-    """The onnxruntime-genai model of ``onnx_dir``, its decoder session given ``threads`` intra-op threads unless
-    its ``genai_config.json`` sets a count itself."""
+def load_og_model(onnx_dir: Path, threads: int | None = None) -> Any:
+    """The onnxruntime-genai model of ``onnx_dir``, its decoder session given ``threads`` intra-op threads
+    (default: ``generation_threads`` without a model config) unless its ``genai_config.json`` sets a count itself."""
     import onnxruntime_genai as og
+
+    threads = generation_threads({}) if threads is None else threads
 
     config = og.Config(str(onnx_dir))
     genai_config = json.loads((Path(onnx_dir) / "genai_config.json").read_text(encoding="utf-8"))
