@@ -133,6 +133,7 @@ bench-scale: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check llmflow steps tests bench scripts
 	$(BIN)/ruff format --check llmflow steps tests bench scripts
+	$(BIN)/lint-imports --no-logo
 
 # The documentation site (README.md is the short guide; docs/ the rest), into site/: a broken link or anchor fails.
 docs: $(STAMP)

@@ -51,8 +51,6 @@ from llmflow.evaluation.datasets import eval_data
 from llmflow.evaluation.gate import gate
 from llmflow.evaluation.inputs import (
     EvaluateOptions,
-    EvaluationSettings,
-    fingerprint_files,
     validate_evaluate_options,
 )
 from llmflow.evaluation.lineage import (
@@ -71,7 +69,6 @@ from llmflow.tracking.names import (
     CHAMPION,
     EXPERIMENT_KIND,
     TAG_CHAMPION_VERSION,
-    TAG_EVALUATE_RUN,
     TAG_EXPERIMENT_KIND,
     TAG_REFERENCE_MODEL_URI,
     TAG_REGISTERED_NAME,
@@ -80,17 +77,6 @@ from llmflow.tracking.names import (
 from llmflow.tracking.runs import step_run
 
 logger = logging.getLogger(__name__)
-
-# main and the reuse rules read these through this module: the step's options, and what it checks and records.
-__all__ = [
-    "TAG_EVALUATE_RUN",
-    "EvaluateOptions",
-    "EvaluateResult",
-    "EvaluationSettings",
-    "evaluate",
-    "fingerprint_files",
-    "validate_evaluate_options",
-]
 
 
 @dataclass(frozen=True)

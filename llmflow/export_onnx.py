@@ -29,13 +29,14 @@ from pathlib import Path
 import mlflow
 from tqdm.auto import tqdm
 
-from llmflow.download import WEIGHT_SUFFIXES, model_dir_from_run, read_manifest
 from llmflow.errors import InputError, first_line
 from llmflow.export import prebuilt, recipe
 from llmflow.export.builder import build
 from llmflow.export.memory import check_export_memory, config_of, export_need, memory_found
 from llmflow.export.smoke import SMOKE_QUESTION, SmokeResult, smoke_test, smoke_test_skip_reason
 from llmflow.options import StepOptions, non_empty, one_of, option
+from llmflow.sources.folder import model_dir_from_run, read_manifest
+from llmflow.sources.hub import WEIGHT_SUFFIXES
 from llmflow.sources.manifest import build_manifest, manifest_digest
 from llmflow.tracking.names import (
     ONNX_ARTIFACT_DIR,

@@ -39,9 +39,10 @@ from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA
 from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
 from llmflow.errors import InputError
+from llmflow.export.card import onnx_model_name, onnx_model_params
 from llmflow.options import GenerationSettings, StepOptions, non_empty, one_of, option
 from llmflow.serving.chat_protocol import EXTRA_PARAMS, GENERATION_DEFAULTS, ROW_FIELDS, find_chat_template
-from llmflow.tracking.model_cards import logged_model_tags, onnx_model_name, onnx_model_params
+from llmflow.tracking.model_cards import logged_model_tags
 from llmflow.tracking.names import (
     ONNX_ARTIFACT_DIR,
     TAG_DOWNLOAD_RUN,

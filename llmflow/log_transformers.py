@@ -31,11 +31,11 @@ from pathlib import Path
 
 import mlflow
 
-from llmflow.download import model_dir_from_run
 from llmflow.errors import InputError
 from llmflow.options import GenerationSettings, StepOptions, non_empty, one_of, option
 from llmflow.patches.mlflow import named_checkpoint, pinned_revision
 from llmflow.patches.transformers import task_class_resolved
+from llmflow.sources.folder import model_dir_from_run
 from llmflow.tracking.model_cards import logged_model_tags, transformers_model_name, transformers_model_params
 from llmflow.tracking.names import (
     TAG_DOWNLOAD_RUN,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,101 +26,27 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
-from llmflow import PROJECT_ROOT
-from llmflow.download import DownloadOptions, is_local_reference
-from llmflow.errors import Cancelled, InputError, StepFailed
-from llmflow.evaluate import EvaluationSettings
+from llmflow.chain.reuse import normalise
+from llmflow.chain.runner import ChainResult, Runner, forced_steps
+from llmflow.chain.summary import print_summary
+from llmflow.download import DownloadOptions
+from llmflow.evaluation.inputs import EvaluationSettings
 from llmflow.export.prebuilt import parse_onnx_source
 from llmflow.export_onnx import ExportSettings
 from llmflow.log_pyfunc import PyfuncSettings
 from llmflow.log_transformers import TransformersSettings
 from llmflow.options import GenerationSettings, StepOptions, option
-from llmflow.register import check_registered_model_name
+from llmflow.sources.hub import is_local_reference
 from llmflow.tracking.names import (
-    ENV_UPSTREAM,
-    TAG_ERROR,
     TAG_MODEL_URI,
     TAG_REGISTERED_VERSION,
     TAG_REUSED_STEPS,
     TAG_STEP_RUN_PREFIX,
 )
-from llmflow.tracking.reuse import end_abandoned_run, find_reusable_run, normalise, stop_step, upstream_key
+from llmflow.tracking.registry import check_registered_model_name
 from llmflow.tracking.runs import step_run
-from llmflow.tracking.summary import print_summary
 
 logger = logging.getLogger(__name__)
-
-# The chain in the order it runs; rerun_from names one of these (or "none", or "all" for download).
-CHAIN = ("download", "export_onnx", "log_pyfunc", "log_transformers", "register", "evaluate")
-RERUN_CHOICES = ("none", "all", *CHAIN)
-
-
-@dataclass
-class ChainResult:
-    run_id: str
-    step_runs: dict[str, str] = field(default_factory=dict)
-    reused: list[str] = field(default_factory=list)
-    registered: dict[str, tuple[str, str]] = field(default_factory=dict)
-
-
-@dataclass
-class Runner:
-    """Runs the chain's steps as nested MLflow runs, reusing finished ones unless forced."""
-
-    experiment_id: str
-    result: ChainResult
-    forced: frozenset[str] = frozenset()
-
-    def step(self, entry_point: str, parameters: dict[str, str], upstream: list[str], key: str | None = None) -> Run:
-        """Run one entry point, or reuse an equal finished run; raise ``StepFailed`` naming a failed step."""
-        key = key or entry_point
-        if entry_point not in self.forced:
-            reusable = find_reusable_run(self.experiment_id, entry_point, parameters, upstream)
-            if reusable is not None:
-                logger.info("reusing %s run %s", key, reusable.info.run_id)
-                self.result.reused.append(key)
-                self.result.step_runs[key] = reusable.info.run_id
-                return reusable
-        logger.info("running step %s %s", key, parameters)
-        # The child records its upstream runs itself (runs.step_run reads this), so the record is there
-        # from its first moment, whatever happens to it or to this process.
-        os.environ[ENV_UPSTREAM] = upstream_key(upstream)
-        try:
-            submitted = mlflow.projects.run(
-                uri=str(PROJECT_ROOT),
-                entry_point=entry_point,
-                parameters=parameters,
-                env_manager="local",
-                experiment_id=self.experiment_id,
-                run_name=key,  # "download", "evaluate:onnx": what the UI's run tree shows
-                synchronous=False,
-            )
-            try:
-                ok = submitted.wait()
-            except Cancelled as exc:
-                # The step runs in a session of its own: the signal that stops main does not reach it.
-                self.result.step_runs[key] = submitted.run_id
-                status = stop_step(MlflowClient(), submitted, f"cancelled: main received {exc.signal_name}")
-                raise Cancelled(exc.signum, f"step '{key}' (run {submitted.run_id}) stopped, {status}") from None
-        finally:
-            os.environ.pop(ENV_UPSTREAM, None)
-        self.result.step_runs[key] = submitted.run_id
-        client = MlflowClient()
-        if not ok:
-            end_abandoned_run(client, submitted)
-            run = client.get_run(submitted.run_id)
-            error = run.data.tags.get(TAG_ERROR, "see the step's log above")
-            raise StepFailed(f"step '{key}' failed (run {submitted.run_id}, {run.info.status}): {error}")
-        return client.get_run(submitted.run_id)
-
-
-def forced_steps(rerun_from: str) -> frozenset[str]:
-    """The entry points ``rerun_from`` forces to run; the steps after them follow, as their inputs change."""
-    if rerun_from not in RERUN_CHOICES:
-        raise InputError(f"rerun_from '{rerun_from}' is not accepted; expected one of {', '.join(RERUN_CHOICES)}")
-    if rerun_from == "none":
-        return frozenset()
-    return frozenset({"download" if rerun_from == "all" else rerun_from})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,7 +36,6 @@ from mlflow.exceptions import MlflowException
 from llmflow.errors import InputError
 from llmflow.evaluation.promotion import PASSED, promote_alias
 from llmflow.options import StepOptions, non_empty, option
-from llmflow.register import check_registered_model_name
 from llmflow.tracking.model_cards import version_model_id
 from llmflow.tracking.names import (
     CHAMPION,
@@ -48,7 +47,7 @@ from llmflow.tracking.names import (
     registry_key,
     registry_tag,
 )
-from llmflow.tracking.registry import missing_model
+from llmflow.tracking.registry import check_registered_model_name, missing_model
 from llmflow.tracking.runs import step_run
 from llmflow.tracking.unity_catalog import is_three_level, uc_tags
 

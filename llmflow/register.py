@@ -46,6 +46,7 @@ from llmflow.tracking.names import (
     TAG_STEP,
     TAG_VERSION_CREATED,
 )
+from llmflow.tracking.registry import check_registered_model_name
 from llmflow.tracking.runs import step_run
 from llmflow.tracking.unity_catalog import uc_tags
 
@@ -61,7 +62,6 @@ LINEAGE_TAGS = (
     TAG_ONNX_SOURCE,
 )
 MODEL_URI_PATTERN = re.compile(r"^models:/(m-[0-9a-f]+)$")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]{0,254}$")
 
 
 @dataclass(frozen=True)
@@ -70,20 +70,6 @@ class RegisterResult:
     name: str
     version: str
     created: bool
-
-
-def validate_registered_model_name(name: str) -> None:
-    """Raise ``InputError`` unless ``name`` is a usable registered model name."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise InputError(
-            f"registered model name '{name}' is not accepted; use letters, digits, '.', '_' or '-' "
-            "(starting with a letter or digit, at most 255 characters)"
-        )
-
-
-def check_registered_model_name(_: str, value: object) -> None:
-    """The options check of a registered model name (see ``validate_registered_model_name``)."""
-    validate_registered_model_name(value)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, kw_only=True)

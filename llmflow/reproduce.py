@@ -28,12 +28,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from llmflow.chain.runner import ChainResult, Runner
 from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
 from llmflow.export.prebuilt import HUB_SCHEME
 from llmflow.export_onnx import ExportSettings
 from llmflow.log_transformers import TransformersSettings
-from llmflow.main import ChainResult, Runner
 from llmflow.options import GenerationSettings, StepOptions, names, option
 from llmflow.tracking.names import (
     MANIFEST_ARTIFACT,

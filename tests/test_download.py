@@ -14,6 +14,8 @@ from llmflow import download as dl
 from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
 from llmflow.export.architectures import supported_architectures
+from llmflow.sources.folder import model_dir_from_run
+from llmflow.sources.hub import is_local_reference
 from llmflow.sources.manifest import build_manifest, manifest_digest
 from llmflow.tracking.names import TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE
 
@@ -35,7 +37,7 @@ def test_local_folder_is_content_hashed_and_logged(tiny_model_dir: Path, trackin
 
 def test_model_dir_from_run_returns_verified_copy(tiny_model_dir: Path, tracking_uri: str, tmp_path: Path):
     result = dl.download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
-    copy = dl.model_dir_from_run(result.run_id, dst=tmp_path / "copy")
+    copy = model_dir_from_run(result.run_id, dst=tmp_path / "copy")
     assert copy != tiny_model_dir
     assert build_manifest(copy) == build_manifest(tiny_model_dir)
 
@@ -44,7 +46,7 @@ def test_a_local_artifact_store_is_read_in_place(tiny_model_dir: Path, tracking_
     """No second copy of the weights: the folder returned is the run's own ``model/`` artifact folder."""
     result = dl.download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
     artifact_dir = Path(mlflow.get_run(result.run_id).info.artifact_uri.removeprefix("file://")) / "model"
-    assert dl.model_dir_from_run(result.run_id, dst=tmp_path / "copy") == artifact_dir
+    assert model_dir_from_run(result.run_id, dst=tmp_path / "copy") == artifact_dir
     assert not (tmp_path / "copy").exists()
 
 
@@ -53,7 +55,7 @@ def test_tampered_artifact_is_refused(tiny_model_dir: Path, tracking_uri: str, t
     artifact_dir = Path(mlflow.get_run(result.run_id).info.artifact_uri.removeprefix("file://")) / "model"
     (artifact_dir / "config.json").write_text("{}")
     with pytest.raises(InputError, match="config.json.*does not match its manifest"):
-        dl.model_dir_from_run(result.run_id, dst=tmp_path / "copy")
+        model_dir_from_run(result.run_id, dst=tmp_path / "copy")
 
 
 def test_missing_local_folder_names_it(tracking_uri: str, tmp_path: Path):
@@ -73,7 +75,7 @@ def test_unreadable_weights_are_named_with_the_fix(
     folder = shutil.copytree(tiny_model_dir, tmp_path / "mounted")
     real_access = os.access
     monkeypatch.setattr(
-        dl.os, "access", lambda path, mode: Path(path).name != "model.safetensors" and real_access(path, mode)
+        os, "access", lambda path, mode: Path(path).name != "model.safetensors" and real_access(path, mode)
     )
     with pytest.raises(InputError, match=r"'.*mounted': model.safetensors not readable by this user.*chmod -R a\+rX"):
         dl.download(DownloadOptions(model=str(folder), revision="main"))
@@ -109,7 +111,7 @@ def test_supported_architectures_come_from_the_builder():
     ],
 )
 def test_local_or_hub_reference(value: str, local: bool):
-    assert dl.is_local_reference(value) is local
+    assert is_local_reference(value) is local
 
 
 class _FakeInfo:
@@ -189,7 +191,7 @@ def test_without_weights_only_configs_and_tokenizer_are_fetched(tiny_model_dir: 
     from transformers import AutoTokenizer
 
     result = dl.download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
-    copy = dl.model_dir_from_run(result.run_id, dst=tmp_path / "light", weights=False)
+    copy = model_dir_from_run(result.run_id, dst=tmp_path / "light", weights=False)
     names = {p.name for p in copy.iterdir()}
     assert "model.safetensors" not in names
     assert {"config.json", "tokenizer.json", "tokenizer_config.json"} <= names

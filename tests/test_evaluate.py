@@ -23,8 +23,14 @@ from llmflow import PROJECT_ROOT, cli
 from llmflow.cli import options_class
 from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
-from llmflow.evaluate import EvaluateOptions, EvaluationSettings, evaluate, validate_evaluate_options
-from llmflow.evaluation.inputs import DEFAULT_MAX_HELDOUT_TOKENS, DEFAULT_MAX_QUESTIONS
+from llmflow.evaluate import evaluate
+from llmflow.evaluation.inputs import (
+    DEFAULT_MAX_HELDOUT_TOKENS,
+    DEFAULT_MAX_QUESTIONS,
+    EvaluateOptions,
+    EvaluationSettings,
+    validate_evaluate_options,
+)
 from llmflow.evaluation.qa import QAPair
 from llmflow.export_onnx import ExportOptions
 from llmflow.log_pyfunc import LogPyfuncOptions

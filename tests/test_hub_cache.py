@@ -13,6 +13,7 @@ import pytest
 from llmflow import download as dl
 from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
+from llmflow.sources.folder import model_dir_from_run
 from llmflow.sources.hf_cache import DEFAULT_REPO, seed_cache
 from llmflow.tracking.names import TAG_HF_REPO, TAG_HF_SHA, TAG_SOURCE
 
@@ -40,7 +41,7 @@ def test_default_model_resolves_main_to_the_cached_sha_offline(hf_cache: tuple[P
     )
     assert result.model_dir == cache / "models--microsoft--Phi-3-mini-4k-instruct" / "snapshots" / sha
     # Later steps find the same snapshot by the pinned sha, without the network.
-    assert dl.model_dir_from_run(result.run_id) == result.model_dir
+    assert model_dir_from_run(result.run_id) == result.model_dir
 
 
 def test_a_revision_not_in_the_cache_is_one_line_naming_repo_and_revision(hf_cache, tracking_uri: str):

@@ -1,9 +1,12 @@
-"""The layout's rules: names in one module, no import cycles, small modules, every import declared."""
+"""The layout's rules: names in one module, layers that point down, small modules, every import declared."""
 
 from __future__ import annotations
 
 import ast
+import os
 import re
+import shutil
+import subprocess
 import sys
 from importlib.metadata import packages_distributions
 from pathlib import Path
@@ -63,56 +66,49 @@ def test_the_names_check_catches_a_literal(tmp_path: Path):
     assert tag_literals(sample) == ["llmflow.new_tag", "llmflow.run."]
 
 
-def _top_level_imports(module: str, path: Path) -> set[str]:
-    """Project modules that ``module`` imports when it is imported (not the lazy imports inside functions)."""
-    found = set()
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in found if name in _modules()}
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    """import-linter's contracts of ``root``'s pyproject.toml, checked on the code under ``root``."""
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("lint-imports")), "--no-cache", "--no-logo", "pyproject.toml"],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """A cycle in ``graph`` as a list of nodes, or None."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in sorted(graph.get(node, ())):
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt) :] + [nxt]
-            if nxt not in state and (cycle := visit(nxt)):
-                return cycle
-        state[node] = 2
-        stack.pop()
-        return None
-
-    for node in sorted(graph):
-        if node not in state and (cycle := visit(node)):
-            return cycle
-    return None
+def test_layers_point_down():
+    """pyproject.toml's contracts: steps -> the chain -> evaluation/export -> sources -> tracking -> options ->
+    errors, and the served model's code on its own; imports inside functions count."""
+    checked = lint_imports(PROJECT_ROOT)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "2 kept, 0 broken" in checked.stdout
 
 
-def test_no_circular_imports():
-    graph = {module: _top_level_imports(module, path) - {module} for module, path in _modules().items()}
-    # A package's __init__ runs before its modules: importing a.b imports a too, which is not a cycle.
-    graph = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}
-    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
-
-
-def test_the_cycle_check_finds_one():
-    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert find_cycle({"a": {"b"}, "b": set()}) is None
+@pytest.mark.parametrize(
+    ("module", "line", "named"),
+    [
+        # What tracking/reuse.py did before the chain package: a library reading a step module.
+        ("llmflow/chain/reuse.py", "from llmflow.download import download", "llmflow.chain.reuse -> llmflow.download"),
+        # A lazy import inside a function counts too.
+        (
+            "llmflow/sources/hub.py",
+            "def _late():\n    from llmflow.export.recipe import DEFAULT_INT4_RECIPE\n",
+            "llmflow.sources.hub -> llmflow.export.recipe",
+        ),
+        ("llmflow/serving/cpus.py", "from llmflow.errors import InputError", "llmflow.serving.cpus -> llmflow.errors"),
+    ],
+)
+def test_the_layers_contract_breaks_on_an_upward_import(tmp_path: Path, module: str, line: str, named: str):
+    for folder in ("llmflow", "steps"):
+        shutil.copytree(PROJECT_ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path)
+    with (tmp_path / module).open("a", encoding="utf-8") as handle:
+        handle.write(f"\n{line}\n")
+    checked = lint_imports(tmp_path)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert named in checked.stdout
 
 
 @pytest.mark.parametrize("module", sorted(_modules()))

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from llmflow.chain.reuse import STILL_VALID
 from llmflow.download import DownloadOptions, download
 from llmflow.errors import InputError
 from llmflow.export import prebuilt
@@ -34,7 +35,6 @@ from llmflow.tracking.names import (
     TAG_PRECISION,
     TAG_SMOKE_TEST,
 )
-from llmflow.tracking.reuse import STILL_VALID
 
 COOKBOOK_REPO = "microsoft/Phi-3-mini-4k-instruct-onnx"
 COOKBOOK_FOLDER = "cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4"

@@ -8,9 +8,10 @@ import mlflow
 import pytest
 
 from llmflow import main as pipeline
+from llmflow.chain import reuse
+from llmflow.chain.runner import forced_steps
 from llmflow.errors import InputError
 from llmflow.options import build
-from llmflow.tracking import reuse
 from llmflow.tracking.digest import code_digest, step_sources
 from llmflow.tracking.names import TAG_CODE_DIGEST, TAG_HF_SHA, TAG_STEP, TAG_UPSTREAM
 
@@ -72,7 +73,7 @@ def test_empty_qa_file_fails_up_front(tmp_path: Path):
     ("value", "normal"), [("32", "32"), ("32.0", "32"), (32, "32"), (0.02, "0.02"), ("0.020", "0.02"), ("int4", "int4")]
 )
 def test_parameters_are_normalised_to_strings(value, normal: str):
-    assert pipeline.normalise(value) == normal
+    assert reuse.normalise(value) == normal
 
 
 def _finished_run(step: str, params: dict[str, str], upstream: str = "", tags: dict | None = None) -> str:
@@ -118,7 +119,7 @@ def test_failed_and_killed_runs_are_never_reused(tracking_uri: str):
 
 
 def test_a_download_is_reused_only_while_the_folder_holds_the_same_content(tracking_uri: str, tmp_path: Path):
-    from llmflow.download import source_fingerprint
+    from llmflow.sources.hub import source_fingerprint
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -159,4 +160,4 @@ def test_a_step_digest_covers_its_own_code_and_not_other_steps(tmp_path: Path):
     [("none", set()), ("all", {"download"}), ("log_pyfunc", {"log_pyfunc"}), ("evaluate", {"evaluate"})],
 )
 def test_rerun_from_forces_a_step(rerun_from: str, forced: set):
-    assert pipeline.forced_steps(rerun_from) == forced
+    assert forced_steps(rerun_from) == forced

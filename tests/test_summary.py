@@ -5,8 +5,8 @@ from __future__ import annotations
 import mlflow
 from mlflow import MlflowClient
 
-from llmflow.main import ChainResult
-from llmflow.tracking.summary import format_summary, mlproject_defaults, rerun_command
+from llmflow.chain.runner import ChainResult
+from llmflow.chain.summary import format_summary, mlproject_defaults, rerun_command
 
 
 def test_the_rerun_command_passes_what_differs_from_the_mlproject_defaults():

@@ -153,7 +153,7 @@ def load_tokenizer(version: ModelVersion) -> Any:
     """The tokenizer of the download run behind ``version`` (tokenizer files only, not the weights)."""
     from transformers import AutoTokenizer
 
-    from llmflow.download import model_dir_from_run
+    from llmflow.sources.folder import model_dir_from_run
 
     download_run_id = registry_tag(version.tags, TAG_DOWNLOAD_RUN)
     if not download_run_id:

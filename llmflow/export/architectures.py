@@ -45,7 +45,8 @@ def supported_architectures() -> frozenset[str]:
     if not found:
         raise BuilderUnreadable(
             f"found no architectures in {spec.origin}: the onnxruntime-genai builder no longer dispatches on "
-            "config.architectures[0]; update llmflow.download.supported_architectures for the installed version"
+            "config.architectures[0]; update llmflow.export.architectures.supported_architectures for the installed "
+            "version"
         )
     return frozenset(found)
 

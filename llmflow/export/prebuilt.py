@@ -89,7 +89,7 @@ def check_onnx_source(name: str, value: str) -> None:
 
 def resolve(source: OnnxSource, token: str | None) -> str:
     """What identifies the source's content now: the hub commit sha, or ``sha256:<digest>`` of a local folder."""
-    from llmflow.download import resolve_hub
+    from llmflow.sources.hub import resolve_hub
     from llmflow.sources.manifest import build_manifest, manifest_digest
 
     if source.kind == "hub":

@@ -23,7 +23,7 @@ import sys
 from functools import cache
 from pathlib import Path
 
-from llmflow.download import WEIGHT_SUFFIXES
+from llmflow.sources.hub import WEIGHT_SUFFIXES
 
 logger = logging.getLogger(__name__)
 

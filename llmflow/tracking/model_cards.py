@@ -22,22 +22,16 @@ from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-from llmflow.export.recipe import DEFAULT_INT4_RECIPE, INT4_RECIPE_PARAMS
 from llmflow.tracking.names import (
     CHAMPION,
-    TAG_DOWNLOAD_RUN,
     TAG_EXECUTION_PROVIDER,
     TAG_HF_REPO,
     TAG_HF_SHA,
-    TAG_INT4_ACCURACY_LEVEL,
-    TAG_INT4_BLOCK_SIZE,
-    TAG_INT4_RECIPE,
-    TAG_ONNX_SOURCE,
     TAG_PRECISION,
 )
 
 # MLflow refuses these characters in a LoggedModel name.
-_NOT_IN_NAME = re.compile(r"[/:.%\"']+")
+NOT_IN_NAME = re.compile(r"[/:.%\"']+")
 # Registry descriptions are at most 5,000 characters in MLflow's SQL stores.
 DESCRIPTION_LIMIT = 5000
 
@@ -57,53 +51,14 @@ def version_model_id(version: ModelVersion) -> str | None:
     return match.group(1) if match else None
 
 
-def _repo_name(tags: Mapping[str, str]) -> str:
+def repo_name(tags: Mapping[str, str]) -> str:
     repo = tags.get(TAG_HF_REPO) or "model"
-    return _NOT_IN_NAME.sub("-", repo.rsplit("/", 1)[-1]).strip("-") or "model"
-
-
-def onnx_model_name(export_run: Run) -> str:
-    """``<repo>-<precision>-<execution provider>``, e.g. ``Phi-3-mini-4k-instruct-int4-cpu``.
-
-    An int4 export with another recipe than the default names it: ``...-int4-k_quant-sym-b32-a4-cpu``.
-    """
-    tags = export_run.data.tags
-    recipe = tags.get(TAG_INT4_RECIPE, "")
-    precision = tags.get(TAG_PRECISION, "onnx")
-    if recipe and recipe != DEFAULT_INT4_RECIPE.label:
-        precision = f"{precision}-{_NOT_IN_NAME.sub('-', recipe)}"
-    return f"{_repo_name(tags)}-{precision}-{tags.get(TAG_EXECUTION_PROVIDER, 'cpu')}"
+    return NOT_IN_NAME.sub("-", repo.rsplit("/", 1)[-1]).strip("-") or "model"
 
 
 def transformers_model_name(download_run: Run, precision: str) -> str:
     """``<repo>-<precision>-transformers``, e.g. ``Phi-3-mini-4k-instruct-bf16-transformers``."""
-    return f"{_repo_name(download_run.data.tags)}-{precision}-transformers"
-
-
-def onnx_model_params(export_run: Run, max_new_tokens: int) -> dict[str, str]:
-    """The figures that tell ONNX models apart: source, precision, provider, quantisation, answer length."""
-    tags, params = export_run.data.tags, export_run.data.params
-    figures = {
-        "flavour": "onnx",
-        "hf_repo_id": tags.get(TAG_HF_REPO, ""),
-        "hf_commit_sha": tags.get(TAG_HF_SHA, ""),
-        "precision": tags.get(TAG_PRECISION, ""),
-        "execution_provider": tags.get(TAG_EXECUTION_PROVIDER, ""),
-        "max_new_tokens": str(max_new_tokens),
-        "download_run_id": tags.get(TAG_DOWNLOAD_RUN, ""),
-        "export_run_id": export_run.info.run_id,
-        "onnx_source": tags.get(TAG_ONNX_SOURCE, "export"),
-    }
-    if figures["precision"] == "int4":
-        # Read from the model for a prebuilt source (tags); an export's are its parameters.
-        figures["int4_block_size"] = tags.get(TAG_INT4_BLOCK_SIZE) or _whole(params.get("int4_block_size", ""))
-        figures["int4_accuracy_level"] = tags.get(TAG_INT4_ACCURACY_LEVEL) or _whole(
-            params.get("int4_accuracy_level", "")
-        )
-        if tags.get(TAG_INT4_RECIPE):
-            figures["int4_recipe"] = tags[TAG_INT4_RECIPE]
-            figures.update({name: params[name] for name in INT4_RECIPE_PARAMS if name in params})
-    return figures
+    return f"{repo_name(download_run.data.tags)}-{precision}-transformers"
 
 
 def transformers_model_params(download_run: Run, precision: str, max_new_tokens: int) -> dict[str, str]:
@@ -142,7 +97,7 @@ def logged_model_tags(name: str, params: Mapping[str, str]) -> dict[str, str]:
     return {MLFLOW_RUN_NOTE: "\n".join(card)}
 
 
-def _whole(text: str) -> str:
+def whole(text: str) -> str:
     """``"32.0"`` (an MLflow float parameter) as ``"32"``, so a filter on ``'32'`` finds it."""
     try:
         number = float(text)

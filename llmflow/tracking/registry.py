@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 
 import mlflow
 from mlflow import MlflowClient
@@ -12,6 +13,21 @@ from llmflow.errors import InputError
 
 # How many registered names a search reads to suggest one (one page of MLflow's search).
 SEARCHED_NAMES = 1000
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]{0,254}$")
+
+
+def validate_registered_model_name(name: str) -> None:
+    """Raise ``InputError`` unless ``name`` is a usable registered model name."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise InputError(
+            f"registered model name '{name}' is not accepted; use letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit, at most 255 characters)"
+        )
+
+
+def check_registered_model_name(_: str, value: object) -> None:
+    """The options check of a registered model name (see ``validate_registered_model_name``)."""
+    validate_registered_model_name(value)  # type: ignore[arg-type]
 
 
 def close_names(client: MlflowClient, name: str) -> list[str]:

@@ -11,16 +11,13 @@ import logging
 import shlex
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import mlflow
 import yaml
 from mlflow import MlflowClient
 
 from llmflow import PROJECT_ROOT
-
-if TYPE_CHECKING:
-    from llmflow.main import ChainResult
+from llmflow.chain.runner import ChainResult
 
 logger = logging.getLogger(__name__)
 
