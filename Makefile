@@ -17,7 +17,7 @@ export PATH := $(BIN):$(PATH)
 # The demo and the tests never reach the Hugging Face Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: FORCE venv system-deps tiny smollm2 demo test test-fast bench bench-deps llama-server bench-quality bench-scale lint docs clean
+.PHONY: FORCE venv system-deps tiny smollm2 demo test test-fast bench bench-deps llama-server bench-quality bench-scale lint docs clean project-files
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -129,6 +129,10 @@ bench-quality: $(STAMP) $(BENCH_STAMP) smollm2
 # per-step wall time, peak RSS, artifact-store growth and temporary disk, and the ONNX model's speed (figures).
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale
+
+# MLproject, deploy/databricks/MLproject and README.md's parameter table, written from the options classes.
+project-files: $(STAMP)
+	$(BIN)/python -m llmflow.project_files
 
 lint: $(STAMP)
 	$(BIN)/ruff check llmflow steps tests bench scripts

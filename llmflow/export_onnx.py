@@ -7,8 +7,7 @@ Writes, in its MLflow run:
 - ``onnx/``: the builder's output (genai_config.json, model.onnx, model.onnx.data, tokenizer files,
   chat_template.jinja), or the prebuilt folder's files, ready for ``og.Model``;
 - ``onnx_manifest.json``: every file of ``onnx/`` with its size and sha256;
-- ``smoke_test.txt``: a chat question, its templated prompt and the model's greedy answer, generated
-  with onnxruntime-genai before the run finishes;
+- ``smoke_test.txt``: a chat question, its templated prompt and its greedy answer from onnxruntime-genai;
 - tags for the precision, the execution provider and the int4 settings (for a prebuilt model, read from its
   folder), the download run, the HF repo id and commit sha, the ONNX source and what pins a prebuilt one
   (``llmflow.onnx_source``, ``llmflow.onnx_source_sha``: the hub commit, or the local folder's content digest), and
@@ -34,7 +33,7 @@ from llmflow.export import prebuilt, recipe
 from llmflow.export.builder import build
 from llmflow.export.memory import check_export_memory, config_of, export_need, memory_found
 from llmflow.export.smoke import SMOKE_QUESTION, SmokeResult, smoke_test, smoke_test_skip_reason
-from llmflow.options import StepOptions, non_empty, one_of, option
+from llmflow.options import StepOptions, a_bool, non_empty, one_of, option
 from llmflow.sources.folder import model_dir_from_run, read_manifest
 from llmflow.sources.hub import WEIGHT_SUFFIXES
 from llmflow.sources.manifest import build_manifest, manifest_digest
@@ -116,10 +115,10 @@ class ExportSettings(StepOptions):
         "mixed_layers (llama.cpp's sensitive layers) and qkv (every layer's attention input projection).",
         check=recipe.check_mixed_precision,
     )
-    int4_symmetric: str = option(
-        str(recipe.DEFAULT_INT4_RECIPE.symmetric).lower(),
+    int4_symmetric: bool = option(
+        recipe.DEFAULT_INT4_RECIPE.symmetric,
         help="int4 weights symmetric (true: int4 and a scale) or not (false: uint4 and a zero point).",
-        check=recipe.check_bool,
+        check=a_bool,
     )
     onnx_source: str = option(
         prebuilt.EXPORT,
@@ -162,7 +161,13 @@ def run_builder(model_dir: Path, out_dir: Path, settings: ExportSettings | None 
     """
     settings = ExportSettings() if settings is None else settings
     settings.check()
-    return build(model_dir, out_dir, settings.precision, settings.execution_provider, settings.int4_recipe())
+    return build(
+        model_dir,
+        out_dir,
+        precision=settings.precision,
+        execution_provider=settings.execution_provider,
+        recipe=settings.int4_recipe(),
+    )
 
 
 def preflight_memory(download_run_id: str, precision: str) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 import mlflow
 
 from llmflow.errors import InputError
-from llmflow.options import GenerationSettings, StepOptions, non_empty, one_of, option
+from llmflow.options import GenerationSettings, StepOptions, a_bool, non_empty, option
 from llmflow.patches.mlflow import named_checkpoint, pinned_revision
 from llmflow.patches.transformers import task_class_resolved
 from llmflow.sources.folder import model_dir_from_run
@@ -68,11 +68,11 @@ class LogTransformersResult:
 class TransformersSettings(StepOptions):
     """How the transformers model holds its weights."""
 
-    save_pretrained: str = option(
-        "true",
+    save_pretrained: bool = option(
+        True,
         help="true: the logged model holds the weights; false: a hub model is logged as a reference to its repo and "
         "commit (no second copy of the weights; loading it needs the Hugging Face cache or the Hub).",
-        check=one_of("true", "false"),
+        check=a_bool,
     )
 
 
@@ -96,7 +96,7 @@ def log_transformers(options: LogTransformersOptions) -> LogTransformersResult:
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
     download_run_id, max_new_tokens = options.download_run_id, options.max_new_tokens
-    reference = options.save_pretrained == "false"
+    reference = not options.save_pretrained
     with step_run("log_transformers", options) as run:
         download_run = get_step_run(download_run_id, "download")
         tags = download_run.data.tags

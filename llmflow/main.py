@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
+from llmflow.chain.graph import GRAPH, Step, walk
 from llmflow.chain.reuse import normalise
 from llmflow.chain.runner import ChainResult, Runner, forced_steps
 from llmflow.chain.summary import print_summary
@@ -38,7 +39,6 @@ from llmflow.log_transformers import TransformersSettings
 from llmflow.options import GenerationSettings, StepOptions, option
 from llmflow.sources.hub import is_local_reference
 from llmflow.tracking.names import (
-    TAG_MODEL_URI,
     TAG_REGISTERED_VERSION,
     TAG_REUSED_STEPS,
     TAG_STEP_RUN_PREFIX,
@@ -113,62 +113,43 @@ def _as_params(options: StepOptions, **extra: str) -> dict[str, str]:
     return {**{name: normalise(value) for name, value in options.params().items()}, **extra}
 
 
-def _chain(parent: Run, options: MainOptions) -> ChainResult:
-    """The chain itself, with ``options`` as checked by ``run_chain``."""
+def _group_params(options: MainOptions) -> dict[str, dict[str, str]]:
+    """Each option group's parameters as a step is given them. Children run with the project root as working
+    directory: a local model folder, a local ONNX folder and the data files go to them as absolute paths."""
     model = options.source.model
-    model = _absolute(model) if is_local_reference(model) else model
-    result = ChainResult(parent.info.run_id)
-    runner = Runner(parent.info.experiment_id, result, forced_steps(options.rerun_from))
-    download = runner.step("download", _as_params(options.source, model=model), [])
-    download_id = download.info.run_id
-    # Children run from the project root: a local ONNX folder goes to them as the absolute path it parsed to.
     onnx_source = parse_onnx_source(options.export.onnx_source)
-    export_params = _as_params(
-        options.export,
-        download_run_id=download_id,
-        onnx_source=str(onnx_source.path) if onnx_source.kind == "local" else options.export.onnx_source,
-    )
-    export = runner.step("export_onnx", export_params, [download_id])
-    logged = {
-        "onnx": runner.step(
-            "log_pyfunc",
-            {**_as_params(options.generation, export_run_id=export.info.run_id), **_as_params(options.pyfunc)},
-            [export.info.run_id],
+    evaluation = options.evaluation
+    return {
+        "source": _as_params(options.source, model=_absolute(model) if is_local_reference(model) else model),
+        "export": _as_params(
+            options.export,
+            onnx_source=str(onnx_source.path) if onnx_source.kind == "local" else options.export.onnx_source,
         ),
-        "transformers": runner.step(
-            "log_transformers",
-            {**_as_params(options.generation, download_run_id=download_id), **_as_params(options.transformers)},
-            [download_id],
+        "generation": _as_params(options.generation),
+        "pyfunc": _as_params(options.pyfunc),
+        "transformers": _as_params(options.transformers),
+        "evaluation": _as_params(
+            evaluation, qa_path=_absolute(evaluation.qa_path), heldout_path=_absolute(evaluation.heldout_path)
         ),
     }
-    # The ONNX model is judged against the transformers model of the same download run, its reference.
-    references = {"onnx": logged["transformers"], "transformers": None}
-    evaluation = options.evaluation
-    evaluation_params = _as_params(
-        evaluation, qa_path=_absolute(evaluation.qa_path), heldout_path=_absolute(evaluation.heldout_path)
-    )
-    for flavour, log_run in logged.items():
-        name = f"{options.registered_model_name}-{flavour}"
-        register = runner.step(
-            "register",
-            {"model_uri": log_run.data.tags[TAG_MODEL_URI], "registered_model_name": name},
-            [log_run.info.run_id],
-            key=f"register:{flavour}",
+
+
+def _chain(parent: Run, options: MainOptions) -> ChainResult:
+    """The chain itself (``llmflow.chain.graph``), with ``options`` as checked by ``run_chain``."""
+    groups = _group_params(options)
+
+    def own_params(step: Step) -> dict[str, str]:
+        named = {"registered_model_name": f"{options.registered_model_name}-{step.flavour}"} if step.flavour else {}
+        return {**{k: v for group in step.groups for k, v in groups[group].items()}, **named}
+
+    result = ChainResult(parent.info.run_id)
+    runner = Runner(parent.info.experiment_id, result, forced_steps(options.rerun_from))
+    runs = walk(GRAPH, own_params, runner.step)
+    for registered in (s for s in GRAPH if s.entry_point == "register"):
+        result.registered[str(registered.flavour)] = (
+            f"{options.registered_model_name}-{registered.flavour}",
+            runs[registered.key].data.tags[TAG_REGISTERED_VERSION],
         )
-        reference = references[flavour]
-        runner.step(
-            "evaluate",
-            {
-                "registered_model_name": name,
-                # Its own version, not the alias: another run's register may have moved `challenger` since.
-                "model_version": register.data.tags[TAG_REGISTERED_VERSION],
-                "reference_model_uri": reference.data.tags[TAG_MODEL_URI] if reference else "none",
-                **evaluation_params,
-            },
-            [register.info.run_id] + ([reference.info.run_id] if reference else []),
-            key=f"evaluate:{flavour}",
-        )
-        result.registered[flavour] = (name, register.data.tags[TAG_REGISTERED_VERSION])
     mlflow.set_tags(
         {
             **{f"{TAG_STEP_RUN_PREFIX}{step}": run_id for step, run_id in result.step_runs.items()},

@@ -70,7 +70,29 @@ def whole_number(text: str) -> int:
     return int(value)
 
 
-PARSERS: dict[type, Callable[[str], Any]] = {str: str, int: whole_number, float: float}
+BOOLEANS = {"true": True, "false": False}
+
+
+def boolean(text: str) -> bool:
+    """argparse type for ``true``/``false`` in any case (what MLproject's string parameters carry)."""
+    key = str(text).strip().lower()
+    if key not in BOOLEANS:
+        raise argparse.ArgumentTypeError(f"'{text}' is not accepted; expected true or false")
+    return BOOLEANS[key]
+
+
+def param_text(value: Any) -> str:
+    """A parameter's value as MLflow records it: ``true``/``false`` for a bool (as MLproject writes them)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def a_bool(name: str, value: Any) -> None:
+    """The check of every ``bool`` field (``build`` and the parser turn ``"true"``/``"false"`` into one)."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name} '{value}' is not accepted; expected true or false")
+
+
+PARSERS: dict[type, Callable[[str], Any]] = {str: str, int: whole_number, float: float, bool: boolean}
 
 
 @cache
@@ -120,7 +142,10 @@ def build(cls: type[OptionsT], values: dict[str, Any]) -> OptionsT:
             if isinstance(sub, type) and issubclass(sub, StepOptions):
                 kwargs[field.name] = make(sub)
             elif field.name in values:
-                kwargs[field.name] = values[field.name]
+                value = values[field.name]
+                if sub is bool and isinstance(value, str) and value.strip().lower() in BOOLEANS:
+                    value = BOOLEANS[value.strip().lower()]  # MLflow records a bool parameter as text
+                kwargs[field.name] = value
         return kind(**kwargs)
 
     return make(cls)  # type: ignore[return-value]

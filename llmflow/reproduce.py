@@ -28,6 +28,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from llmflow.chain.graph import leading_to, walk
 from llmflow.chain.runner import ChainResult, Runner
 from llmflow.download import DownloadOptions
 from llmflow.errors import InputError
@@ -205,7 +206,7 @@ def reproduce(options: ReproduceOptions) -> ReproduceResult:
         scratch = mlflow.get_experiment_by_name(SCRATCH_EXPERIMENT)
         experiment_id = scratch.experiment_id if scratch else mlflow.create_experiment(SCRATCH_EXPERIMENT)
         chain = ChainResult(run.info.run_id)
-        runner = Runner(experiment_id, chain, forced=frozenset({"download", "export_onnx", logged_by}))
+        runner = Runner(experiment_id, chain, forced=frozenset(s.entry_point for s in leading_to(logged_by)))
         mlflow.set_tags(
             {
                 TAG_REGISTERED_NAME: name,
@@ -213,34 +214,19 @@ def reproduce(options: ReproduceOptions) -> ReproduceResult:
                 TAG_SCRATCH_EXPERIMENT: experiment_id,
             }
         )
-        new_download = runner.step("download", download_params, [])
+        params = {"download": download_params}
         original_runs = {"download": download_run.info.run_id}
         if logged_by == "log_pyfunc":
             export_run = get_step_run(export_run_id, "export_onnx")
-            export_params = _params(export_run, *names(ExportSettings))
+            params["export_onnx"] = _params(export_run, *names(ExportSettings))
             pinned = export_run.data.tags.get(TAG_ONNX_SOURCE, "")
             if pinned.startswith(HUB_SCHEME):
-                export_params["onnx_source"] = pinned  # the hub folder at its commit, not at its branch
-            new_export = runner.step(
-                "export_onnx",
-                {"download_run_id": new_download.info.run_id, **export_params},
-                [new_download.info.run_id],
-            )
+                params["export_onnx"]["onnx_source"] = pinned  # the hub folder at its commit, not at its branch
             original_runs["export_onnx"] = export_run.info.run_id
-            runner.step(
-                "log_pyfunc",
-                {"export_run_id": new_export.info.run_id, **_params(source_run, *names(GenerationSettings))},
-                [new_export.info.run_id],
-            )
+            params["log_pyfunc"] = _params(source_run, *names(GenerationSettings))
         else:
-            runner.step(
-                "log_transformers",
-                {
-                    "download_run_id": new_download.info.run_id,
-                    **_params(source_run, *names(GenerationSettings), *names(TransformersSettings)),
-                },
-                [new_download.info.run_id],
-            )
+            params["log_transformers"] = _params(source_run, *names(GenerationSettings), *names(TransformersSettings))
+        walk(leading_to(logged_by), lambda step: params[step.key], runner.step)
         step, artifact = MANIFESTS[logged_by]
         original = _manifest(original_runs[step], artifact)
         rebuilt = _manifest(chain.step_runs[step], artifact)

@@ -24,6 +24,7 @@ from databricks.sdk.service.jobs import JobSettings
 from databricks.sdk.service.serving import EndpointCoreConfigInput, EndpointTag, ServingEndpointsAPI
 
 from llmflow import PROJECT_ROOT
+from llmflow.chain.graph import GRAPH
 from llmflow.tracking import task_values
 
 spec = importlib.util.spec_from_file_location("local_job", PROJECT_ROOT / "deploy" / "databricks" / "local_job.py")
@@ -44,16 +45,9 @@ SERVING_ROOT = PROJECT_ROOT / "deploy" / "databricks" / "serving"
 SERVING_SPEC = yaml.safe_load((SERVING_ROOT / "databricks.yml").read_text())
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 TASK_VALUE = re.compile(r"\{\{tasks\.([\w-]+)\.values\.([\w-]+)\}\}")
-STEP_TASKS = {
-    "download": "download",
-    "export_onnx": "export_onnx",
-    "log_pyfunc": "log_pyfunc",
-    "log_transformers": "log_transformers",
-    "register_onnx": "register",
-    "register_transformers": "register",
-    "evaluate_onnx": "evaluate",
-    "evaluate_transformers": "evaluate",
-}
+# The chain's graph, as Databricks task keys (`register:onnx` is task `register_onnx`).
+STEP_TASKS = {step.key.replace(":", "_"): step.entry_point for step in GRAPH}
+GRAPH_DEPENDS_ON = {step.key.replace(":", "_"): {u.replace(":", "_") for u in step.upstream} for step in GRAPH}
 
 
 def _step(task: dict[str, Any]) -> str:
@@ -86,22 +80,25 @@ def test_every_job_is_exactly_what_the_databricks_sdk_reads(key: str):
 
 
 @pytest.mark.parametrize("key", sorted(PIPELINES))
-def test_pipeline_has_one_task_per_step_for_both_flavours_in_dependency_order(key: str):
+def test_pipeline_tasks_are_the_chains_graph_in_dependency_order(key: str):
     job = PIPELINES[key]
     assert {task["task_key"]: _step(task) for task in job["tasks"]} == STEP_TASKS
     order = [task["task_key"] for task in local_job.task_order(job)]
-    for before, after in [
-        ("download", "export_onnx"),
-        ("export_onnx", "log_pyfunc"),
-        ("download", "log_transformers"),
-        ("log_pyfunc", "register_onnx"),
-        ("log_transformers", "register_transformers"),
-        ("register_onnx", "evaluate_onnx"),
-        ("register_transformers", "evaluate_transformers"),
-        ("log_transformers", "evaluate_onnx"),
-    ]:
-        assert before in local_job.ancestors(job, after), f"{after} must run after {before}"
-        assert order.index(before) < order.index(after)
+    # Each task waits for exactly the steps the chain's graph hands it values from (llmflow.chain.graph).
+    assert {t["task_key"]: {d["task_key"] for d in t.get("depends_on", [])} for t in job["tasks"]} == GRAPH_DEPENDS_ON
+    for after, befores in GRAPH_DEPENDS_ON.items():
+        for before in befores:
+            assert before in local_job.ancestors(job, after), f"{after} must run after {before}"
+            assert order.index(before) < order.index(after)
+    # ... and is handed what the graph wires to it: `--download-run-id {{tasks.download.values.run_id}}`.
+    for step in GRAPH:
+        argv = next(t for t in job["tasks"] if t["task_key"] == step.key.replace(":", "_"))["spark_python_task"]
+        given = dict(zip(argv["parameters"][::2], argv["parameters"][1::2], strict=True))
+        for wire in step.wires:
+            handed = "{{tasks." + wire.upstream.replace(":", "_") + ".values." + wire.value + "}}"
+            assert given.get("--" + wire.param.replace("_", "-")) == handed, (step.key, wire)
+        for param, value in step.fixed:
+            assert given.get("--" + param.replace("_", "-")) == value, (step.key, param)
     for task in job["tasks"]:
         assert (PROJECT_ROOT / task["spark_python_task"]["python_file"]).is_file()
         assert task["spark_python_task"]["source"] == "GIT"

@@ -38,7 +38,7 @@ def test_streaming_export_is_byte_identical_to_the_builder(
         nbits, "_quantize_node", lambda graph, node, *a: quantized.append(node.name) or real(graph, node, *a)
     )
     # The builder's own recipe (symmetric, no int8 placements), not the project's default.
-    stock_recipe = {"int4_mixed_precision": "none", "int4_symmetric": "true"}
+    stock_recipe = {"int4_mixed_precision": "none", "int4_symmetric": True}
     ours = run_builder(
         tiny_model_dir,
         tmp_path / "ours",
@@ -75,7 +75,7 @@ def test_mixed_precision_streams_byte_identical_to_the_builder(tiny_model_dir: P
     monkeypatch.setattr(
         nbits, "_quantize_node", lambda graph, node, q, bits, *a: widths.append(bits) or real(graph, node, q, bits, *a)
     )
-    settings = ExportSettings(precision="int4", int4_mixed_precision="last_matmul,mixed_layers", int4_symmetric="true")
+    settings = ExportSettings(precision="int4", int4_mixed_precision="last_matmul,mixed_layers", int4_symmetric=True)
     ours = run_builder(tiny_model_dir, tmp_path / "ours", settings)
     theirs = stock_export(
         tiny_model_dir,
@@ -110,9 +110,7 @@ def test_block_size_and_accuracy_level_reach_every_quantized_matmul(
 
 
 def test_the_qkv_selector_makes_every_attention_input_projection_int8(tiny_model_dir: Path, tmp_path: Path):
-    out = run_builder(
-        tiny_model_dir, tmp_path / "qkv", ExportSettings(int4_mixed_precision="qkv", int4_symmetric="true")
-    )
+    out = run_builder(tiny_model_dir, tmp_path / "qkv", ExportSettings(int4_mixed_precision="qkv", int4_symmetric=True))
     bits = quantized_attributes(out, "bits")
     qkv = {name: b for name, b in bits.items() if "/attn/qkv_proj/" in name}
     assert qkv and set(qkv.values()) == {8}

@@ -197,7 +197,7 @@ def test_recipe_options_name_the_value_and_what_is_accepted(field: str, value: s
 
 
 def test_settings_make_the_recipe():
-    settings = ExportSettings(int4_algo="rtn", int4_mixed_precision="qkv, last_matmul", int4_symmetric="FALSE")
+    settings = ExportSettings(int4_algo="rtn", int4_mixed_precision="qkv, last_matmul", int4_symmetric=False)
     assert settings.int4_recipe() == Int4Recipe(algo="rtn", int8=("last_matmul", "qkv"), symmetric=False)
     assert ExportSettings(int4_mixed_precision="none").int4_recipe().int8 == ()
 
@@ -272,7 +272,7 @@ def test_step_parser_has_exactly_the_mlproject_parameters():
         "int4_accuracy_level": 4,
         "int4_algo": "default",
         "int4_mixed_precision": "last_matmul,mixed_layers,qkv",
-        "int4_symmetric": "false",
+        "int4_symmetric": False,
         "onnx_source": "export",
     }
 

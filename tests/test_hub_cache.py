@@ -101,7 +101,7 @@ def test_save_pretrained_false_logs_a_reference_to_the_pinned_commit_that_loads_
     run_id = dl.download(DownloadOptions(model=DEFAULT_REPO, revision="main")).run_id
     stored = log_transformers(LogTransformersOptions(download_run_id=run_id, max_new_tokens=8))
     reference = log_transformers(
-        LogTransformersOptions(download_run_id=run_id, max_new_tokens=8, save_pretrained="false")
+        LogTransformersOptions(download_run_id=run_id, max_new_tokens=8, save_pretrained=False)
     )
     assert mlflow.get_run(reference.run_id).data.tags[TAG_TRANSFORMERS_WEIGHTS] == "hub reference"
     assert mlflow.get_run(stored.run_id).data.tags[TAG_TRANSFORMERS_WEIGHTS] == "stored"
@@ -132,7 +132,7 @@ def test_save_pretrained_false_refuses_a_local_folder_in_one_line(tiny_model_dir
     with pytest.raises(
         InputError, match=r"^save_pretrained 'false' needs a hub model, and download run '.*' is a local"
     ):
-        log_transformers(LogTransformersOptions(download_run_id=run_id, save_pretrained="false"))
+        log_transformers(LogTransformersOptions(download_run_id=run_id, save_pretrained=False))
 
 
 def test_a_linked_seed_shares_the_files_bytes_and_gives_the_same_commit(tmp_path: Path):

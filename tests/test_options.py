@@ -17,7 +17,18 @@ from llmflow import PROJECT_ROOT
 from llmflow.cli import options_class
 from llmflow.errors import InputError
 from llmflow.main import MainOptions
-from llmflow.options import StepOptions, build, build_parser, defaults, leaf_fields, names, replace, whole_number
+from llmflow.options import (
+    StepOptions,
+    build,
+    build_parser,
+    defaults,
+    leaf_fields,
+    names,
+    param_text,
+    parse,
+    replace,
+    whole_number,
+)
 
 ENTRY_POINTS = [
     "download",
@@ -52,7 +63,7 @@ def test_options_are_the_mlproject_parameters_with_the_same_defaults(entry_point
     cls = step_options(entry_point)
     declared = mlproject_parameters(entry_point)
     assert set(names(cls)) == set(declared)
-    kinds = {"string": (str,), "float": (int, float)}
+    kinds = {"string": (str, bool), "float": (int, float)}
     for field, kind in leaf_fields(cls):
         spec = declared[field.name]
         assert field.metadata["help"], f"{entry_point}: {field.name} has no help text"
@@ -60,7 +71,10 @@ def test_options_are_the_mlproject_parameters_with_the_same_defaults(entry_point
         if "default" in spec:
             assert default is not dataclasses.MISSING, f"{entry_point}: {field.name} has no default in its options"
             # MLflow passes numbers as floats: 32 in the options is 32 (or 32.0) in MLproject.
-            assert str(spec["default"]) == str(default) or float(spec["default"]) == float(default), field.name
+            if kind is bool:
+                assert spec["default"] == param_text(default), field.name  # "true"/"false", as the parser reads
+            else:
+                assert str(spec["default"]) == str(default) or float(spec["default"]) == float(default), field.name
         else:
             assert default is dataclasses.MISSING, f"{entry_point}: {field.name} has a default MLproject lacks"
         assert kind in kinds[spec["type"]], f"{entry_point}: {field.name} is {kind}, MLproject says {spec['type']}"
@@ -92,7 +106,7 @@ def test_snake_case_and_kebab_case_flags_parse_the_same():
             "int4_accuracy_level": 0,
             "int4_algo": "default",
             "int4_mixed_precision": "last_matmul,mixed_layers,qkv",
-            "int4_symmetric": "false",
+            "int4_symmetric": False,
             "onnx_source": "export",
         }
     )
@@ -211,3 +225,28 @@ def test_a_misspelt_parameter_is_one_line_that_names_the_nearest(capsys: pytest.
         "steps/export_onnx.py: the following arguments are required: --download-run-id/--download_run_id "
         "(--help lists the parameters)"
     ]
+
+
+@pytest.mark.parametrize(("text", "value"), [("true", True), ("FALSE", False), (" True ", True)])
+def test_a_bool_parameter_reads_true_or_false_in_any_case(text: str, value: bool):
+    options = parse(
+        step_options("log_transformers"), "log_transformers", "", ["--download-run-id", "d", "--save-pretrained", text]
+    )
+    assert options.save_pretrained is value
+    assert build(type(options), {"download_run_id": "d", "save_pretrained": text}).save_pretrained is value
+    assert param_text(value) == text.strip().lower()
+
+
+@pytest.mark.parametrize("text", ["yes", "1", ""])
+def test_a_bool_parameter_refuses_anything_else_in_one_line(text: str, capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit):
+        parse(
+            step_options("log_transformers"),
+            "log_transformers",
+            "",
+            ["--download-run-id", "d", "--save-pretrained", text],
+        )
+    error = capsys.readouterr().err.strip()
+    assert f"'{text}' is not accepted; expected true or false" in error and "\n" not in error
+    with pytest.raises(InputError, match=f"^save_pretrained '{text}' is not accepted; expected true or false$"):
+        build(step_options("log_transformers"), {"download_run_id": "d", "save_pretrained": text}).check()

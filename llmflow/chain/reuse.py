@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from llmflow.errors import InputError
 from llmflow.evaluation.inputs import fingerprint_files
 from llmflow.export.prebuilt import EXPORT, parse_onnx_source, resolve
+from llmflow.options import BOOLEANS, param_text
 from llmflow.sources.hub import source_fingerprint
 from llmflow.tracking.digest import code_digest
 from llmflow.tracking.names import (
@@ -39,8 +40,11 @@ logger = logging.getLogger(__name__)
 
 
 def normalise(value: Any) -> str:
-    """A parameter value as the string it is compared by: whole numbers without ".0" ("32.0" -> "32")."""
-    text = str(value).strip()
+    """A parameter value as the string it is compared by: whole numbers without ".0" ("32.0" -> "32"), bools in
+    lower case."""
+    text = param_text(value).strip()
+    if text.lower() in BOOLEANS:
+        return text.lower()  # a bool parameter: "True" (an older record) and "true" are one value
     try:
         number = float(text)
     except ValueError:

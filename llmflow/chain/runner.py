@@ -21,15 +21,15 @@ from mlflow.entities import Run, RunStatus
 from mlflow.projects.submitted_run import LocalSubmittedRun
 
 from llmflow import PROJECT_ROOT
+from llmflow.chain.graph import ENTRY_POINTS
 from llmflow.chain.reuse import find_reusable_run, upstream_key
 from llmflow.errors import Cancelled, InputError, StepFailed
 from llmflow.tracking.names import ENV_UPSTREAM, TAG_ERROR
 
 logger = logging.getLogger(__name__)
 
-# The chain in the order it runs; rerun_from names one of these (or "none", or "all" for download).
-CHAIN = ("download", "export_onnx", "log_pyfunc", "log_transformers", "register", "evaluate")
-RERUN_CHOICES = ("none", "all", *CHAIN)
+# rerun_from names an entry point of the chain, "none", or "all" (download, and so everything after it).
+RERUN_CHOICES = ("none", "all", *ENTRY_POINTS)
 
 
 @dataclass

@@ -77,6 +77,7 @@ def _builder_reason(exc: Exception) -> str:
 def build(
     model_dir: Path,
     out_dir: Path,
+    *,
     precision: str,
     execution_provider: str,
     recipe: Int4Recipe,

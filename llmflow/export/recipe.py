@@ -35,7 +35,6 @@ BUILDER_SELECTORS = ("last_matmul", "mixed_layers")
 PROJECT_SELECTORS = ("qkv",)
 SELECTORS = BUILDER_SELECTORS + PROJECT_SELECTORS
 NONE = "none"
-BOOLEANS = {"true": True, "false": False}
 QKV_SUFFIXES = ("/attn/qkv_proj/MatMul", "/attn/q_proj/MatMul", "/attn/k_proj/MatMul", "/attn/v_proj/MatMul")
 
 
@@ -53,17 +52,6 @@ def parse_mixed_precision(name: str, text: str) -> tuple[str, ...]:
 
 def check_mixed_precision(name: str, value: str) -> None:
     parse_mixed_precision(name, value)
-
-
-def parse_bool(name: str, text: str) -> bool:
-    key = str(text).strip().lower()
-    if key not in BOOLEANS:
-        raise InputError(f"{name} '{text}' is not accepted; expected true or false")
-    return BOOLEANS[key]
-
-
-def check_bool(name: str, value: str) -> None:
-    parse_bool(name, value)
 
 
 @dataclass(frozen=True)
@@ -119,12 +107,12 @@ def mixed_precision_text(int8: tuple[str, ...]) -> str:
     return ",".join(int8) or NONE
 
 
-def recipe_from(algo: str, mixed_precision: str, symmetric: str, block_size: int, accuracy_level: int) -> Int4Recipe:
+def recipe_from(algo: str, mixed_precision: str, symmetric: bool, block_size: int, accuracy_level: int) -> Int4Recipe:
     """An ``Int4Recipe`` from the parameters as ``export_onnx`` takes them (already checked)."""
     return Int4Recipe(
         algo=algo,
         int8=parse_mixed_precision("int4_mixed_precision", mixed_precision),
-        symmetric=parse_bool("int4_symmetric", symmetric),
+        symmetric=symmetric,
         block_size=block_size,
         accuracy_level=accuracy_level,
     )

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 
 from llmflow import PROJECT_ROOT
 from llmflow.errors import InputError, PipelineError, cancellation_in
-from llmflow.options import StepOptions
+from llmflow.options import StepOptions, param_text
 from llmflow.tracking.digest import code_digest
 from llmflow.tracking.names import (
     ENV_UPSTREAM,
@@ -118,7 +118,7 @@ def step_run(step: str, options: StepOptions | dict[str, Any]) -> Iterator[Run]:
     # Under `mlflow run` the run exists and keeps its name; a step called directly is named after itself.
     with mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") else step) as run:
         existing = mlflow.get_run(run.info.run_id).data.params
-        missing = {k: str(v) for k, v in params.items() if k not in existing}
+        missing = {k: param_text(v) for k, v in params.items() if k not in existing}
         if missing:
             mlflow.log_params(missing)
         mlflow.set_tags(
