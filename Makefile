@@ -57,7 +57,7 @@ demo: tiny
 	$(BIN)/mlflow run . -e main --env-manager local -P model=$(TINY) -P registered_model_name=tiny-phi3
 
 # Two pytest-xdist workers, each taking whole modules (a module's fixtures, like test_e2e's cold run, are built
-# once). The steps they run share the CPUs, so onnxruntime generates with one thread each (llmflow/serving/cpus.py:
+# once). The steps they run share the CPUs, so onnxruntime generates with one thread each (llmflow/chat_model/cpus.py:
 # two spinning threads per process on two busy cores ran slower than one).
 TEST_WORKERS ?= 2
 test: $(STAMP) system-deps smollm2

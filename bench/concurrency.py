@@ -41,14 +41,14 @@ DEFAULT_OUT = Path("bench-results/concurrency.json")
 def log_model(onnx_dir: Path, max_new_tokens: int) -> str:
     import mlflow
 
-    from llmflow.log_pyfunc import MODEL_CODE, SERVING_PACKAGE
+    from llmflow.log_pyfunc import MODEL_CODE, MODEL_PACKAGE
 
     config = {"max_new_tokens": max_new_tokens, "temperature": 0.0, "top_p": 1.0, "top_k": 50, "model_name": "bench"}
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(MODEL_CODE),
-            code_paths=[str(SERVING_PACKAGE)],
+            code_paths=[str(MODEL_PACKAGE)],
             artifacts={"onnx": str(onnx_dir)},
             model_config=config,
         )

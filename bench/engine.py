@@ -507,9 +507,9 @@ def run(
 ) -> dict[str, Any]:
     from mlflow.pyfunc import PythonModelContext
 
+    from llmflow.chat_model.onnx_chat_model import OnnxChatModel
     from llmflow.export_onnx import ExportSettings, run_builder
     from llmflow.serving.metrics import Metrics
-    from llmflow.serving.onnx_chat_model import OnnxChatModel
     from llmflow.serving.scheduler import BatchScheduler
 
     started, load_start = time.perf_counter(), os.getloadavg()

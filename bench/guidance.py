@@ -2,7 +2,7 @@
 
 Decodes the same chat prompt greedily for exactly ``tokens`` new tokens, without guidance (end of text held off with
 ``min_length``) and under a JSON schema that cannot close sooner (an array of at least 1,000 strings), through the
-project's generation loop (``llmflow.serving.generation``). Prints the prefill (first token) and the decode rate
+project's generation loop (``llmflow.chat_model.generation``). Prints the prefill (first token) and the decode rate
 after it, the median of ``repeats`` runs, and the one-off cost of compiling the schema for the model's tokenizer.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnxruntime_genai as og
 
-from llmflow.serving import generation
+from llmflow.chat_model import generation
 
 # SmolLM2's ChatML form (the model this was measured on).
 PROMPT = "<|im_start|>user\nList as many fruits as you can.<|im_end|>\n<|im_start|>assistant\n"

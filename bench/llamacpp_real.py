@@ -367,10 +367,10 @@ def matmul_nbits_probe(shapes: dict[str, tuple[int, int]], rows: tuple[int, ...]
 
 def padded_batch_equals_alone(onnx_dir: Path, prompts: list[list[int]], pad: int, new_tokens: int) -> bool:
     """Whether prompts of different lengths in one right-padded batch (as the endpoint batches them,
-    ``llmflow.serving.generation.start``) get the greedy tokens each gets alone."""
+    ``llmflow.chat_model.generation.start``) get the greedy tokens each gets alone."""
     import onnxruntime_genai as og
 
-    from llmflow.serving import generation
+    from llmflow.chat_model import generation
 
     model = og.Model(str(onnx_dir))
     alone = [generation.greedy(model, ids, new_tokens)[0] for ids in prompts]

@@ -70,7 +70,7 @@ def longest_context(spec: dict[str, Any]) -> int:
 
 
 def run_onnxruntime_genai(spec: dict[str, Any]) -> dict[str, Any]:
-    """The project's own loop (``llmflow.serving.generation``) on the int4 export, from ids.
+    """The project's own loop (``llmflow.chat_model.generation``) on the int4 export, from ids.
 
     ``session_options`` (optional) is laid over the decoder's in ``genai_config.json`` (``og.Config.overlay``), e.g.
     ``{"intra_op_num_threads": 1}`` or ``{"enable_profiling": PREFIX}``; ``ignore_eos``: see the module docstring.
@@ -78,7 +78,7 @@ def run_onnxruntime_genai(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import onnxruntime_genai as og
 
-    from llmflow.serving import generation
+    from llmflow.chat_model import generation
 
     config = og.Config(spec["onnx_dir"])
     if spec.get("session_options"):

@@ -20,7 +20,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PYFUNC_FILES = ("llmflow/serving/onnx_chat_model.py", "llmflow/log_pyfunc.py")
+PYFUNC_FILES = ("llmflow/chat_model/onnx_chat_model.py", "llmflow/log_pyfunc.py")
 
 
 @contextmanager

@@ -50,10 +50,10 @@ def request_record(
 
 def bare_loop(onnx_dir: str, max_new_tokens: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """A function that generates for one prompt with the plain onnxruntime-genai loop and returns its record:
-    encode, the project's one loop (``llmflow.serving.generation.greedy``), decode. TTFT is the first token's time."""
+    encode, the project's one loop (``llmflow.chat_model.generation.greedy``), decode. TTFT: the first token's time."""
     import onnxruntime_genai as og
 
-    from llmflow.serving.generation import greedy
+    from llmflow.chat_model.generation import greedy
 
     model = og.Model(onnx_dir)
     tokenizer = og.Tokenizer(model)
@@ -117,7 +117,7 @@ def run_bare_batch(spec: dict[str, Any]) -> dict[str, Any]:
     """The plain loop with all ``batch_size`` prompts as the rows of one generator: what the engine gives a batch."""
     import onnxruntime_genai as og
 
-    from llmflow.serving import generation
+    from llmflow.chat_model import generation
 
     model = og.Model(spec["onnx_dir"])
     tokenizer = og.Tokenizer(model)

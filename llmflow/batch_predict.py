@@ -16,7 +16,7 @@ Writes, in its MLflow run:
 
 A row that is not a valid request (malformed JSON, no ``messages`` or ``prompt``, a bad role, a
 non-string content, ``max_tokens`` < 1, an unknown field) is checked on Spark with the same parser the
-ONNX model uses (``llmflow.serving.chat_protocol``), gets its message in ``error`` and is not scored; the
+ONNX model uses (``llmflow.chat_model.chat_protocol``), gets its message in ``error`` and is not scored; the
 job goes on. A row that passes that check and that the model still refuses (such as a prompt longer than
 the context) fails its Spark task, as ``spark_udf`` does.
 
@@ -93,7 +93,7 @@ class BatchPredictResult:
 
 def prepare_row(text: str, max_tokens: int) -> dict[str, object]:
     """One input row (as JSON text) as the request columns the model gets, or its ``error``."""
-    from llmflow.serving.chat_protocol import generation_options, parse_row
+    from llmflow.chat_model.chat_protocol import generation_options, parse_row
 
     empty = {"messages": None, "max_tokens": None, "id": None}
     try:

@@ -2,7 +2,8 @@
 
 Reads the ``onnx/`` artifacts of a finished ``export_onnx`` run (``export_run_id``).
 Writes, in its MLflow run, a logged model (``models:/<model_id>``) built from the code in
-``llmflow/serving/onnx_chat_model.py`` (models from code) and the ``llmflow/serving`` package (its code path), with:
+``llmflow/chat_model/onnx_chat_model.py`` (models from code) and the ``llmflow/chat_model`` package (its code path),
+with:
 - the ONNX folder as its artifact ``onnx``;
 - a model config: the generation defaults (``max_new_tokens`` from this step, greedy decoding) and
   ``model_name``, the HF repo id that chat responses name;
@@ -38,10 +39,10 @@ from mlflow.models import ModelSignature
 from mlflow.types.llm import CHAT_MODEL_INPUT_SCHEMA
 from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
+from llmflow.chat_model.chat_protocol import EXTRA_PARAMS, GENERATION_DEFAULTS, ROW_FIELDS, find_chat_template
 from llmflow.errors import InputError
 from llmflow.export.card import onnx_model_name, onnx_model_params
 from llmflow.options import GenerationSettings, StepOptions, non_empty, one_of, option
-from llmflow.serving.chat_protocol import EXTRA_PARAMS, GENERATION_DEFAULTS, ROW_FIELDS, find_chat_template
 from llmflow.tracking.model_cards import logged_model_tags
 from llmflow.tracking.names import (
     ONNX_ARTIFACT_DIR,
@@ -59,11 +60,12 @@ from llmflow.tracking.runs import artifacts_in_place, get_step_run, pinned_requi
 
 logger = logging.getLogger(__name__)
 
-# The serving package, logged whole as the model's code path (``code/serving``): onnx_chat_model.py imports
-# ``serving.*`` where it is served, and the package imports nothing from llmflow.
+# The chat model package, logged whole as the model's code path (``code/chat_model``): onnx_chat_model.py imports
+# ``chat_model.*`` where it is served, and the package imports nothing else from llmflow. The endpoint
+# (llmflow.serving) is not logged.
 # (The path is one string so that the code digest, which follows file names written in a module, sees the file.)
-MODEL_CODE = Path(__file__).resolve().parent / "serving/onnx_chat_model.py"
-SERVING_PACKAGE = MODEL_CODE.parent
+MODEL_CODE = Path(__file__).resolve().parent / "chat_model/onnx_chat_model.py"
+MODEL_PACKAGE = MODEL_CODE.parent
 CHAT_EXAMPLE = {"messages": [{"role": "user", "content": "What is the capital of Spain?"}], "max_tokens": 16}
 # The generation options of a chat request that MLflow's llm/v1/chat signature types; ``seed`` is not one of them.
 CHAT_OPTIONS = ("temperature", "max_tokens", "top_p", "top_k", "stop")
@@ -236,7 +238,7 @@ def log_pyfunc(options: LogPyfuncOptions) -> LogPyfuncResult:
             params=params,
             tags=logged_model_tags(name, params),
             python_model=str(MODEL_CODE),
-            code_paths=[str(SERVING_PACKAGE)],
+            code_paths=[str(MODEL_PACKAGE)],
             artifacts={"onnx": str(onnx_dir)} if copied else None,
             model_config={
                 **defaults,

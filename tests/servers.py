@@ -123,13 +123,13 @@ def log_chat_model(onnx_dir: Path, experiment_id: str, model_config: dict, pytho
     ``experiment_id`` (of the current tracking URI), as log_pyfunc packs it; return its ``models:/m-...`` URI."""
     import mlflow
 
-    from llmflow.log_pyfunc import MODEL_CODE, SERVING_PACKAGE
+    from llmflow.log_pyfunc import MODEL_CODE, MODEL_PACKAGE
 
     with mlflow.start_run(experiment_id=experiment_id):
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=str(python_model or MODEL_CODE),
-            code_paths=[str(SERVING_PACKAGE)],
+            code_paths=[str(MODEL_PACKAGE)],
             artifacts={"onnx": str(onnx_dir)},
             model_config={"max_new_tokens": 16, "temperature": 0.0, **model_config},
         ).model_uri

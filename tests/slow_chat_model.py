@@ -12,9 +12,9 @@ from typing import Any
 import mlflow
 
 try:
-    from serving.onnx_chat_model import OnnxChatModel
+    from chat_model.onnx_chat_model import OnnxChatModel
 except ModuleNotFoundError:
-    from llmflow.serving.onnx_chat_model import OnnxChatModel
+    from llmflow.chat_model.onnx_chat_model import OnnxChatModel
 
 
 class SlowChatModel(OnnxChatModel):

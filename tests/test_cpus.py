@@ -1,4 +1,4 @@
-"""The ONNX model generates with the CPUs its process is given (``llmflow.serving.cpus``)."""
+"""The ONNX model generates with the CPUs its process is given (``llmflow.chat_model.cpus``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llmflow.serving import cpus
-from llmflow.serving.onnx_chat_model import OnnxChatModel
+from llmflow.chat_model import cpus
+from llmflow.chat_model.onnx_chat_model import OnnxChatModel
 
 
 def _cgroup(tmp_path: Path, files: dict[str, str]) -> Path:

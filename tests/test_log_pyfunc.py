@@ -41,6 +41,7 @@ from llmflow.log_pyfunc import (
 )
 from llmflow.options import names, parse
 from llmflow.promote import PromoteOptions, promote
+from llmflow.tracking.digest import step_sources
 from llmflow.tracking.names import (
     TAG_DOWNLOAD_RUN,
     TAG_EXECUTION_PROVIDER,
@@ -190,7 +191,7 @@ def test_signature_takes_both_request_forms_with_params():
 
 def test_signature_declares_every_field_and_param_the_model_reads():
     """`mlflow models serve` drops, with a warning in its log only, what the signature leaves out (`seed` was)."""
-    from llmflow.serving.chat_protocol import EXTRA_PARAMS, GENERATION_DEFAULTS, ROW_FIELDS
+    from llmflow.chat_model.chat_protocol import EXTRA_PARAMS, GENERATION_DEFAULTS, ROW_FIELDS
 
     signature = build_signature(generation_defaults(64))
     assert set(signature.inputs.input_names()) == set(ROW_FIELDS)
@@ -352,20 +353,21 @@ def test_serving_refuses_bad_input_with_a_400(store: Logged, body: dict[str, Any
 
 @pytest.mark.integration
 def test_logged_model_serves_without_the_llmflow_package(store: Logged, tmp_path: Path):
-    """A fresh interpreter outside the project, as where the model is served: the serving package comes with it."""
+    """A fresh interpreter outside the project, as where the model is served: the chat model package comes with it."""
     script = (
         "import importlib.util, json, sys, mlflow\n"
         "assert importlib.util.find_spec('llmflow') is None\n"
         f"model = mlflow.pyfunc.load_model({store.model_uri!r})\n"
         f"[answer] = model.predict({{'messages': {ASK_SPAIN!r}}})\n"
-        "print(json.dumps([answer['choices'][0]['message']['content'], sys.modules['serving.generation'].__file__]))\n"
+        "loop = sys.modules['chat_model.generation'].__file__\n"
+        "print(json.dumps([answer['choices'][0]['message']['content'], loop]))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"MLFLOW_TRACKING_URI": store.tracking_uri}
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     answer, loop_file = json.loads(proc.stdout.splitlines()[-1])
     assert answer == "Madrid"
-    assert (Path(loop_file).parent.name, Path(loop_file).parent.parent.name) == ("serving", "code")
+    assert (Path(loop_file).parent.name, Path(loop_file).parent.parent.name) == ("chat_model", "code")
 
 
 def test_logged_requirements_are_pinned(store: Logged):
@@ -374,15 +376,24 @@ def test_logged_requirements_are_pinned(store: Logged):
     assert all("==" in line for line in requirements)
 
 
-def test_logged_model_code_is_the_pyfunc_file_and_the_serving_package(store: Logged, tmp_path: Path):
+def test_logged_model_code_is_the_pyfunc_file_and_the_chat_model_package(store: Logged, tmp_path: Path):
     local = Path(mlflow.artifacts.download_artifacts(store.model_uri, dst_path=str(tmp_path)))
-    [code] = [path for path in local.glob("**/onnx_chat_model.py") if path.parent.name != "serving"]
+    [code] = [path for path in local.glob("**/onnx_chat_model.py") if path.parent.name != "chat_model"]
     assert "mlflow.models.set_model(OnnxChatModel())" in code.read_text()
-    package = PROJECT_ROOT / "llmflow" / "serving"
-    logged = {path.name: path.read_text() for path in local.glob("code/serving/*.py")}
-    assert logged == {path.name: path.read_text() for path in package.glob("*.py")}
-    assert {"chat_protocol.py", "generation.py", "__init__.py"} <= set(logged)
+    package = PROJECT_ROOT / "llmflow" / "chat_model"
+    logged = {path.relative_to(local / "code").as_posix(): path.read_text() for path in local.glob("code/**/*.py")}
+    assert logged == {f"chat_model/{path.name}": path.read_text() for path in package.glob("*.py")}
+    assert {"chat_model/chat_protocol.py", "chat_model/generation.py", "chat_model/__init__.py"} <= set(logged)
+    # The endpoint is not in the model.
+    assert not any(name.endswith(("openai_server.py", "app.py", "scheduler.py")) for name in logged)
     assert {"genai_config.json", "model.onnx", "model.onnx.data"} <= {p.name for p in local.glob("artifacts/**/*")}
+
+
+def test_the_code_digest_covers_exactly_the_code_logged_with_the_model():
+    package = PROJECT_ROOT / "llmflow" / "chat_model"
+    digested = {path for path in step_sources("log_pyfunc") if path.parent == package}
+    assert digested == set(package.glob("*.py"))
+    assert not any(path.parent == PROJECT_ROOT / "llmflow" / "serving" for path in step_sources("log_pyfunc"))
 
 
 def test_a_cuda_export_is_logged_with_the_cuda_runtime(store: Logged):

@@ -22,10 +22,10 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 from mlflow.pyfunc import PythonModelContext
 
 from llmflow import PROJECT_ROOT
-from llmflow.serving import chat_protocol as protocol
-from llmflow.serving.chat_protocol import Request, Settings, StopScanner
-from llmflow.serving.onnx_chat_model import OnnxChatModel
-from llmflow.serving.tool_prompt import prepare
+from llmflow.chat_model import chat_protocol as protocol
+from llmflow.chat_model.chat_protocol import Request, Settings, StopScanner
+from llmflow.chat_model.onnx_chat_model import OnnxChatModel
+from llmflow.chat_model.tool_prompt import prepare
 
 SPAIN, FRANCE, MONA_LISA = (
     "What is the capital of Spain?",

@@ -13,12 +13,12 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from llmflow.serving import chat_protocol as protocol
+from llmflow.chat_model import chat_protocol as protocol
+from llmflow.chat_model.rows import Row
 from llmflow.serving.app import Limits, create_app
 from llmflow.serving.holder import ModelHolder, Served, Target, served_names
 from llmflow.serving.metrics import Metrics
 from llmflow.serving.openai_protocol import BadRequest, read_call
-from llmflow.serving.rows import Row
 from llmflow.serving.scheduler import BatchScheduler
 from llmflow.serving.tracing import Tracer
 

@@ -305,7 +305,7 @@ def test_onnx_int4_is_close_to_fp32(onnx_dir: Path, onnx_fp32_dir: Path, heldout
 
 
 def test_onnx_accepts_og_model_and_the_pyfunc_python_model(onnx_dir: Path, heldout: str):
-    from llmflow.serving.onnx_chat_model import OnnxChatModel
+    from llmflow.chat_model.onnx_chat_model import OnnxChatModel
 
     folder = perplexity_onnx(onnx_dir, heldout)
     bare = perplexity_onnx(og.Model(str(onnx_dir)), heldout, window=512)

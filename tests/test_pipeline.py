@@ -140,8 +140,8 @@ def test_a_step_digest_covers_its_own_code_and_not_other_steps(tmp_path: Path):
     shutil.copytree(PROJECT_ROOT, root, ignore=shutil.ignore_patterns(".venv", ".git", "build", "mlruns", "*.db"))
     names = {p.relative_to(root).as_posix() for p in step_sources("log_pyfunc", root)}
     # Its script, its module, the models-from-code file it logs (named as a string) and what they import.
-    assert {"steps/log_pyfunc.py", "llmflow/log_pyfunc.py", "llmflow/serving/onnx_chat_model.py"} <= names
-    assert "llmflow/serving/chat_protocol.py" in names
+    assert {"steps/log_pyfunc.py", "llmflow/log_pyfunc.py", "llmflow/chat_model/onnx_chat_model.py"} <= names
+    assert "llmflow/chat_model/chat_protocol.py" in names
     assert "llmflow/evaluate.py" not in names
     before = {step: code_digest.__wrapped__(step, root) for step in ("download", "log_pyfunc", "evaluate")}
     with (root / "llmflow" / "log_pyfunc.py").open("a") as handle:

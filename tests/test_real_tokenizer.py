@@ -111,12 +111,12 @@ def test_the_trap_without_config_json_is_a_different_tokenizer(logged: Logged, t
 
 
 def test_both_flavours_build_the_same_chat_prompt(logged: Logged):
-    from llmflow.serving.chat_protocol import find_chat_template
+    from llmflow.chat_model.chat_protocol import find_chat_template
 
     hf, og_tokenizer, onnx_dir = _tokenizers(logged)
     expected = hf.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
     assert expected.endswith("<|assistant|>\n") and "<|system|>" in expected
-    # The ONNX chat model templates with the template shipped in its folder (llmflow.serving.onnx_chat_model).
+    # The ONNX chat model templates with the template shipped in its folder (llmflow.chat_model.onnx_chat_model).
     got = og_tokenizer.apply_chat_template(
         json.dumps(CHAT), template_str=find_chat_template(onnx_dir), add_generation_prompt=True
     )

@@ -23,9 +23,9 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModelContext
 
-from llmflow.serving import chat_protocol as protocol
+from llmflow.chat_model import chat_protocol as protocol
+from llmflow.chat_model.response_format import FormatError, guidance_of
 from llmflow.serving.openai_protocol import read_call
-from llmflow.serving.response_format import FormatError, guidance_of
 from tests.servers import free_port, started
 
 CITY_SCHEMA = {
@@ -133,7 +133,7 @@ def smol_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def smol(smol_onnx: Path):
-    from llmflow.serving.onnx_chat_model import OnnxChatModel
+    from llmflow.chat_model.onnx_chat_model import OnnxChatModel
 
     model = OnnxChatModel()
     model.load_context(PythonModelContext(artifacts={"onnx": str(smol_onnx)}, model_config=DEFAULTS))
@@ -143,7 +143,7 @@ def smol(smol_onnx: Path):
 @pytest.fixture(scope="module")
 def smol_logged(smol_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """(tracking URI, models:/ URI) of the pyfunc over the export, logged with the project's signature."""
-    from llmflow.log_pyfunc import MODEL_CODE, SERVING_PACKAGE, build_signature
+    from llmflow.log_pyfunc import MODEL_CODE, MODEL_PACKAGE, build_signature
 
     root = tmp_path_factory.mktemp("smol-store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -155,7 +155,7 @@ def smol_logged(smol_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
             model_uri = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(MODEL_CODE),
-                code_paths=[str(SERVING_PACKAGE)],
+                code_paths=[str(MODEL_PACKAGE)],
                 artifacts={"onnx": str(smol_onnx)},
                 model_config={**DEFAULTS, "model_name": "smollm2"},
                 signature=build_signature(DEFAULTS),

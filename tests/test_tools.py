@@ -16,12 +16,12 @@ import jsonschema
 import onnxruntime_genai as og
 import pytest
 
-from llmflow.serving import generation
-from llmflow.serving.chat_protocol import find_chat_template
-from llmflow.serving.response_format import guidance_of
-from llmflow.serving.tool_prompt import prepare, supports_native_tools, system_text
-from llmflow.serving.tool_replies import Reply, ReplyStream, call_id, parse
-from llmflow.serving.tools import NO_PARAMETERS, Function, ToolsError, plan, read_tool_choice, read_tools
+from llmflow.chat_model import generation
+from llmflow.chat_model.chat_protocol import find_chat_template
+from llmflow.chat_model.response_format import guidance_of
+from llmflow.chat_model.tool_prompt import prepare, supports_native_tools, system_text
+from llmflow.chat_model.tool_replies import Reply, ReplyStream, call_id, parse
+from llmflow.chat_model.tools import NO_PARAMETERS, Function, ToolsError, plan, read_tool_choice, read_tools
 
 # Bounded arguments (a short string, an enum behind a $ref): a random model ends them within the budget.
 WEATHER_PARAMETERS = {

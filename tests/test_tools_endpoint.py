@@ -22,12 +22,12 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow.pyfunc import PythonModelContext
 
-from llmflow.serving import chat_protocol as protocol
+from llmflow.chat_model import chat_protocol as protocol
+from llmflow.chat_model.rows import Row
 from llmflow.serving.app import Limits, create_app
 from llmflow.serving.holder import ModelHolder, Served, Target
 from llmflow.serving.metrics import Metrics
 from llmflow.serving.openai_protocol import read_call
-from llmflow.serving.rows import Row
 from llmflow.serving.scheduler import BatchScheduler
 from llmflow.serving.tracing import Tracer
 from llmflow.serving.transformers_chat import TransformersChat
@@ -317,7 +317,7 @@ def test_the_transformers_backend_refuses_tools_by_name():
 
 @pytest.fixture(scope="module")
 def tiny(onnx_dir: Path) -> Any:
-    from llmflow.serving.onnx_chat_model import OnnxChatModel
+    from llmflow.chat_model.onnx_chat_model import OnnxChatModel
 
     model = OnnxChatModel()
     model.load_context(PythonModelContext(artifacts={"onnx": str(onnx_dir)}, model_config=DEFAULTS))
@@ -386,7 +386,7 @@ def test_a_round_trip_with_the_openai_client_is_answered(client: openai.OpenAI):
 def test_the_pyfunc_with_its_signature_takes_tools_as_json_text(onnx_dir: Path, tmp_path: Path):
     """The ``/invocations`` path: the logged model's signature enforced on a DataFrame of requests whose ``tools``
     and ``tool_choice`` are JSON text and whose conversation holds a call and its result."""
-    from llmflow.log_pyfunc import MODEL_CODE, SERVING_PACKAGE, build_signature
+    from llmflow.log_pyfunc import MODEL_CODE, MODEL_PACKAGE, build_signature
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
@@ -395,7 +395,7 @@ def test_the_pyfunc_with_its_signature_takes_tools_as_json_text(onnx_dir: Path, 
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(MODEL_CODE),
-                code_paths=[str(SERVING_PACKAGE)],
+                code_paths=[str(MODEL_PACKAGE)],
                 artifacts={"onnx": str(onnx_dir)},
                 model_config={**DEFAULTS, "model_name": "tiny"},
                 signature=build_signature(DEFAULTS),

@@ -275,7 +275,7 @@ def _onnx_model(model: Any) -> tuple[Any, int | None, Any]:
     """(og.Model, context length or None, default tokenizer) for a folder, an og.Model or an ``OnnxChatModel``."""
     import onnxruntime_genai as og
 
-    from llmflow.serving.cpus import load_og_model
+    from llmflow.chat_model.cpus import load_og_model
 
     if isinstance(model, str | Path):
         folder = Path(model)

@@ -23,8 +23,8 @@ def smoke_test(
     """Ask the exported model one chat question with greedy decoding, through the serving generation loop."""
     import onnxruntime_genai as og
 
-    from llmflow.serving.cpus import load_og_model
-    from llmflow.serving.generation import greedy
+    from llmflow.chat_model.cpus import load_og_model
+    from llmflow.chat_model.generation import greedy
 
     model = load_og_model(onnx_dir)
     tokenizer = og.Tokenizer(model)

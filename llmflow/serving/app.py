@@ -22,14 +22,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from mlflow.exceptions import MlflowException
 from starlette.concurrency import run_in_threadpool
 
+from llmflow.chat_model.chat_protocol import shown
+from llmflow.chat_model.tool_replies import ReplyStream, parse
+
 from . import openai_protocol as protocol
 from .auth import authorized
-from .chat_protocol import shown
 from .errors import Failure, add_error_handlers, internal
 from .holder import ModelHolder, Served, served_names
 from .metrics import Metrics
 from .scheduler import Closed, Job, QueueFull
-from .tool_replies import ReplyStream, parse
 from .tracing import Tracer
 
 VERSION_HEADER = "X-Model-Version"

@@ -15,8 +15,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from llmflow.chat_model.chat_protocol import SHOWN_CHARS, shown
+
 from . import openai_protocol as protocol
-from .chat_protocol import SHOWN_CHARS, shown
 from .metrics import Metrics
 
 logger = logging.getLogger(__name__)

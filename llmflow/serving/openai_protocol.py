@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .chat_protocol import shown
+from llmflow.chat_model.chat_protocol import shown
+
 from .openai_request import CONTENT_ERROR, OWN_TEXT, REFUSED, UNKNOWN, ChatRequest, NamedToolChoice, Problem
 
 __all__ = ["REFUSED", "BadRequest", "ChatCall", "read_call"]

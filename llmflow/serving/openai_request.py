@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from .chat_protocol import NAME_REFUSED, SHOWN_CHARS, shown
+from llmflow.chat_model.chat_protocol import NAME_REFUSED, SHOWN_CHARS, shown
 
 # How a ``Problem`` is told: its text follows the field's path ("stream must be ..."), or names the field itself
 # (a refused field), or follows the path of the object that has an unknown field.

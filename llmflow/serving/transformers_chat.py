@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from . import chat_protocol as protocol
-from .rows import Row
+from llmflow.chat_model import chat_protocol as protocol
+from llmflow.chat_model.rows import Row
 
 CHAT_TASK = "llm/v1/chat"
 

@@ -1,4 +1,5 @@
-"""The serving package runs where ``llmflow`` is not installed: its files import nothing from ``llmflow``."""
+"""The chat model package runs where ``llmflow`` is not installed: its files import nothing from ``llmflow``, and
+import each other relatively (the logged model has them as the top-level package ``chat_model``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 
 from llmflow import PROJECT_ROOT
 
-SERVING = PROJECT_ROOT / "llmflow" / "serving"
+CHAT_MODEL = PROJECT_ROOT / "llmflow" / "chat_model"
 MODEL_FILE = "onnx_chat_model.py"
-SIBLINGS = {path.stem for path in SERVING.glob("*.py")} | {"serving"}
+SIBLINGS = {path.stem for path in CHAT_MODEL.glob("*.py")} | {"chat_model"}
 
 
 def absolute_imports(tree: ast.AST) -> list[tuple[ast.stmt, str]]:
@@ -50,8 +51,8 @@ def offending(path: Path) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize("path", sorted(SERVING.glob("*.py")), ids=lambda p: p.name)
-def test_serving_files_import_only_inside_their_package(path: Path):
+@pytest.mark.parametrize("path", sorted(CHAT_MODEL.glob("*.py")), ids=lambda p: p.name)
+def test_chat_model_files_import_only_inside_their_package(path: Path):
     assert offending(path) == []
 
 
@@ -69,14 +70,14 @@ def test_the_check_catches_an_llmflow_import_and_an_absolute_sibling_import(tmp_
 def test_only_the_model_files_fallback_may_name_llmflow(tmp_path: Path):
     model = tmp_path / MODEL_FILE
     model.write_text(
-        "try:\n    from serving import generation\nexcept ModuleNotFoundError:\n"
-        "    from llmflow.serving import generation\nimport llmflow.errors\n"
+        "try:\n    from chat_model import generation\nexcept ModuleNotFoundError:\n"
+        "    from llmflow.chat_model import generation\nimport llmflow.errors\n"
     )
     assert offending(model) == ["5: llmflow.errors (imports llmflow)"]
-    assert offending(SERVING / MODEL_FILE) == []
+    assert offending(CHAT_MODEL / MODEL_FILE) == []
 
 
 def test_the_package_says_it_runs_without_llmflow():
-    import llmflow.serving
+    import llmflow.chat_model
 
-    assert "where the ``llmflow`` package is not installed" in llmflow.serving.__doc__
+    assert "where the ``llmflow`` package is not installed" in llmflow.chat_model.__doc__

@@ -37,22 +37,22 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
-# The logged model carries this package as ``code/serving`` (its code path); the project has it in llmflow.
+# The logged model carries this package as ``code/chat_model`` (its code path); the project has it in llmflow.
 # This file is loaded as a script, not as a member of the package, so it cannot import relatively.
 try:
-    from serving import chat_protocol as protocol
-    from serving import generation
-    from serving.cpus import generation_threads, load_og_model
-    from serving.rows import Row
-    from serving.tool_prompt import supports_native_tools
-    from serving.tool_replies import ReplyStream, parse
+    from chat_model import chat_protocol as protocol
+    from chat_model import generation
+    from chat_model.cpus import generation_threads, load_og_model
+    from chat_model.rows import Row
+    from chat_model.tool_prompt import supports_native_tools
+    from chat_model.tool_replies import ReplyStream, parse
 except ModuleNotFoundError:
-    from llmflow.serving import chat_protocol as protocol
-    from llmflow.serving import generation
-    from llmflow.serving.cpus import generation_threads, load_og_model
-    from llmflow.serving.rows import Row
-    from llmflow.serving.tool_prompt import supports_native_tools
-    from llmflow.serving.tool_replies import ReplyStream, parse
+    from llmflow.chat_model import chat_protocol as protocol
+    from llmflow.chat_model import generation
+    from llmflow.chat_model.cpus import generation_threads, load_og_model
+    from llmflow.chat_model.rows import Row
+    from llmflow.chat_model.tool_prompt import supports_native_tools
+    from llmflow.chat_model.tool_replies import ReplyStream, parse
 
 GENERATION_DEFAULTS = protocol.GENERATION_DEFAULTS
 MAX_BATCH_SIZE = 16
