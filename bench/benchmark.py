@@ -27,7 +27,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench.machine import OtherLoad, measure_quietly
+from bench.machine import OtherLoad, measure_quietly, start_logging, write_json
 from bench.model import SHAPES, build_random_phi3, make_prompts
 from bench.pipeline import pyfunc_version, run_pipeline, tracking_store
 from bench.report import (
@@ -40,10 +40,10 @@ from bench.report import (
     text_agreement,
     token_count_check,
 )
+from llmflow import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path("bench-results/benchmark.json")
 WORKER_TIMEOUT_S = 900
 VERSIONS = ("onnxruntime-genai", "onnxruntime", "mlflow", "transformers", "torch")
@@ -203,9 +203,7 @@ def run_benchmark(
         "quiet_wait_seconds": sum(r.get("quiet_wait_seconds", 0.0) for r in raw.values()),
     }
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    return result
+    return write_json(out, result)
 
 
 def main() -> None:
@@ -238,7 +236,7 @@ def main() -> None:
         help="Rounds of the prompts that the pyfunc and the plain loop take in turns in one process (0: none).",
     )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start_logging()
     result = run_benchmark(
         shape=args.shape,
         out=args.out,

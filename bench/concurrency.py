@@ -16,7 +16,6 @@ The client part (``openai_client``, ``one_request``, ``run_round``) takes any Op
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import subprocess
@@ -29,12 +28,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench.machine import parse_run_options, write_json
 from bench.model import SHAPES, build_random_phi3, make_prompts
 from bench.pipeline import tracking_store
+from llmflow import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path("bench-results/concurrency.json")
 
 
@@ -228,9 +228,7 @@ def run(
         "rounds": rounds,
         "speedup_vs_first": {str(r["clients"]): r["tokens_per_second"] / base_rate for r in rounds},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    return result
+    return write_json(out, result)
 
 
 def main() -> None:
@@ -247,9 +245,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4, help="Requests each client sends in turn.")
     parser.add_argument("--max-tokens", type=int, default=64, help="New tokens per request (greedy).")
     parser.add_argument("--max-concurrent", type=int, default=16, help="The server's --max-concurrent.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write the results to.")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_run_options(parser, DEFAULT_OUT)
     for noisy in ("httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     result = run(

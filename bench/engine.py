@@ -47,11 +47,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench.machine import OtherLoad, measure_quietly
+from bench.machine import OtherLoad, measure_quietly, parse_run_options, write_json
+from llmflow import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PROJECT_ROOT / "build" / "smollm2-135m-instruct"
 DEFAULT_OUT = Path("bench-results/engine.json")
 QA_PATH = PROJECT_ROOT / "data" / "qa.jsonl"
@@ -673,9 +673,7 @@ def run(
         "export_seconds": export_seconds,
         "wall_seconds": time.perf_counter() - started,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    return result
+    return write_json(out, result)
 
 
 def main() -> None:
@@ -695,11 +693,7 @@ def main() -> None:
         help="Rows running at once, both engines (the server's --max-concurrent default here).",
     )
     parser.add_argument("--max-queue", type=int, default=64, help="Waiting requests before 429 (the server's).")
-    parser.add_argument("--quiet-wait", type=float, default=60.0, help="Seconds to wait for a quiet CPU (0: none).")
-    parser.add_argument("--busy-retries", type=int, default=1, help="Measure a round again while others took CPU.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write the results to.")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_run_options(parser, DEFAULT_OUT, busy_retries=1)
     clients = [int(c) for c in args.clients.split(",")]
     result = run(
         args.model,

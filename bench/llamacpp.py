@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import os
 import subprocess
@@ -32,12 +31,12 @@ from statistics import mean
 from typing import Any
 
 from bench.benchmark import run_worker
-from bench.machine import measure_quietly
+from bench.machine import measure_quietly, parse_run_options, write_json
 from bench.model import SHAPES, build_random_phi3, make_prompts
+from llmflow import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path("bench-results/llamacpp.json")
 ENGINES = ("onnxruntime-genai", "llama.cpp")
 
@@ -222,9 +221,7 @@ def run(
         "machine": machine_record(load_start),
         "wall_seconds": time.perf_counter() - started,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    return result
+    return write_json(out, result)
 
 
 def main() -> None:
@@ -234,12 +231,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, help="Prompts, each timed --repeats times.")
     parser.add_argument("--prompt-tokens", type=int, default=32, help="Length of every templated prompt.")
     parser.add_argument("--repeats", type=int, default=2, help="Timed rounds over the prompts.")
-    parser.add_argument("--quiet-wait", type=float, default=60.0, help="Seconds to wait for a quiet CPU (0: none).")
-    parser.add_argument("--busy-retries", type=int, default=2, help="Measure again while others took CPU.")
-    parser.add_argument("--llama-cpp", type=Path, default=None, help="The vendored llama.cpp tree of the sdist.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write the results to.")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_run_options(parser, DEFAULT_OUT, busy_retries=2, llama_cpp=True)
     result = run(
         args.shape,
         args.max_new_tokens,

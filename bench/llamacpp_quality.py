@@ -15,7 +15,6 @@ Writes ``bench-results/llamacpp_quality.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.llamacpp import default_llama_cpp_tree
+from bench.machine import write_json
 from bench.recipes import DEFAULT_MODEL, HELDOUT_TOKENS
 from llmflow import PROJECT_ROOT
 
@@ -98,8 +98,7 @@ def main() -> None:
             work = Path(tmp) / "rotated-gguf"
             work.mkdir()
             results["rotated"] = measure(rotated, work)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    write_json(args.out, results, indent=1)
     print("| weights | llama.cpp type | perplexity | × f32 | size MB |\n|---|---|---:|---:|---:|")
     for which, figures in results.items():
         for name, entry in figures.items():

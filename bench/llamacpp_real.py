@@ -57,11 +57,11 @@ from bench.llamacpp import (
     machine_record,
     quantize_gguf,
 )
-from bench.machine import OtherLoad, measure_quietly, process_cpu_seconds
+from bench.machine import OtherLoad, measure_quietly, parse_run_options, process_cpu_seconds, write_json
+from llmflow import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PROJECT_ROOT / "build" / "smollm2-135m-instruct"
 DEFAULT_OUT = Path("bench-results/llamacpp-real.json")
 LLAMA_SERVER = PROJECT_ROOT / "build" / "llama" / "server-build" / "bin" / "llama-server"
@@ -571,9 +571,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine_record(load_start),
         "wall_seconds": time.perf_counter() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    return result
+    return write_json(args.out, result)
 
 
 def run_probes(
@@ -629,12 +627,7 @@ def main() -> None:
     parser.add_argument(
         "--no-probes", dest="probes", action="store_false", help="Skip the profile/kernel/cache probes."
     )
-    parser.add_argument("--quiet-wait", type=float, default=60.0, help="Seconds to wait for a quiet CPU (0: none).")
-    parser.add_argument("--busy-retries", type=int, default=1, help="Measure again while others took CPU.")
-    parser.add_argument("--llama-cpp", type=Path, default=None, help="The vendored llama.cpp tree of the sdist.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write the results to.")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_run_options(parser, DEFAULT_OUT, busy_retries=1, llama_cpp=True)
     for noisy in ("httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     result = run(args)

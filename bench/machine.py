@@ -8,6 +8,8 @@ wait for a quiet machine before each configuration.
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
 import resource
@@ -102,3 +104,34 @@ def measure_quietly(name: str, run_once: Callable[[], dict[str, Any]], quiet_wai
             logger.warning("%s: other processes took %.2f cores; measuring it again", name, other)
     best = min(attempts, key=lambda a: a["other_cpu_cores"])
     return {**best, "quiet_wait_seconds": waited, "attempts_other_cpu_cores": [a["other_cpu_cores"] for a in attempts]}
+
+
+def write_json(out: Path, result: Any, indent: int = 2) -> Any:
+    """Write ``result`` as JSON to ``out`` (its folder made), and return it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=indent, default=str))
+    return result
+
+
+def start_logging() -> None:
+    """INFO logging with times, as every benchmark prints its progress."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def parse_run_options(
+    parser: argparse.ArgumentParser, out: Path, busy_retries: int | None = None, llama_cpp: bool = False
+) -> argparse.Namespace:
+    """Add the options the benchmarks share, parse the command line and start logging: ``--quiet-wait`` and
+    ``--busy-retries`` for one that measures quietly (``measure_quietly``), ``--llama-cpp`` for one that builds
+    llama.cpp, and ``--out``."""
+    if busy_retries is not None:
+        parser.add_argument("--quiet-wait", type=float, default=60.0, help="Seconds to wait for a quiet CPU (0: none).")
+        parser.add_argument(
+            "--busy-retries", type=int, default=busy_retries, help="Measure again while others took CPU."
+        )
+    if llama_cpp:
+        parser.add_argument("--llama-cpp", type=Path, default=None, help="The vendored llama.cpp tree of the sdist.")
+    parser.add_argument("--out", type=Path, default=out, help="JSON file to write the results to.")
+    args = parser.parse_args()
+    start_logging()
+    return args

@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from llmflow import PROJECT_ROOT
+
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PYFUNC_FILES = ("llmflow/chat_model/onnx_chat_model.py", "llmflow/log_pyfunc.py")
 
 

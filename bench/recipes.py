@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.machine import write_json
 from llmflow import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
@@ -248,8 +249,7 @@ def main() -> None:
         parser.error(f"unknown recipe(s) {unknown}; expected some of: {', '.join(RECIPES)}")
     if args.speed_rounds:
         speeds = speed_rounds(args.model, names, args.speed_rounds)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(speeds, indent=1))
+        write_json(args.out, speeds, indent=1)
         print("| recipe | decode tok/s | × builder default |\n|---|---:|---:|")
         base = speeds.get("builder-default")
         for name, speed in speeds.items():
@@ -259,8 +259,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="llmflow-rotated-") as tmp:
         rotated = rotate_model(args.model, Path(tmp) / "rotated")
         reference, rows = measure(args.model, rotated, names, questions, args.max_new_tokens)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"reference": reference, "recipes": [asdict(r) for r in rows]}, indent=1))
+    write_json(args.out, {"reference": reference, "recipes": [asdict(r) for r in rows]}, indent=1)
     print(table(rows))
 
 

@@ -155,3 +155,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if not any(item.get_closest_marker(tier) for tier in TIERS):
             item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture
+def client(store: tuple[Path, str]) -> Iterator[mlflow.MlflowClient]:
+    """A client of the module's ``store`` (a folder holding ``mlflow.db``, and its experiment), which is also the
+    tracking URI while the test runs. A module that defines no ``store`` defines its own ``client``, or uses none."""
+    uri = f"sqlite:///{store[0] / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    yield mlflow.MlflowClient(tracking_uri=uri)
+    mlflow.set_tracking_uri(None)

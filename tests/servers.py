@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from llmflow import PROJECT_ROOT
 
@@ -118,9 +120,12 @@ def idle(base: str, timeout: float = 60) -> bool:
     return False
 
 
-def log_chat_model(onnx_dir: Path, experiment_id: str, model_config: dict, python_model: Path | None = None) -> str:
+def log_chat_model(
+    onnx_dir: Path, experiment_id: str, model_config: dict, python_model: Path | None = None, **logged: Any
+) -> str:
     """Log the ONNX chat pyfunc (or another ``python_model`` of that shape) over ``onnx_dir`` in a new run of
-    ``experiment_id`` (of the current tracking URI), as log_pyfunc packs it; return its ``models:/m-...`` URI."""
+    ``experiment_id`` (of the current tracking URI), as log_pyfunc packs it (``logged``: more arguments of
+    ``log_model``, e.g. its signature); return its ``models:/m-...`` URI."""
     import mlflow
 
     from llmflow.log_pyfunc import MODEL_CODE, MODEL_PACKAGE
@@ -132,4 +137,32 @@ def log_chat_model(onnx_dir: Path, experiment_id: str, model_config: dict, pytho
             code_paths=[str(MODEL_PACKAGE)],
             artifacts={"onnx": str(onnx_dir)},
             model_config={"max_new_tokens": 16, "temperature": 0.0, **model_config},
+            **logged,
         ).model_uri
+
+
+@contextmanager
+def endpoint(model: tuple[str, str], root: Path, *flags: str, timeout: float = 180) -> Iterator[Server]:
+    """The project's endpoint serving ``model`` (tracking URI, model URI) on a free port, its log in ``root``."""
+    tracking_uri, model_uri = model
+    port = free_port()
+    command = endpoint_command(model_uri, "--port", str(port), *flags)
+    with started(command, port, tracking_uri, root / "server.log", timeout=timeout) as server:
+        yield server
+
+
+def endpoint_command(model_uri: str, *flags: str) -> list[str]:
+    """The command that serves ``model_uri`` with the project's OpenAI-compatible endpoint, with ``flags``."""
+    return [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri, *flags]
+
+
+def new_store(empty_store: Path, root: Path, experiment: str) -> tuple[str, str]:
+    """A tracking store in ``root`` (a copy of the session's empty one) with ``experiment`` in it, its artifacts in
+    ``root/artifacts``, made the current tracking URI; return the URI and the experiment id."""
+    import mlflow
+
+    shutil.copyfile(empty_store, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    experiment_id = mlflow.MlflowClient(tracking_uri=uri).create_experiment(experiment, (root / "artifacts").as_uri())
+    mlflow.set_tracking_uri(uri)
+    return uri, experiment_id

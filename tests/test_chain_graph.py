@@ -23,6 +23,8 @@ def test_every_step_reads_only_steps_before_it():
 
 
 def test_the_chain_has_both_flavours_and_rerun_from_names_its_entry_points():
+    keys = "download export_onnx log_pyfunc log_transformers register:onnx evaluate:onnx register:transformers"
+    assert _keys(GRAPH) == [*keys.split(), "evaluate:transformers"]
     assert FLAVOURS == ("onnx", "transformers")
     assert ENTRY_POINTS == ("download", "export_onnx", "log_pyfunc", "log_transformers", "register", "evaluate")
     assert RERUN_CHOICES == ("none", "all", *ENTRY_POINTS)

@@ -20,6 +20,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from llmflow.chain.graph import GRAPH
 from llmflow.tracking.model_cards import lineage_of, version_model_id
 from llmflow.tracking.names import TAG_STEP
 from llmflow.tracking.unity_catalog import tag_problems
@@ -27,16 +28,7 @@ from tests.mlproject import git, snapshot_project
 
 pytestmark = pytest.mark.e2e
 STEPS = {"download", "export_onnx", "log_transformers", "log_pyfunc", "register", "evaluate"}
-EVERY_STEP = [
-    "download",
-    "export_onnx",
-    "log_pyfunc",
-    "log_transformers",
-    "register:onnx",
-    "evaluate:onnx",
-    "register:transformers",
-    "evaluate:transformers",
-]
+EVERY_STEP = [step.key for step in GRAPH]  # tests/test_chain_graph.py pins the graph itself
 # Set as HF_TOKEN for every run here; it must not be written anywhere.
 TOKEN_MARKER = "hf_llmflowMarker7d1c9e5a"
 LOGS: list[str] = []
@@ -107,14 +99,6 @@ def cold_run(project: Path, store: tuple[Path, str], tiny_model_dir: Path) -> su
     finally:
         mlflow.set_tracking_uri(None)
     return proc
-
-
-@pytest.fixture
-def client(store: tuple[Path, str]) -> MlflowClient:
-    uri = f"sqlite:///{store[0] / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    yield MlflowClient(tracking_uri=uri)
-    mlflow.set_tracking_uri(None)
 
 
 def _runs(client: MlflowClient, experiment_id: str) -> list:

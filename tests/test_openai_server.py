@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ from pathlib import Path
 import mlflow
 import openai
 import pytest
-from servers import Server, free_port, metric, started
+from servers import Server, endpoint_command, free_port, metric, started
 
 from llmflow.serving.openai_protocol import read_call
 from llmflow.serving.openai_server import BadRequest, model_request
@@ -89,7 +88,7 @@ def server(logged_onnx_model: tuple[str, str], tmp_path_factory: pytest.TempPath
     folder = Path(tmp_path_factory.mktemp("openai"))
     (folder / "keys.txt").write_text(f"# one key a line\n{FILE_KEY}\n")
     port = free_port()
-    command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri, "--port", str(port)]
+    command = endpoint_command(model_uri, "--port", str(port))
     command += ["--served-name", NAME, "--api-key", KEY, "--api-key-file", str(folder / "keys.txt")]
     command += ["--trace-ratio", "1", "--max-body-bytes", "4096"]
     # The server inherits another experiment (the store's Default): its traces must still go to the model's.

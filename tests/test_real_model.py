@@ -126,14 +126,6 @@ def mlflow_run(store: tuple[Path, str], entry_point: str, *params: str) -> subpr
     return proc
 
 
-@pytest.fixture
-def client(store: tuple[Path, str]) -> MlflowClient:
-    uri = f"sqlite:///{store[0] / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    yield MlflowClient(tracking_uri=uri)
-    mlflow.set_tracking_uri(None)
-
-
 @pytest.fixture(scope="module")
 def default_run(store: tuple[Path, str]) -> subprocess.CompletedProcess:
     return mlflow_run(store, "main", f"model={smollm2_dir()}", f"registered_model_name={REGISTERED}")

@@ -6,7 +6,6 @@ a server path or a copy of the input.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from servers import free_port, log_chat_model, running
+from servers import endpoint as serve
+from servers import free_port, log_chat_model, new_store, running
 
 from llmflow import PROJECT_ROOT
 
@@ -27,11 +27,7 @@ LONG_PROMPT = "What is the capital of Spain? " * 1700  # 51 KB
 @pytest.fixture(scope="module")
 def broken_model(onnx_dir: Path, tmp_path_factory: pytest.TempPathFactory, _empty_store: Path) -> tuple[str, str]:
     """(tracking URI, model URI) of tests/broken_chat_model.py over the tiny ONNX model, in a store of its own."""
-    root = tmp_path_factory.mktemp("broken")
-    shutil.copyfile(_empty_store, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    experiment = mlflow.MlflowClient(tracking_uri=uri).create_experiment("broken", (root / "artifacts").as_uri())
-    mlflow.set_tracking_uri(uri)
+    uri, experiment = new_store(_empty_store, tmp_path_factory.mktemp("broken"), "broken")
     try:
         model_uri = log_chat_model(onnx_dir, experiment, {}, PROJECT_ROOT / "tests" / "broken_chat_model.py")
     finally:
@@ -84,12 +80,8 @@ def test_invocations_refuse_a_50_kb_prompt_by_name(mlflow_server: tuple[str, Pat
 
 @pytest.fixture(scope="module")
 def endpoint(broken_model: tuple[str, str], tmp_path_factory: pytest.TempPathFactory):
-    tracking_uri, model_uri = broken_model
-    port = free_port()
-    command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri, "--port", str(port)]
-    log = tmp_path_factory.mktemp("broken-endpoint") / "server.log"
-    with running(command, port, tracking_uri, log) as base:
-        yield base
+    with serve(broken_model, tmp_path_factory.mktemp("broken-endpoint")) as server:
+        yield server.base
 
 
 def test_the_endpoint_answers_an_internal_error_with_its_type_only(endpoint: str):

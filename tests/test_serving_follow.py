@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 import threading
 import time
 import urllib.request
@@ -13,7 +11,7 @@ from pathlib import Path
 import mlflow
 import openai
 import pytest
-from servers import free_port, log_chat_model, started
+from servers import endpoint_command, free_port, log_chat_model, new_store, started
 
 pytestmark = pytest.mark.integration
 
@@ -24,11 +22,8 @@ SPAIN = [{"role": "user", "content": "What is the capital of Spain?"}]
 def test_the_server_switches_to_the_new_champion_without_failing_a_request(
     onnx_dir: Path, tmp_path: Path, _empty_store: Path
 ):
-    shutil.copyfile(_empty_store, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri, experiment = new_store(_empty_store, tmp_path, "follow")
     registry = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = registry.create_experiment("follow", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_tracking_uri(uri)
     try:
         versions = [
             mlflow.register_model(log_chat_model(onnx_dir, experiment, {"model_name": NAME}), NAME) for _ in range(2)
@@ -38,8 +33,7 @@ def test_the_server_switches_to_the_new_champion_without_failing_a_request(
     registry.set_registered_model_alias(NAME, "champion", versions[0].version)
 
     port = free_port()
-    command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", f"models:/{NAME}@champion"]
-    command += ["--port", str(port), "--poll-interval", "0.5"]
+    command = endpoint_command(f"models:/{NAME}@champion", "--port", str(port), "--poll-interval", "0.5")
     log = tmp_path / "server.log"
     with started(command, port, uri, log) as server:
         client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="x", max_retries=0, timeout=60)

@@ -8,9 +8,7 @@ with one place in the queue.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import sys
 import threading
 import time
 import urllib.error
@@ -21,7 +19,7 @@ from pathlib import Path
 import mlflow
 import openai
 import pytest
-from servers import Server, free_port, idle, log_chat_model, metric, started
+from servers import Server, endpoint_command, free_port, idle, log_chat_model, metric, new_store, started
 
 from llmflow import PROJECT_ROOT
 
@@ -34,11 +32,7 @@ TOKENS = "llmflow_generation_tokens_total"
 @pytest.fixture(scope="module")
 def server(onnx_dir: Path, tmp_path_factory: pytest.TempPathFactory, _empty_store: Path):
     root = tmp_path_factory.mktemp("limits")
-    shutil.copyfile(_empty_store, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment("limits", artifact_location=(root / "artifacts").as_uri())
-    mlflow.set_tracking_uri(uri)
+    uri, experiment = new_store(_empty_store, root, "limits")
     try:
         model_uri = log_chat_model(
             onnx_dir, experiment, {"model_name": "slow", "delay_s": 0.5}, PROJECT_ROOT / "tests" / "slow_chat_model.py"
@@ -46,8 +40,8 @@ def server(onnx_dir: Path, tmp_path_factory: pytest.TempPathFactory, _empty_stor
     finally:
         mlflow.set_tracking_uri(None)
     port = free_port()
-    command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri]
-    command += ["--port", str(port), "--max-concurrent", "1", "--max-queue", "1", "--request-timeout", "1.2"]
+    command = endpoint_command(model_uri, "--port", str(port))
+    command += ["--max-concurrent", "1", "--max-queue", "1", "--request-timeout", "1.2"]
     command += ["--retry-after", "3"]
     with started(command, port, uri, root / "server.log") as running:
         yield running

@@ -9,7 +9,6 @@ timeout.
 from __future__ import annotations
 
 import json
-import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from servers import free_port, idle, metric, rss_mb, started
+from servers import endpoint_command, free_port, idle, metric, rss_mb, started
 
 from llmflow import PROJECT_ROOT
 
@@ -73,7 +72,7 @@ def one(client: openai.OpenAI, base: str, number: int, model: str) -> tuple[str,
 def test_two_hundred_requests_from_sixteen_clients(logged_onnx_model: tuple[str, str], tmp_path: Path):
     tracking_uri, model_uri = logged_onnx_model
     port = free_port()
-    command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri, "--port", str(port)]
+    command = endpoint_command(model_uri, "--port", str(port))
     command += ["--max-concurrent", "2", "--max-queue", "2", "--log-level", "warning"]
     with started(command, port, tracking_uri, tmp_path / "server.log") as server:
         client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="x", max_retries=0, timeout=60)

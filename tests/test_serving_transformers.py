@@ -16,6 +16,7 @@ import urllib.request
 
 import mlflow
 import pytest
+from servers import endpoint as serve
 from servers import free_port, started
 
 pytestmark = pytest.mark.integration
@@ -36,11 +37,7 @@ def post(url: str, body: dict) -> tuple[int, dict | list]:
 
 @pytest.fixture(scope="module")
 def endpoint(logged_transformers_model: tuple[str, str], tmp_path_factory: pytest.TempPathFactory):
-    tracking_uri, model_uri = logged_transformers_model
-    port = free_port()
-    command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri, "--port", str(port)]
-    log = tmp_path_factory.mktemp("transformers-endpoint") / "server.log"
-    with started(command, port, tracking_uri, log, timeout=120) as server:
+    with serve(logged_transformers_model, tmp_path_factory.mktemp("transformers-endpoint"), timeout=120) as server:
         yield f"{server.base}/v1/chat/completions"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from mlflow.pyfunc import PythonModelContext
 from llmflow.chat_model import chat_protocol as protocol
 from llmflow.chat_model.response_format import FormatError, guidance_of
 from llmflow.serving.openai_protocol import read_call
-from tests.servers import free_port, started
+from tests.servers import endpoint_command, free_port, log_chat_model, started
 
 CITY_SCHEMA = {
     "type": "object",
@@ -143,7 +142,7 @@ def smol(smol_onnx: Path):
 @pytest.fixture(scope="module")
 def smol_logged(smol_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """(tracking URI, models:/ URI) of the pyfunc over the export, logged with the project's signature."""
-    from llmflow.log_pyfunc import MODEL_CODE, MODEL_PACKAGE, build_signature
+    from llmflow.log_pyfunc import build_signature
 
     root = tmp_path_factory.mktemp("smol-store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -151,15 +150,8 @@ def smol_logged(smol_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     mlflow.set_tracking_uri(uri)
     try:
         experiment = mlflow.create_experiment("structured", artifact_location=(root / "artifacts").as_uri())
-        with mlflow.start_run(experiment_id=experiment):
-            model_uri = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(MODEL_CODE),
-                code_paths=[str(MODEL_PACKAGE)],
-                artifacts={"onnx": str(smol_onnx)},
-                model_config={**DEFAULTS, "model_name": "smollm2"},
-                signature=build_signature(DEFAULTS),
-            ).model_uri
+        config = {**DEFAULTS, "model_name": "smollm2"}
+        model_uri = log_chat_model(smol_onnx, experiment, config, signature=build_signature(DEFAULTS))
     finally:
         mlflow.set_tracking_uri(previous)
     return uri, model_uri
@@ -232,7 +224,7 @@ def client(smol_logged: tuple[str, str], tmp_path_factory: pytest.TempPathFactor
     tracking_uri, model_uri = smol_logged
     folder = tmp_path_factory.mktemp("smol-server")
     port = free_port()
-    command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri, "--port", str(port)]
+    command = endpoint_command(model_uri, "--port", str(port))
     with started(command, port, tracking_uri, folder / "server.log") as server:
         yield openai.OpenAI(base_url=f"{server.base}/v1", api_key="none", max_retries=0, timeout=120)
 

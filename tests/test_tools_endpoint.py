@@ -31,6 +31,7 @@ from llmflow.serving.openai_protocol import read_call
 from llmflow.serving.scheduler import BatchScheduler
 from llmflow.serving.tracing import Tracer
 from llmflow.serving.transformers_chat import TransformersChat
+from tests.servers import log_chat_model
 
 NAME, KEY = "tiny-chat", "tools-key"
 DEFAULTS = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "top_k": 50}
@@ -386,21 +387,14 @@ def test_a_round_trip_with_the_openai_client_is_answered(client: openai.OpenAI):
 def test_the_pyfunc_with_its_signature_takes_tools_as_json_text(onnx_dir: Path, tmp_path: Path):
     """The ``/invocations`` path: the logged model's signature enforced on a DataFrame of requests whose ``tools``
     and ``tool_choice`` are JSON text and whose conversation holds a call and its result."""
-    from llmflow.log_pyfunc import MODEL_CODE, MODEL_PACKAGE, build_signature
+    from llmflow.log_pyfunc import build_signature
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
         experiment = mlflow.create_experiment("tools", artifact_location=(tmp_path / "artifacts").as_uri())
-        with mlflow.start_run(experiment_id=experiment):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(MODEL_CODE),
-                code_paths=[str(MODEL_PACKAGE)],
-                artifacts={"onnx": str(onnx_dir)},
-                model_config={**DEFAULTS, "model_name": "tiny"},
-                signature=build_signature(DEFAULTS),
-            )
-        loaded = mlflow.pyfunc.load_model(info.model_uri)
+        config = {**DEFAULTS, "model_name": "tiny"}
+        model_uri = log_chat_model(onnx_dir, experiment, config, signature=build_signature(DEFAULTS))
+        loaded = mlflow.pyfunc.load_model(model_uri)
         tools, weather = json.dumps([WEATHER, CLOCK]), json.dumps([WEATHER])  # the tiny model's context: 512 tokens
         rows = pd.DataFrame(
             [
@@ -425,7 +419,7 @@ def test_the_pyfunc_with_its_signature_takes_tools_as_json_text(onnx_dir: Path, 
         )
         # The body /invocations takes, converted and enforced as the scoring server does.
         body = {"dataframe_records": [{"messages": ANSWERED, "tools": weather, "tool_choice": "required"}]}
-        [served] = mlflow.models.validate_serving_input(info.model_uri, json.dumps(body))
+        [served] = mlflow.models.validate_serving_input(model_uri, json.dumps(body))
         check_call(served["choices"][0]["message"]["tool_calls"][0], {"get_weather"})
         chunks = list(loaded.predict_stream({"messages": PARIS, "tools": tools, "tool_choice": "required"}))
         deltas = [chunk["choices"][0]["delta"] for chunk in chunks]

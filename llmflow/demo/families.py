@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmflow.demo.tiny import qa_tokenizer, save_chat_model
+from llmflow.demo.tiny import known, qa_tokenizer, save_chat_model
 
 logger = logging.getLogger(__name__)
 
@@ -184,11 +184,7 @@ def build_family(name: str, out_dir: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from llmflow.errors import InputError
-
-    if name not in FAMILIES:
-        raise InputError(f"family '{name}' is not known; expected one of: {', '.join(FAMILIES)}")
-    family = FAMILIES[name]
+    family = known("family", name, FAMILIES)
     torch.manual_seed(seed)
     tokenizer = qa_tokenizer()
     config = AutoConfig.for_model(

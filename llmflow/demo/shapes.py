@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmflow.demo.tiny import qa_tokenizer, save_chat_model
+from llmflow.demo.tiny import known, qa_tokenizer, save_chat_model
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +68,7 @@ def build_shape(name: str, out_dir: Path, seed: int = 0) -> Path:
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    from llmflow.errors import InputError
-
-    if name not in SHAPES:
-        raise InputError(f"shape '{name}' is not known; expected one of: {', '.join(SHAPES)}")
-    shape = SHAPES[name]
+    shape = known("shape", name, SHAPES)
     torch.manual_seed(seed)
     tokenizer = qa_tokenizer()
     pairs_count = shape.rotary_pairs

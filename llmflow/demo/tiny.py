@@ -12,14 +12,19 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Phi3Config, Phi3ForCausalLM, PreTrainedTokenizerFast
 
 from llmflow import PROJECT_ROOT
+from llmflow.errors import InputError
 from llmflow.evaluation.qa import load_qa
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -194,3 +199,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def known(kind: str, name: str, table: Mapping[str, T]) -> T:
+    """``table[name]``; ``InputError`` naming the ``kind`` asked for and the names there are, when it is not there."""
+    if name not in table:
+        raise InputError(f"{kind} '{name}' is not known; expected one of: {', '.join(table)}")
+    return table[name]
