@@ -132,10 +132,15 @@ def _exit_cancelled(name: str, cancelled: Cancelled, raised: BaseException) -> N
     os._exit(cancelled.exit_code)
 
 
-def step_main(step: Callable[..., Any], entry_point: str | None = None) -> Callable[[list[str] | None], None]:
-    """The ``main(argv=None)`` of a script under ``steps/``: ``run_step`` of ``step``."""
+def step_main(
+    step: Callable[..., Any], entry_point: str | None = None, module: str | None = None
+) -> Callable[[list[str] | None], None]:
+    """The ``main(argv=None)`` of a script under ``steps/``: ``run_step`` of ``step``. Given the script's ``__name__``
+    as ``module``, it also runs it there and then when that is ``"__main__"`` (the file is run, not imported)."""
 
     def main(argv: list[str] | None = None) -> None:
         run_step(step, argv, entry_point)
 
+    if module == "__main__":
+        main()
     return main

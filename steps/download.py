@@ -12,7 +12,4 @@ sys.path.insert(0, str(_root if (_root / "llmflow").is_dir() else Path.cwd()))
 from llmflow.cli import step_main  # noqa: E402
 from llmflow.download import download  # noqa: E402
 
-main = step_main(download)
-
-if __name__ == "__main__":
-    main()
+main = step_main(download, module=__name__)  # and run it, when this file is run
