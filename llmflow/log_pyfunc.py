@@ -250,7 +250,6 @@ def log_pyfunc(options: LogPyfuncOptions) -> LogPyfuncResult:
             pip_requirements=serving_requirements(execution_provider),
         )
         lineage = {tag: export_run.data.tags.get(tag, "") for tag in LINEAGE_TAGS}
-        lineage[TAG_ONNX_SOURCE] = lineage[TAG_ONNX_SOURCE] or "export"  # export runs from before onnx_source
         mlflow.set_tags(
             {
                 TAG_MODEL_URI: model_info.model_uri,

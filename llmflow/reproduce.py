@@ -144,18 +144,8 @@ def _onnx_dir(run_id: str, dst: Path) -> Path:
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ONNX_ARTIFACT_DIR, dst_path=str(dst)))
 
 
-# Parameters added after runs were recorded without them, and the value those runs behaved as.
-ADDED_LATER = {
-    "onnx_source": "export",
-    "save_pretrained": "true",
-    "int4_algo": "default",
-    "int4_mixed_precision": "none",
-    "int4_symmetric": "true",
-}
-
-
 def _params(run: Run, *names: str) -> dict[str, str]:
-    recorded = {**{n: v for n, v in ADDED_LATER.items() if n in names}, **run.data.params}
+    recorded = run.data.params
     missing = [n for n in names if n not in recorded]
     if missing:
         raise InputError(f"run {run.info.run_id} has no recorded parameters {missing}; it cannot be re-run")

@@ -39,7 +39,7 @@ def test_one_changed_tensor_is_named_with_how_much_it_differs(onnx_dir: Path, tm
     assert 0 < difference["max_abs_difference"] < 1e-6
 
 
-def test_a_parameter_added_later_takes_the_value_older_runs_behaved_as():
+def test_a_run_without_a_parameter_of_its_step_is_refused_in_one_line():
     from types import SimpleNamespace
 
     from llmflow.export_onnx import ExportSettings
@@ -47,14 +47,12 @@ def test_a_parameter_added_later_takes_the_value_older_runs_behaved_as():
     from llmflow.reproduce import _params
 
     recorded = {"precision": "int4", "execution_provider": "cpu", "int4_block_size": "32", "int4_accuracy_level": "4"}
-    old_export = SimpleNamespace(data=SimpleNamespace(params=recorded), info=SimpleNamespace(run_id="r1"))
-    assert _params(old_export, *names(ExportSettings)) == {
-        **recorded,
-        "onnx_source": "export",
-        "int4_algo": "default",
-        "int4_mixed_precision": "none",
-        "int4_symmetric": "true",
-    }
+    partial = SimpleNamespace(data=SimpleNamespace(params=recorded), info=SimpleNamespace(run_id="r1"))
+    with pytest.raises(InputError, match=r"^run r1 has no recorded parameters \['int4_algo', .*it cannot be re-run$"):
+        _params(partial, *names(ExportSettings))
+    complete = {**recorded, "int4_algo": "rtn", "int4_mixed_precision": "none", "int4_symmetric": "true"}
+    whole = SimpleNamespace(data=SimpleNamespace(params={**complete, "onnx_source": "export"}), info=partial.info)
+    assert _params(whole, *names(ExportSettings)) == {**complete, "onnx_source": "export"}
 
 
 class _Echo(mlflow.pyfunc.PythonModel):

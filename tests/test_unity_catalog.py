@@ -89,10 +89,9 @@ def test_both_logged_models_pass_mlflows_unity_catalog_signature_check(
 # --- every tag a main run writes on registry objects -------------------------------------------------
 
 
-def test_registry_keys_are_the_run_keys_in_unity_catalogs_form_and_old_versions_still_read():
+def test_registry_keys_are_the_run_keys_in_unity_catalogs_form():
     assert registry_key(TAG_EVALUATE_RUN) == "llmflow_evaluate_run_id"
     assert tag_problems({registry_key(TAG_EVALUATE_RUN): "r"}, "m/1") == []
-    # A version registered before registry keys existed carries the run key: it is still read, the new key first.
-    assert registry_tag({TAG_EVALUATE_RUN: "old"}, TAG_EVALUATE_RUN) == "old"
-    assert registry_tag({TAG_EVALUATE_RUN: "old", "llmflow_evaluate_run_id": "new"}, TAG_EVALUATE_RUN) == "new"
-    assert registry_tag({}, TAG_EVALUATE_RUN) is None
+    assert registry_tag({"llmflow_evaluate_run_id": "r"}, TAG_EVALUATE_RUN) == "r"
+    # Only the registry key is read: a run key on a version is not this project's.
+    assert registry_tag({TAG_EVALUATE_RUN: "r"}, TAG_EVALUATE_RUN) is None

@@ -44,7 +44,7 @@ def normalise(value: Any) -> str:
     lower case."""
     text = param_text(value).strip()
     if text.lower() in BOOLEANS:
-        return text.lower()  # a bool parameter: "True" (an older record) and "true" are one value
+        return text.lower()  # a bool parameter: -P save_pretrained=True and the default "true" are one value
     try:
         number = float(text)
     except ValueError:

@@ -94,9 +94,8 @@ def registry_key(tag: str) -> str:
 
 
 def registry_tag(tags: Mapping[str, str], tag: str) -> str | None:
-    """Run tag ``tag`` as recorded on a registry object's ``tags``: its registry key, or the run key that versions
-    registered before registry keys existed carry."""
-    return tags.get(registry_key(tag), tags.get(tag))
+    """Run tag ``tag`` as recorded on a registry object's ``tags``, under its registry key."""
+    return tags.get(registry_key(tag))
 
 
 # Environment variables. main hands a step the ids of its upstream runs in ENV_UPSTREAM; the step records
