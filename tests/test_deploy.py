@@ -120,6 +120,8 @@ def _sample_parameters(entry_point: str) -> dict[str, str]:
     for name, spec in mlproject_parameters(entry_point).items():
         if spec["type"] == "float":
             values[name] = f"{float(spec['default']) * 2 + 1:g}"
+        elif spec.get("default") in ("true", "false"):
+            values[name] = "false" if spec["default"] == "true" else "true"  # a bool parameter
         else:
             values[name] = f"{name}-value"
     return values
