@@ -110,8 +110,9 @@ llama-server: $(LLAMA_SERVER)
 
 # Speed of the ONNX pyfunc against a bare onnxruntime-genai loop, transformers and HTTP serving, concurrent clients,
 # onnxruntime-genai against llama.cpp (on the random Phi-3, then side by side on the real model), and og.Engine against
-# the endpoint's scheduler (figures, not a test).
-bench: $(STAMP) $(BENCH_STAMP) $(LLAMA_SERVER) smollm2
+# the endpoint's scheduler, and an unchanged rerun of `main` on the tiny Phi-3 (figures, not a test).
+bench: $(STAMP) $(BENCH_STAMP) $(LLAMA_SERVER) smollm2 tiny
+	$(BIN)/python -m bench.rerun
 	$(BIN)/python -m bench.benchmark
 	$(BIN)/python -m bench.concurrency
 	$(BIN)/python -m bench.llamacpp

@@ -122,3 +122,17 @@ def test_the_pyfunc_loads_with_the_count_of_its_model_config(onnx_dir: Path):
     assert model.threads == 3
     answer = model.predict(None, [{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}])
     assert answer[0]["choices"][0]["message"]["content"] is not None
+
+
+def test_the_endpoint_sets_the_thread_count_the_model_loads_with(monkeypatch: pytest.MonkeyPatch, capsys):
+    from llmflow.serving import openai_server
+
+    monkeypatch.delenv(cpus.THREADS_ENV, raising=False)  # and back as it was after the test
+    parser = openai_server.build_parser()
+    args = parser.parse_args(["--model-uri", "models:/m@champion", "--threads", "3"])
+    openai_server.check(args, parser)
+    openai_server.use_threads(args.threads)
+    assert cpus.generation_threads({}) == 3
+    with pytest.raises(SystemExit):
+        openai_server.check(parser.parse_args(["--model-uri", "m", "--threads", "0"]), parser)
+    assert "--threads 0 is not accepted; expected 1 or more" in capsys.readouterr().err

@@ -22,6 +22,8 @@ import logging
 import os
 from pathlib import Path
 
+from llmflow.chat_model.cpus import THREADS_ENV
+
 from .app import Limits, create_app
 from .auth import is_loopback, load_keys
 from .holder import ALIAS_URI, ModelHolder
@@ -49,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--api-key-file", type=Path, default=None, help="A file of accepted keys, one a line.")
     add("--auth-health-metrics", action="store_true", help="Require a key for /health and /metrics too.")
     add("--max-concurrent", type=int, default=DEFAULT_MAX_CONCURRENT, help="Requests generating at once.")
+    add(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"onnxruntime threads the ONNX model generates with (sets {THREADS_ENV}; default: the CPUs given).",
+    )
     add("--max-queue", type=int, default=64, help="Requests waiting for a place; beyond it, 429.")
     add("--request-timeout", type=float, default=300.0, help="Seconds a request may take; then 504.")
     add("--max-body-bytes", type=int, default=1_048_576, help="Largest request body accepted; beyond it, 413.")
@@ -68,10 +76,17 @@ def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         "--retry-after": (args.retry_after, args.retry_after >= 0, "0 or more"),
         "--poll-interval": (args.poll_interval, args.poll_interval >= 0, "0 or more"),
         "--trace-ratio": (args.trace_ratio, 0 <= args.trace_ratio <= 1, "0 to 1"),
+        "--threads": (args.threads, args.threads is None or args.threads >= 1, "1 or more"),
     }
     for flag, (value, good, accepted) in rules.items():
         if not good:
             parser.error(f"{flag} {value} is not accepted; expected {accepted}")
+
+
+def use_threads(threads: int | None) -> None:
+    """``--threads``: the count the ONNX model generates with, read when it loads (``llmflow.chat_model.cpus``)."""
+    if threads is not None:
+        os.environ[THREADS_ENV] = str(threads)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     check(args, parser)
+    use_threads(args.threads)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     keys = load_keys(args.api_key, args.api_key_file)
     if not keys and not is_loopback(args.host):
