@@ -28,6 +28,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 
@@ -90,6 +91,17 @@ def checkpoint_precision(model_dir: Path) -> str:
     return PRECISION_NAMES.get(dtype, dtype)
 
 
+def local_model_card(model_dir: Path, repo: str) -> Any:
+    """The model card of a local folder: its own ``README.md``, or one that names it and says its licence is not
+    known (a Hub model's card comes from the Hub, as MLflow fetches it)."""
+    from huggingface_hub import ModelCard
+
+    readme = model_dir / "README.md"
+    if readme.is_file():
+        return ModelCard(readme.read_text(encoding="utf-8"))
+    return ModelCard(f"---\nlicense: unknown\n---\n\n# {repo}\n\nA local model folder, logged by llmflow.\n")
+
+
 def log_transformers(options: LogTransformersOptions) -> LogTransformersResult:
     """Log the downloaded model as an ``llm/v1/chat`` transformers pipeline in this step's run."""
     import torch
@@ -129,6 +141,9 @@ def log_transformers(options: LogTransformersOptions) -> LogTransformersResult:
                 "input_example": CHAT_EXAMPLE,
                 "pip_requirements": pinned_requirements(*REQUIREMENTS),
             }
+            if tags.get(TAG_SOURCE) == "local":
+                # MLflow would ask the Hub for the card of a repo named after the folder, and warn when it cannot.
+                logged_as["model_card"] = local_model_card(model_dir, repo)
             logger.info("logging %s (%s) as llm/v1/chat", repo, precision)
             if reference:
                 model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", **revision)

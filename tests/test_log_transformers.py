@@ -91,3 +91,22 @@ def test_stock_mlflow_still_cannot_log_a_checkpoint_under_transformers_5(tiny_mo
     """The reason for ``llmflow.patches.transformers.task_class_resolved``: drop it when this test fails."""
     with pytest.raises(AttributeError, match="__name__"):
         mlflow.transformers.save_model(str(tiny_model_dir), tmp_path / "model", task="llm/v1/chat")
+
+
+def test_a_local_folder_is_logged_with_its_own_card_and_no_hub_warning(
+    tiny_model_dir: Path, tracking_uri: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """MLflow asked the Hub for the card of a repo named after the folder and warned, offline, to check the
+    Internet connection; a local folder's card is its README.md, or one naming it."""
+    folder = tmp_path / "with-readme"
+    import shutil
+
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n\n# A tiny chat model\n")
+    download_run = download(DownloadOptions(model=str(folder), revision="main"))
+    with caplog.at_level("WARNING", logger="mlflow.transformers"):
+        result = log_transformers(LogTransformersOptions(download_run_id=download_run.run_id, max_new_tokens=8))
+    assert [r.getMessage() for r in caplog.records if r.name == "mlflow.transformers"] == []
+    local = Path(mlflow.artifacts.download_artifacts(result.model_uri, dst_path=str(tmp_path / "model")))
+    assert "# A tiny chat model" in (local / "model_card.md").read_text()
+    assert "The declared license type is: 'mit'" in (local / "LICENSE.txt").read_text()

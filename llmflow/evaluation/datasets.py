@@ -16,6 +16,7 @@ QA set as rows and a pandas dataset with the file as its source instead, with a 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,13 @@ def qa_dataset(inputs: EvalInputs, experiment_id: str) -> Any | None:
 
 def heldout_dataset(inputs: EvalInputs) -> MetaDataset:
     """The held-out text as a dataset: its file as the source and its sha256 as the digest."""
+    with warnings.catch_warnings():
+        # MLflow 3.17 registers its local artifact source twice and warns, for any local path, that the path "can be
+        # interpreted in multiple ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource" (both the same class).
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        source = resolve_dataset_source(str(inputs.heldout_file.resolve()))
     return MetaDataset(
-        source=resolve_dataset_source(str(inputs.heldout_file.resolve())),
+        source=source,
         name=inputs.heldout_file.name,
         digest=file_sha256(inputs.heldout_file)[:12],
     )
