@@ -202,6 +202,30 @@ def test_settings_make_the_recipe():
     assert ExportSettings(int4_mixed_precision="none").int4_recipe().int8 == ()
 
 
+def test_the_builders_printed_lines_go_to_the_debug_log(
+    fake_builder: FakeBuilder,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """A line per layer read is noise in a person's terminal (32 of them for Phi-3); the progress bar stays."""
+    real = fake_builder.create_model
+
+    def printing(*args, **kwargs):
+        print("GroupQueryAttention (GQA) is used in this model.\nReading layer 0\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(builder, "create_model", printing)
+    with caplog.at_level("DEBUG", logger="llmflow.export.builder"):
+        run_builder(tmp_path / "hf", tmp_path / "out", ExportSettings(precision="int4"))
+    assert capsys.readouterr().out == ""
+    assert [r.getMessage() for r in caplog.records if r.name == "llmflow.export.builder"] == [
+        "builder: GroupQueryAttention (GQA) is used in this model.",
+        "builder: Reading layer 0",
+    ]
+
+
 def test_run_builder_passes_exact_arguments(fake_builder: FakeBuilder, tmp_path: Path):
     out = run_builder(
         tmp_path / "hf",

@@ -25,11 +25,12 @@ checks that the stock builder still fails on both config forms, so that the day 
 from __future__ import annotations
 
 import gc
+import io
 import json
 import logging
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from llmflow.errors import InputError, first_line
@@ -38,6 +39,8 @@ from llmflow.export.recipe import Int4Recipe
 from llmflow.export.residency import page_out
 from llmflow.export.stamp import package_build_stamp
 from llmflow.patches.onnxruntime_genai import gemma3_rope_per_layer_type, longrope_type_key
+
+logger = logging.getLogger(__name__)
 
 # What the builder raises for a model or option it cannot handle (a KeyError: a config key it expects and does not
 # find); anything else is a bug and keeps its traceback.
@@ -65,6 +68,16 @@ def _quiet_quantizer() -> Iterator[None]:
         yield
     finally:
         quantizer.setLevel(previous)
+
+
+class _DebugLines(io.TextIOBase):
+    """A text stream whose lines go to this module's logger at DEBUG."""
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                logger.debug("builder: %s", line)
+        return len(text)
 
 
 def _builder_reason(exc: Exception) -> str:
@@ -100,6 +113,9 @@ def build(
     with (
         tempfile.TemporaryDirectory(prefix="llmflow-builder-cache-") as cache_dir,
         _quiet_quantizer(),
+        # The builder prints a line per layer read ("Reading layer 31") and per file written; its progress bar (on
+        # stderr) stays. The lines go to this module's logger at DEBUG.
+        redirect_stdout(_DebugLines()),
         streaming_quantization(after_each=lambda: page_out(model_dir), recipe=recipe if precision == "int4" else None),
         package_build_stamp(),
         longrope_type_key(),
