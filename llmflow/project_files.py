@@ -221,13 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmflow.project_files", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a file differs")
     args = parser.parse_args(argv)
-    stale = [path for path, text in generated().items() if path.read_text(encoding="utf-8") != text]
-    for path in stale:
+    stale = {path: text for path, text in generated().items() if path.read_text(encoding="utf-8") != text}
+    for path, text in stale.items():
         relative = path.relative_to(PROJECT_ROOT)
         if args.check:
             print(f"{relative} differs from what the options classes give: run python -m llmflow.project_files")
         else:
-            path.write_text(generated()[path], encoding="utf-8")
+            path.write_text(text, encoding="utf-8")
             print(f"wrote {relative}")
     return 1 if args.check and stale else 0
 

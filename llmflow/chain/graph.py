@@ -86,10 +86,6 @@ FLAVOURS = tuple(step.flavour for step in GRAPH if step.entry_point == "register
 ENTRY_POINTS = tuple(dict.fromkeys(step.entry_point for step in GRAPH))
 
 
-def step(key: str) -> Step:
-    return next(s for s in GRAPH if s.key == key)
-
-
 def leading_to(key: str) -> tuple[Step, ...]:
     """The steps ``key`` rests on, and itself, in the graph's order."""
     needed = {key}
