@@ -18,6 +18,7 @@ from typing import Any, NoReturn, get_type_hints
 
 from llmflow.errors import Cancelled, PipelineError, cancellation_in, first_line
 from llmflow.options import StepOptions, parse
+from llmflow.patches.mlflow import artifact_bars_honour_tqdm
 from llmflow.tracking import task_values
 
 logger = logging.getLogger(__name__)
@@ -28,10 +29,42 @@ def options_class(step: Callable[..., Any]) -> type[StepOptions]:
     return get_type_hints(step)["options"]
 
 
+# Log lines a person does not need, repeated for every model evaluated, by logger: the highest level dropped and the
+# messages' beginnings. MLflow's "Active model is set to the logged model with ID ..." and its hint on
+# set_active_model (mlflow.genai.evaluate sets the model it is given, and the step's own log names it), and its
+# "Testing model prediction with the first sample" (a check that stays on). And transformers' warning that it ignores
+# clean_up_tokenization_spaces=True for a BPE tokenizer: MLflow 3.17's transformers flavour asks for it in every chat
+# answer it decodes (llm_inference_utils._get_completions_text), transformers 5 rightly ignores it, and no setting of
+# the model can stop the request.
+QUIETED: dict[str, tuple[int, tuple[str, ...]]] = {
+    "mlflow.tracking.fluent": (logging.INFO, ("Active model is set to ", "Use `mlflow.set_active_model`")),
+    "mlflow.genai.utils.data_validation": (logging.INFO, ("Testing model prediction with the first sample",)),
+    "transformers.tokenization_utils_tokenizers": (
+        logging.WARNING,
+        ("Ignoring clean_up_tokenization_spaces=True for BPE tokenizer",),
+    ),
+}
+
+
+class Quieted(logging.Filter):
+    """Drops records up to ``level`` whose message starts with one of ``prefixes``; higher levels always pass."""
+
+    def __init__(self, level: int, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.level, self.prefixes = level, prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > self.level or not record.getMessage().startswith(self.prefixes)
+
+
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "filelock", "alembic", "onnxruntime.quantization"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name, (level, prefixes) in QUIETED.items():
+        quieted = logging.getLogger(name)
+        if not any(isinstance(f, Quieted) for f in quieted.filters):
+            quieted.addFilter(Quieted(level, prefixes))
 
 
 # Calls a signal must not interrupt: a tracking or registry store call stopped between its query and the end of its
@@ -105,7 +138,8 @@ def run_step(step: Callable[..., Any], argv: list[str] | None = None, entry_poin
     task_values.hf_token_from_secret()
     cancel_on_signals()
     try:
-        result = step(options)
+        with artifact_bars_honour_tqdm():
+            result = step(options)
     except BaseException as exc:
         cancelled = cancellation_in(exc)
         if cancelled is not None:

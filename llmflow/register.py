@@ -143,7 +143,7 @@ def register(options: RegisterOptions) -> RegisterResult:
             # Until evaluate writes its report above it, the description is the lineage alone.
             description = lineage_section({**details, **fitted.cut})
             client.update_model_version(registered_model_name, version.version, description=description)
-            logger.info("registered %s version %s", registered_model_name, version.version)
+            # (MLflow prints "Created version N of model ..." itself.)
             description = registered_model_description(registered_model_name, tags, tags[TAG_LOGGED_BY_STEP])
             client.update_registered_model(registered_model_name, description=description)
         else:

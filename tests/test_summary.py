@@ -34,8 +34,13 @@ def test_the_summary_lists_each_step_and_the_serve_command_and_marks_reused_deci
             mlflow.log_params(params)
             if key.startswith("evaluate"):
                 report = tmp_path / "report.md"
-                report.write_text("**PASSED**: version 1 is now champion.\n\n![plot](metrics.png)\n| a | b |\n")
+                report.write_text(
+                    "**PASSED**: version 1 is now champion.\n# s-onnx version 1\n## Criteria\n| criterion | result |\n"
+                    "| floor | pass |\n## Metrics\n| metric | v1 |\n| exact_match | 1 |\n"
+                    "## Plots\n![plot](metrics.png)\n"
+                )
                 mlflow.log_artifact(str(report), "report")
+                mlflow.log_metrics({"perplexity_ratio": 1.0172, "speedup": 3.99, "exact_match": 1.0})
         runs[key] = run.info.run_id
     client.create_registered_model("s-onnx")
     client.create_model_version("s-onnx", f"runs:/{runs['download']}/model", run_id=runs["download"])
@@ -48,7 +53,11 @@ def test_the_summary_lists_each_step_and_the_serve_command_and_marks_reused_deci
         f"    earlier decision, reused from run {runs['evaluate:onnx']}: **PASSED**: version 1 is now champion."
         in lines
     )
-    assert "![plot]" not in text
+    # The decision and the gate's criteria; the other tables stay in the report, whose place is given.
+    assert lines[lines.index("    ## Criteria") + 2] == "    | floor | pass |"
+    assert "![plot]" not in text and "## Metrics" not in text and "exact_match" not in text
+    assert "    export vs reference: perplexity_ratio 1.017, speedup 3.99" in lines
+    assert f"report/report.md of run {runs['evaluate:onnx']}" in text
     (step,) = [line for line in lines if line.startswith("    evaluate:onnx ")]
     assert step.endswith(f" s (reused)  run {runs['evaluate:onnx']}")
     assert "      mlflow run . -e download -P model=m" in lines

@@ -12,6 +12,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 # rerun_from names an entry point of the chain, "none", or "all" (download, and so everything after it).
 RERUN_CHOICES = ("none", "all", *ENTRY_POINTS)
+MLFLOW_LOGGING_LEVEL = "MLFLOW_LOGGING_LEVEL"
 
 
 @dataclass
@@ -59,26 +62,28 @@ class Runner:
                 self.result.step_runs[key] = reusable.info.run_id
                 return reusable
         logger.info("running step %s %s", key, parameters)
+        started = time.perf_counter()
         # The child records its upstream runs itself (runs.step_run reads this), so the record is there
         # from its first moment, whatever happens to it or to this process.
         os.environ[ENV_UPSTREAM] = upstream_key(upstream)
         try:
-            submitted = mlflow.projects.run(
-                uri=str(PROJECT_ROOT),
-                entry_point=entry_point,
-                parameters=parameters,
-                env_manager="local",
-                experiment_id=self.experiment_id,
-                run_name=key,  # "download", "evaluate:onnx": what the UI's run tree shows
-                synchronous=False,
-            )
-            try:
-                ok = submitted.wait()
-            except Cancelled as exc:
-                # The step runs in a session of its own: the signal that stops main does not reach it.
-                self.result.step_runs[key] = submitted.run_id
-                status = stop_step(MlflowClient(), submitted, f"cancelled: main received {exc.signal_name}")
-                raise Cancelled(exc.signum, f"step '{key}' (run {submitted.run_id}) stopped, {status}") from None
+            with quiet_projects():
+                submitted = mlflow.projects.run(
+                    uri=str(PROJECT_ROOT),
+                    entry_point=entry_point,
+                    parameters=parameters,
+                    env_manager="local",
+                    experiment_id=self.experiment_id,
+                    run_name=key,  # "download", "evaluate:onnx": what the UI's run tree shows
+                    synchronous=False,
+                )
+                try:
+                    ok = submitted.wait()
+                except Cancelled as exc:
+                    # The step runs in a session of its own: the signal that stops main does not reach it.
+                    self.result.step_runs[key] = submitted.run_id
+                    status = stop_step(MlflowClient(), submitted, f"cancelled: main received {exc.signal_name}")
+                    raise Cancelled(exc.signum, f"step '{key}' (run {submitted.run_id}) stopped, {status}") from None
         finally:
             os.environ.pop(ENV_UPSTREAM, None)
         self.result.step_runs[key] = submitted.run_id
@@ -88,7 +93,28 @@ class Runner:
             run = client.get_run(submitted.run_id)
             error = run.data.tags.get(TAG_ERROR, "see the step's log above")
             raise StepFailed(f"step '{key}' failed (run {submitted.run_id}, {run.info.status}): {error}")
+        logger.info("step %s succeeded in %.1f s, run %s", key, time.perf_counter() - started, submitted.run_id)
         return client.get_run(submitted.run_id)
+
+
+@contextmanager
+def quiet_projects() -> Iterator[None]:
+    """Within this block MLflow logs warnings only, in this process and in the ``mlflow run`` processes it starts.
+
+    Each step otherwise adds four INFO lines (launching, a temporary folder for 'path' parameters, the command,
+    success) to the runner's two, and its MLflow calls more ("Active model is set ..."); the summary gives each
+    step's run id and the command that reruns it. A user's own ``MLFLOW_LOGGING_LEVEL`` wins.
+    """
+    projects = logging.getLogger("mlflow.projects")
+    level, chosen = projects.level, os.environ.get(MLFLOW_LOGGING_LEVEL)
+    projects.setLevel(max(level, logging.WARNING))
+    os.environ[MLFLOW_LOGGING_LEVEL] = chosen or "WARNING"
+    try:
+        yield
+    finally:
+        projects.setLevel(level)
+        if chosen is None:
+            os.environ.pop(MLFLOW_LOGGING_LEVEL, None)
 
 
 def forced_steps(rerun_from: str) -> frozenset[str]:

@@ -18,10 +18,12 @@ from mlflow import MlflowClient
 
 from llmflow import PROJECT_ROOT
 from llmflow.chain.runner import ChainResult
+from llmflow.tracking.names import REPORT_DIR, REPORT_FILE
 
 logger = logging.getLogger(__name__)
 
 SERVE_PORT = 8000
+REPORT_PATH = f"{REPORT_DIR}/{REPORT_FILE}"
 
 
 @cache
@@ -61,15 +63,31 @@ def rerun_command(entry_point: str, params: dict[str, str]) -> str:
     return " ".join(["mlflow run . -e", entry_point, *changed])
 
 
-def report_lines(run_id: str) -> list[str]:
-    """The evaluate run's ``report/report.md`` (decision first, then its tables), without the plot links."""
-    from llmflow.tracking.names import REPORT_DIR
+# Of the evaluate run's report, the console shows the decision and the gate's criteria; its metrics, export figures
+# and latency tables stay in the report (the version's description in the UI, and the run's report/report.md).
+CONSOLE_SECTIONS = ("## Criteria",)
+# The figures of an export's cost, from the evaluate run's metrics, on one line under the criteria.
+EXPORT_FIGURES = ("perplexity_ratio", "greedy_agreement", "speedup")
 
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{REPORT_DIR}/report.md")
-    text = Path(path).read_text(encoding="utf-8")
-    # The plots are PNG files in the run; a terminal shows the text around them.
-    skip = ("![", "## Plots")
-    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(skip)]
+
+def report_lines(run_id: str) -> list[str]:
+    """The evaluate run's ``report/report.md``: its decision and its criteria table."""
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REPORT_PATH)
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept, showing = lines[:1], False
+    for line in lines[1:]:
+        if line.startswith("#"):
+            showing = line.strip() in CONSOLE_SECTIONS
+        if showing:
+            kept.append(line)
+    return kept
+
+
+def figure_line(run_id: str, client: MlflowClient) -> str | None:
+    """``export: perplexity_ratio 1.017, ...`` from the evaluate run's metrics; None without a reference."""
+    metrics = client.get_run(run_id).data.metrics
+    figures = [f"{name} {metrics[name]:.4g}" for name in EXPORT_FIGURES if name in metrics]
+    return f"export vs reference: {', '.join(figures)}" if figures else None
 
 
 def step_lines(client: MlflowClient, result: ChainResult) -> list[str]:
@@ -101,6 +119,10 @@ def format_summary(client: MlflowClient, result: ChainResult) -> list[str]:
             # The decision was taken by an earlier run; the aliases may have moved since.
             report[0] = f"earlier decision, reused from run {result.step_runs[evaluate_key]}: {report[0]}"
         lines.extend(f"    {line}" for line in report)
+        if figures := figure_line(result.step_runs[evaluate_key], client):
+            lines.append(f"    {figures}")
+        report_at = f"{REPORT_PATH} of run {result.step_runs[evaluate_key]}"
+        lines.append(f"    full report (metrics, latency): {report_at}, and the version's description in the UI")
         if "champion" in client.get_registered_model(name).aliases:
             champions.append(name)
     lines.extend(step_lines(client, result))

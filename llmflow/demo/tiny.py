@@ -60,6 +60,8 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
         pad_token="<|endoftext|>",
         chat_template=PHI3_CHAT_TEMPLATE,
         model_max_length=512,
+        # As Phi-3-mini's own tokenizer_config.json: the clean-up is for WordPiece and only draws a warning on BPE.
+        clean_up_tokenization_spaces=False,
     )
 
 

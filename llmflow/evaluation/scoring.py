@@ -14,11 +14,12 @@ was measured on, so it shows on the model's page as well as on the run.
 from __future__ import annotations
 
 import gc
+import io
 import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,12 +114,27 @@ def _sequential_evaluation() -> Iterator[None]:
     before = os.environ.get(EVAL_WORKERS_ENV)
     os.environ[EVAL_WORKERS_ENV] = "1"
     try:
-        yield
+        with _printed_to_debug_log():
+            yield
     finally:
         if before is None:
             os.environ.pop(EVAL_WORKERS_ENV, None)
         else:
             os.environ[EVAL_WORKERS_ENV] = before
+
+
+@contextmanager
+def _printed_to_debug_log() -> Iterator[None]:
+    """What is printed to stdout within this block goes to the debug log. ``mlflow.genai.evaluate`` prints ten lines
+    when it ends (the run's name and id, and to open the Traces tab), which this step's own log line and ``main``'s
+    summary already give; its progress bar is on stderr and stays."""
+    printed = io.StringIO()
+    try:
+        with redirect_stdout(printed):
+            yield
+    finally:
+        if printed.getvalue().strip():
+            logger.debug("printed by mlflow.genai.evaluate:\n%s", printed.getvalue())
 
 
 def examples_from_result(result_df: Any, inputs: EvalInputs, timings: dict[str, tuple[float, int]]) -> list[Example]:

@@ -38,7 +38,11 @@ from llmflow.export.nbits import streaming_quantization
 from llmflow.export.recipe import Int4Recipe
 from llmflow.export.residency import page_out
 from llmflow.export.stamp import package_build_stamp
-from llmflow.patches.onnxruntime_genai import gemma3_rope_per_layer_type, longrope_type_key
+from llmflow.patches.onnxruntime_genai import (
+    gemma3_rope_per_layer_type,
+    longrope_type_key,
+    save_bar_described_quietly,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +118,9 @@ def build(
         tempfile.TemporaryDirectory(prefix="llmflow-builder-cache-") as cache_dir,
         _quiet_quantizer(),
         # The builder prints a line per layer read ("Reading layer 31") and per file written; its progress bar (on
-        # stderr) stays. The lines go to this module's logger at DEBUG.
+        # stderr) stays, drawn on tqdm's schedule. The lines go to this module's logger at DEBUG.
         redirect_stdout(_DebugLines()),
+        save_bar_described_quietly(),
         streaming_quantization(after_each=lambda: page_out(model_dir), recipe=recipe if precision == "int4" else None),
         package_build_stamp(),
         longrope_type_key(),

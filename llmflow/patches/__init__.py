@@ -7,8 +7,8 @@ patch's canary test (named in its docstring: it checks that the stock library st
 the bug is gone, and otherwise move ``WRITTEN_FOR``.
 
 - ``llmflow.patches.onnxruntime_genai``: the model builder (build stamp, one-MatMul-at-a-time quantization, two RoPE
-  config readers);
-- ``llmflow.patches.mlflow``: the transformers flavour's checkpoint name and hub revision;
+  config readers, its save progress bar);
+- ``llmflow.patches.mlflow``: the transformers flavour's checkpoint name and hub revision, the artifact progress bar;
 - ``llmflow.patches.transformers``: the pipeline task registry's class, as MLflow reads it.
 
 The patches are context managers: inside the block the library is patched, after it as shipped.

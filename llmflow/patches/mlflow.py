@@ -1,4 +1,5 @@
-"""Patches of MLflow's transformers flavour, written for MLflow 3.17.2 (used by ``llmflow.log_transformers``).
+"""Patches of MLflow, written for MLflow 3.17.2: its transformers flavour (used by ``llmflow.log_transformers``) and
+its artifact progress bar (used by every step, ``llmflow.cli``).
 
 - ``named_checkpoint``: MLflow logs a local checkpoint folder under the folder's name, here a temporary path, and
   chat responses give that name as their ``model``; within the block it is the HF repo id instead (its flavour config's
@@ -8,6 +9,11 @@
   the Hub at logging time (``get_latest_commit_for_repo``), which need not be the commit that was downloaded and
   cannot be asked offline; within the block it records the given commit. Canary: ``tests/test_log_transformers.py``
   logs a reference offline.
+- ``artifact_bars_honour_tqdm``: MLflow's artifact progress bar (``ArtifactProgressBar``) calls ``refresh()`` after
+  every file, which draws the bar whatever tqdm's ``delay`` and ``mininterval`` say: every download, even of one small
+  file in a few milliseconds, leaves a "Downloading artifacts 1/1" bar (29 of them in a cold tiny chain), and a log
+  gets a line per file. Within the block it only updates, and tqdm draws the bar when its settings say
+  (``llmflow/__init__.py``: after 2 s; in a log at most every 10 s). Canary: ``tests/test_console.py``.
 """
 
 from __future__ import annotations
@@ -46,4 +52,19 @@ def pinned_revision(commit_sha: str) -> Iterator[None]:
     from mlflow.transformers import flavor_config
 
     with replaced("get_latest_commit_for_repo", [(flavor_config, lambda repo: commit_sha)]):
+        yield
+
+
+@contextmanager
+def artifact_bars_honour_tqdm() -> Iterator[None]:
+    """Within this block MLflow's artifact progress bars are drawn when tqdm's own settings say, not on every file."""
+    from mlflow.utils.file_utils import ArtifactProgressBar
+
+    def update(self: ArtifactProgressBar) -> None:
+        if self.pbar:
+            step = min(self.total - self.progress, self.step)
+            self.pbar.update(step)
+            self.progress += step
+
+    with replaced("update", [(ArtifactProgressBar, update)]):
         yield

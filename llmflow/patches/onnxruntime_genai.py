@@ -11,6 +11,10 @@
 - ``gemma3_rope_per_layer_type``: its Gemma 3 class reads the flat ``rope_parameters["rope_type"]``, but transformers 5
   keeps Gemma 3's RoPE per layer type (``KeyError: 'rope_type'``), no longer sets ``rope_theta`` (the global theta
   falls back to 10000) nor ``rope_local_base_freq``. Canary: ``tests/test_families.py``.
+- ``save_bar_described_quietly``: its "Saving <tensor>" progress bar sets its description for every tensor written,
+  and tqdm's ``set_description`` redraws the bar each time, whatever its ``delay`` and ``mininterval`` say: a log gets
+  a line per tensor (41 for the tiny Phi-3, hundreds at full size). Within the block the description changes without
+  a redraw, and the bar is drawn when tqdm's settings say. Canary: ``tests/test_console.py``.
 
 Importing this module does not import the builder (it pulls in torch and transformers); the patches do, when entered.
 """
@@ -32,8 +36,8 @@ LONGROPE_CLASS = "Phi3MiniLongRoPEModel"
 GEMMA3_CLASS = "Gemma3Model"
 
 
-def builder_classes(module: str, name: str) -> list[type]:
-    """Class ``name`` of the builder's module ``builders.<module>``, under both names the builder imports it as.
+def builder_modules(module: str) -> list[Any]:
+    """The builder's module ``builders.<module>``, under both names the builder imports it as.
 
     The builder puts its own folder on ``sys.path`` and imports ``builders.base`` as a top-level module, so its
     ``Model`` is not ``onnxruntime_genai.models.builders.base.Model``; both are patched.
@@ -41,8 +45,13 @@ def builder_classes(module: str, name: str) -> list[type]:
     from onnxruntime_genai.models import builder  # noqa: F401 - imported for its sys.path and module side effects
 
     names = (f"builders.{module}", f"onnxruntime_genai.models.builders.{module}")
-    classes = [getattr(sys.modules.get(n) or importlib.import_module(n), name) for n in names]
-    return list({id(cls): cls for cls in classes}.values())
+    modules = [sys.modules.get(n) or importlib.import_module(n) for n in names]
+    return list({id(m): m for m in modules}.values())
+
+
+def builder_classes(module: str, name: str) -> list[type]:
+    """Class ``name`` of the builder's module ``builders.<module>``, under both of its names."""
+    return list({id(c): c for c in (getattr(m, name) for m in builder_modules(module))}.values())
 
 
 def builder_model_classes() -> list[type]:
@@ -121,4 +130,17 @@ def gemma3_rope_per_layer_type() -> Iterator[None]:
 
     classes = builder_classes("gemma", GEMMA3_CLASS)  # Gemma 4 overrides make_rope_init and reads this form itself
     with replaced("make_rope_init", [(cls, patched(cls.make_rope_init)) for cls in classes]):
+        yield
+
+
+@contextmanager
+def save_bar_described_quietly() -> Iterator[None]:
+    """Within this block the builder's save progress bar is redrawn on tqdm's schedule, not on each description."""
+    from tqdm import tqdm
+
+    class DescribedQuietly(tqdm):
+        def set_description(self, desc: str | None = None, refresh: bool = False) -> None:
+            super().set_description(desc, refresh=False)
+
+    with replaced("tqdm", [(module, DescribedQuietly) for module in builder_modules("base")]):
         yield
