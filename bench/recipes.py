@@ -57,6 +57,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "int4_mixed_precision": ALL_INT8,
         "int4_symmetric": False,
     },
+    "default+clip": {"int4_clip": "activation"},
+    "default-b16+clip": {"int4_block_size": 16, "int4_clip": "activation"},
+    "head8+clip": {"int4_mixed_precision": "last_matmul", "int4_symmetric": False, "int4_clip": "activation"},
+    "plain+clip": {"int4_mixed_precision": "none", "int4_clip": "activation"},
     "int8": {"precision": "int8"},
     "fp32": {"precision": "fp32"},
 }

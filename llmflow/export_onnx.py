@@ -31,11 +31,10 @@ from tqdm.auto import tqdm
 from llmflow.errors import InputError, first_line
 from llmflow.export import prebuilt, recipe
 from llmflow.export.builder import build
-from llmflow.export.memory import check_export_memory, config_of, export_need, memory_found
+from llmflow.export.memory import preflight_memory
 from llmflow.export.smoke import SMOKE_QUESTION, SmokeResult, smoke_test, smoke_test_skip_reason
 from llmflow.options import StepOptions, a_bool, non_empty, one_of, option
-from llmflow.sources.folder import model_dir_from_run, read_manifest
-from llmflow.sources.hub import WEIGHT_SUFFIXES
+from llmflow.sources.folder import model_dir_from_run
 from llmflow.sources.manifest import build_manifest, manifest_digest
 from llmflow.tracking.names import (
     ONNX_ARTIFACT_DIR,
@@ -120,6 +119,12 @@ class ExportSettings(StepOptions):
         help="int4 weights symmetric (true: int4 and a scale) or not (false: uint4 and a zero point).",
         check=a_bool,
     )
+    int4_clip: str = option(
+        recipe.DEFAULT_INT4_RECIPE.clip,
+        help="Clip each int4 block's range by calibration (activation: AWQ's clipping search on a calibration text, "
+        "with int4_algo=default) or not (none).",
+        check=one_of(*recipe.CLIPS),
+    )
     onnx_source: str = option(
         prebuilt.EXPORT,
         help="'export' (run the builder), a Hub ONNX folder hf://<org>/<repo>[@<revision>][/<subfolder>], or a "
@@ -135,9 +140,15 @@ class ExportSettings(StepOptions):
             self.int4_symmetric,
             self.int4_block_size,
             self.int4_accuracy_level,
+            self.int4_clip,
         )
 
     def check_together(self) -> None:
+        if self.int4_clip != "none" and self.int4_algo != "default":
+            raise InputError(
+                f"int4_clip '{self.int4_clip}' works with int4_algo 'default' only, not '{self.int4_algo}': the "
+                "clipped weights go to the default round-to-nearest quantizer; pass int4_clip=none or int4_algo=default"
+            )
         if (self.precision, self.execution_provider) not in SUPPORTED_PAIRS:
             accepted = ", ".join(f"{p}/{e}" for p, e in SUPPORTED_PAIRS)
             raise InputError(
@@ -170,21 +181,6 @@ def run_builder(model_dir: Path, out_dir: Path, settings: ExportSettings | None 
     )
 
 
-def preflight_memory(download_run_id: str, precision: str) -> None:
-    """Fail at once, in one line, when this machine has too little memory to export the download run's model.
-
-    Reads only the run's manifest and config.json, so it runs before any weight is fetched.
-    """
-    weight_bytes = sum(
-        f["size"] for f in read_manifest(download_run_id)["files"] if f["file"].endswith(WEIGHT_SUFFIXES)
-    )
-    with tempfile.TemporaryDirectory(prefix="llmflow-config-") as tmp:
-        config = config_of(model_dir_from_run(download_run_id, Path(tmp), weights=False))
-    need, found = export_need(config, weight_bytes, precision), memory_found()
-    logger.info("export_onnx: needs about %.1f GiB, %.1f GiB available", need.needed / 2**30, found.available / 2**30)
-    check_export_memory(need, found, precision)
-
-
 @contextmanager
 def _stage(bar: tqdm, name: str) -> Iterator[None]:
     bar.set_postfix_str(name)
@@ -215,7 +211,9 @@ def export_onnx(options: ExportOptions) -> ExportResult:
             download_run = get_step_run(download_run_id, "download")
         if source.kind == prebuilt.EXPORT:
             with _stage(bar, stages[1]):
-                preflight_memory(download_run_id, precision)
+                preflight_memory(
+                    download_run_id, precision, calibrated=precision == "int4" and int4_recipe.clip != "none"
+                )
                 model_dir = model_dir_from_run(download_run_id, dst=Path(tmp) / "hf")
             with _stage(bar, stages[2]):
                 started = time.perf_counter()

@@ -297,6 +297,7 @@ def test_step_parser_has_exactly_the_mlproject_parameters():
         "int4_algo": "default",
         "int4_mixed_precision": "last_matmul,mixed_layers,qkv",
         "int4_symmetric": False,
+        "int4_clip": "none",
         "onnx_source": "export",
     }
 

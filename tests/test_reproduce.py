@@ -51,6 +51,7 @@ def test_a_run_without_a_parameter_of_its_step_is_refused_in_one_line():
     with pytest.raises(InputError, match=r"^run r1 has no recorded parameters \['int4_algo', .*it cannot be re-run$"):
         _params(partial, *names(ExportSettings))
     complete = {**recorded, "int4_algo": "rtn", "int4_mixed_precision": "none", "int4_symmetric": "true"}
+    complete["int4_clip"] = "none"
     whole = SimpleNamespace(data=SimpleNamespace(params={**complete, "onnx_source": "export"}), info=partial.info)
     assert _params(whole, *names(ExportSettings)) == {**complete, "onnx_source": "export"}
 

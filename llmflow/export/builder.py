@@ -114,6 +114,13 @@ def build(
 
     extra = builder_extra_options(precision, recipe, ties_embeddings(model_dir))
     out_dir = Path(out_dir)
+    clipper = None
+    if precision == "int4" and recipe.clip == "activation":
+        from llmflow.export.clip import activation_clipper
+
+        # Before the builder loads the model: the calibration's float model is freed when it returns.
+        clipper = activation_clipper(model_dir, recipe.symmetric, recipe.block_size)
+        gc.collect()
     with (
         tempfile.TemporaryDirectory(prefix="llmflow-builder-cache-") as cache_dir,
         _quiet_quantizer(),
@@ -121,7 +128,11 @@ def build(
         # stderr) stays, drawn on tqdm's schedule. The lines go to this module's logger at DEBUG.
         redirect_stdout(_DebugLines()),
         save_bar_described_quietly(),
-        streaming_quantization(after_each=lambda: page_out(model_dir), recipe=recipe if precision == "int4" else None),
+        streaming_quantization(
+            after_each=lambda: page_out(model_dir),
+            recipe=recipe if precision == "int4" else None,
+            weight_transform=clipper,
+        ),
         package_build_stamp(),
         longrope_type_key(),
         gemma3_rope_per_layer_type(),

@@ -15,11 +15,17 @@ What the machine has: ``MemAvailable`` from ``/proc/meminfo``, or less when a cg
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmflow.errors import InputError
+from llmflow.sources.folder import model_dir_from_run, read_manifest
+from llmflow.sources.hub import WEIGHT_SUFFIXES
+
+logger = logging.getLogger(__name__)
 
 GIB = 1 << 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -94,8 +100,14 @@ def memory_found(
     return found
 
 
-def export_need(config: dict[str, Any], weight_bytes: int, precision: str, streaming: bool = True) -> MemoryNeed:
-    """Memory the export of a model needs, from its config and the bytes of its weight files."""
+def export_need(
+    config: dict[str, Any], weight_bytes: int, precision: str, streaming: bool = True, calibrated: bool = False
+) -> MemoryNeed:
+    """Memory the export of a model needs, from its config and the bytes of its weight files.
+
+    ``calibrated``: activation-aware clipping first runs the float model in float32 on its calibration text, and
+    frees it before the builder starts; the peak is the larger of the two.
+    """
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
     parameters = weight_bytes // DTYPE_BYTES.get(dtype, 4)
     embedding = int(config.get("vocab_size", 0)) * int(config.get("hidden_size", 0))
@@ -105,6 +117,8 @@ def export_need(config: dict[str, Any], weight_bytes: int, precision: str, strea
         needed += weight_bytes
     if not streaming:
         needed += 4 * parameters
+    if calibrated:
+        needed = max(needed, OVERHEAD_BYTES + 4 * parameters)
     return MemoryNeed(int(needed), parameters, dtype)
 
 
@@ -122,3 +136,18 @@ def check_export_memory(need: MemoryNeed, found: MemoryFound, precision: str) ->
 
 def config_of(model_dir: Path) -> dict[str, Any]:
     return json.loads((Path(model_dir) / "config.json").read_text())
+
+
+def preflight_memory(download_run_id: str, precision: str, calibrated: bool = False) -> None:
+    """Fail at once, in one line, when this machine has too little memory to export the download run's model.
+
+    Reads only the run's manifest and config.json, so it runs before any weight is fetched.
+    """
+    weight_bytes = sum(
+        f["size"] for f in read_manifest(download_run_id)["files"] if f["file"].endswith(WEIGHT_SUFFIXES)
+    )
+    with tempfile.TemporaryDirectory(prefix="llmflow-config-") as tmp:
+        config = config_of(model_dir_from_run(download_run_id, Path(tmp), weights=False))
+    need, found = export_need(config, weight_bytes, precision, calibrated=calibrated), memory_found()
+    logger.info("export_onnx: needs about %.1f GiB, %.1f GiB available", need.needed / 2**30, found.available / 2**30)
+    check_export_memory(need, found, precision)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # onnx_ir and ml_dtypes take seconds to import; only an expor
 logger = logging.getLogger(__name__)
 
 QUANTIZED_OP = "MatMulNBits"
+WeightTransform = Callable[[str, np.ndarray], np.ndarray]
 MS_DOMAIN = "com.microsoft"
 
 
@@ -77,8 +78,19 @@ def _block_quantizer(bits: int, block_size: int, is_symmetric: bool, accuracy_le
     return DefaultWeightOnlyQuantizer(config)
 
 
-def _quantize_node(graph: ir.Graph, node: ir.Node, quantizer: Any, bits: int, block_size: int, accuracy_level: int):
-    """Replace one ``MatMul`` with a constant 2-D weight by ``MatMulNBits``, as ``quantize_matmul`` builds it."""
+def _quantize_node(
+    graph: ir.Graph,
+    node: ir.Node,
+    quantizer: Any,
+    bits: int,
+    block_size: int,
+    accuracy_level: int,
+    weight_transform: WeightTransform | None = None,
+):
+    """Replace one ``MatMul`` with a constant 2-D weight by ``MatMulNBits``, as ``quantize_matmul`` builds it.
+
+    ``weight_transform(node name, float32 weight)`` changes an int4 weight before it is quantized (the recipe's
+    activation-aware clipping, ``llmflow.export.clip``)."""
     import ml_dtypes
     import onnx_ir as ir
 
@@ -88,6 +100,8 @@ def _quantize_node(graph: ir.Graph, node: ir.Node, quantizer: Any, bits: int, bl
     bfloat16 = array.dtype.name == "bfloat16"
     if bfloat16:
         array = array.astype(np.float32)
+    if weight_transform is not None and bits == 4:
+        array = np.ascontiguousarray(weight_transform(node.name, array.astype(np.float32, copy=False)))
     packed, scales, zero_points = quantizer.qbits_block_quant(array)
     if bfloat16:
         scales = scales.astype(ml_dtypes.bfloat16)
@@ -143,6 +157,7 @@ def quantize_graph(
     nodes_to_exclude: list[str] | tuple[str, ...] = (),
     after_each: Callable[[], object] | None = None,
     node_bits: dict[str, int] | None = None,
+    weight_transform: WeightTransform | None = None,
 ) -> ir.Model:
     """Quantize every eligible ``MatMul`` of ``model`` in place, one weight at a time; return ``model``.
 
@@ -165,7 +180,7 @@ def quantize_graph(
         quantizer = _block_quantizer(width, block_size, is_symmetric, accuracy_level)
         targets = [node for node in graph if _eligible(node, excluded) and selected(node)]
         for node in tqdm(targets, desc=f"int{width} MatMul", unit="weight"):
-            _quantize_node(graph, node, quantizer, width, block_size, accuracy_level)
+            _quantize_node(graph, node, quantizer, width, block_size, accuracy_level, weight_transform)
             if after_each is not None:
                 after_each()
         # As the quantizer's clean_initializers after each pass: drop every initializer nothing reads.
@@ -179,12 +194,15 @@ def streaming_to_nbits(
     builder_model: Any,
     after_each: Callable[[], object] | None = None,
     stock_to_nbits: Callable[[Any], ir.Model] | None = None,
+    weight_transform: WeightTransform | None = None,
 ) -> ir.Model:
     """A drop-in for the builder's ``Model.to_nbits`` that quantizes one weight at a time (see the module doc).
 
     Settings outside that path (``applies_to``) go to ``stock_to_nbits``, the builder's own method.
     """
     if not applies_to(builder_model):
+        if weight_transform is not None:
+            raise ValueError("activation-aware clipping needs the default quantization path (int4_algo=default)")
         if stock_to_nbits is None:
             raise ValueError("these quantization settings need the builder's own to_nbits, and none was given")
         logger.info("quantization options outside the streaming path; using the builder's own to_nbits")
@@ -200,6 +218,7 @@ def streaming_to_nbits(
         nodes_to_exclude=list(attrs["nodes_to_exclude"]),
         after_each=after_each,
         node_bits={name: config["bits"] for name, config in customized.items()},
+        weight_transform=weight_transform,
     )
 
 
@@ -217,17 +236,20 @@ def add_int8_nodes(builder_model: Any, recipe: Int4Recipe | None) -> None:
 
 @contextmanager
 def streaming_quantization(
-    after_each: Callable[[], object] | None = None, recipe: Int4Recipe | None = None
+    after_each: Callable[[], object] | None = None,
+    recipe: Int4Recipe | None = None,
+    weight_transform: WeightTransform | None = None,
 ) -> Iterator[None]:
     """Within this block the builder quantizes with ``streaming_to_nbits``; outside it, as shipped.
 
     ``after_each`` is called after each weight is quantized (see ``quantize_graph``); ``recipe``'s own int8
-    selections are added to the builder's per-node bit widths first (``add_int8_nodes``), for either pass.
+    selections are added to the builder's per-node bit widths first (``add_int8_nodes``), for either pass;
+    ``weight_transform`` changes each int4 weight before it is quantized (see ``_quantize_node``).
     """
 
     def to_nbits(builder_model: Any, stock: Callable[[Any], ir.Model]) -> ir.Model:
         add_int8_nodes(builder_model, recipe)
-        return streaming_to_nbits(builder_model, after_each, stock)
+        return streaming_to_nbits(builder_model, after_each, stock, weight_transform)
 
     with to_nbits_replaced(to_nbits):
         yield

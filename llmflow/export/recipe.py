@@ -9,7 +9,9 @@ The builder's weight-only quantization choices, as ``export_onnx`` (and ``main``
   first and last eighth of layers and every third layer between) and ``qkv`` (the attention input projection of
   every layer), or ``none``;
 - ``int4_symmetric``: ``true`` (int4 with a scale per block) or ``false`` (uint4 with a zero point per block);
-- ``int4_block_size`` and ``int4_accuracy_level`` (the int4 MatMul's compute type: 4 is int8).
+- ``int4_block_size`` and ``int4_accuracy_level`` (the int4 MatMul's compute type: 4 is int8);
+- ``int4_clip``: ``none``, or ``activation`` (each int4 block's range clipped where that lowers the layer's output
+  error on calibration text: ``llmflow.export.clip``; with ``int4_algo=default`` only).
 
 ``qkv`` is this project's selector, not the builder's: attention's value projection is the most
 quantization-sensitive MatMul of a Llama-family layer (measured on SmolLM2-135M-Instruct and on a rotated copy of it,
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from llmflow.errors import InputError
 
 ALGORITHMS = ("default", "rtn", "k_quant")
+CLIPS = ("none", "activation")
 # Selectors the builder knows (matmul_mixed_precision) and the one this project adds.
 BUILDER_SELECTORS = ("last_matmul", "mixed_layers")
 PROJECT_SELECTORS = ("qkv",)
@@ -63,6 +66,7 @@ class Int4Recipe:
     symmetric: bool = True
     block_size: int = 32
     accuracy_level: int = 4
+    clip: str = "none"
 
     def builder_options(self, tied_embeddings: bool) -> list[str]:
         """The builder's ``KEY=VALUE`` extra options for this recipe."""
@@ -91,7 +95,9 @@ class Int4Recipe:
     def label(self) -> str:
         """A short name for the recipe, e.g. ``default-sym-b32-a4+last_matmul+qkv`` (model names, tables)."""
         mixed = "".join(f"+{selector}" for selector in self.int8)
-        return f"{self.algo}-{'sym' if self.symmetric else 'asym'}-b{self.block_size}-a{self.accuracy_level}{mixed}"
+        clip = "" if self.clip == "none" else f"+clip-{self.clip}"
+        symmetry = "sym" if self.symmetric else "asym"
+        return f"{self.algo}-{symmetry}-b{self.block_size}-a{self.accuracy_level}{mixed}{clip}"
 
 
 # The export's default recipe; ``ExportSettings``' defaults are its fields (``llmflow.export_onnx``). Chosen on the
@@ -99,7 +105,7 @@ class Int4Recipe:
 # block of 32, int8 for the LM head, every layer's qkv projection and llama.cpp's sensitive layers.
 DEFAULT_INT4_RECIPE = Int4Recipe(int8=("last_matmul", "mixed_layers", "qkv"), symmetric=False)
 # The export parameters that only the recipe has (block size and accuracy level are older, and read on their own).
-INT4_RECIPE_PARAMS = ("int4_algo", "int4_mixed_precision", "int4_symmetric")
+INT4_RECIPE_PARAMS = ("int4_algo", "int4_mixed_precision", "int4_symmetric", "int4_clip")
 
 
 def mixed_precision_text(int8: tuple[str, ...]) -> str:
@@ -107,7 +113,9 @@ def mixed_precision_text(int8: tuple[str, ...]) -> str:
     return ",".join(int8) or NONE
 
 
-def recipe_from(algo: str, mixed_precision: str, symmetric: bool, block_size: int, accuracy_level: int) -> Int4Recipe:
+def recipe_from(
+    algo: str, mixed_precision: str, symmetric: bool, block_size: int, accuracy_level: int, clip: str = "none"
+) -> Int4Recipe:
     """An ``Int4Recipe`` from the parameters as ``export_onnx`` takes them (already checked)."""
     return Int4Recipe(
         algo=algo,
@@ -115,4 +123,5 @@ def recipe_from(algo: str, mixed_precision: str, symmetric: bool, block_size: in
         symmetric=symmetric,
         block_size=block_size,
         accuracy_level=accuracy_level,
+        clip=clip,
     )
