@@ -12,8 +12,10 @@ block-diagonal part of ``X^T X``): a search over 21 ratios from 1 to 0.5, per bl
 The weights are clipped in the float graph, just before onnxruntime's own block quantizer reads them
 (``llmflow.export.nbits``), so the files are the quantizer's format and the rest of the export is unchanged.
 
-No library here does this: onnxruntime's quantizers (RTN, HQQ, GPTQ, k-quant) have no activation-aware clip, and
-AutoAWQ, where the algorithm lives, is archived and needs CUDA. The calibration text is
+Why it is written here: onnxruntime's RTN, HQQ, GPTQ and k-quant quantizers have no activation-aware clip; its
+AWQ (``NVAWQWeightOnlyQuantizer``) needs NVIDIA ModelOpt and downloads its calibration set from the Hub; AutoAWQ,
+where the algorithm was published, is deprecated, and llm-compressor, which adopted it, targets vLLM's checkpoint
+format and is not among this project's dependencies. The calibration text is
 ``llmflow/export/calibration_text.py``, prose that neither the held-out text nor the QA set contains.
 """
 
@@ -147,7 +149,7 @@ def _clip_columns(
     best_error = best_ratio = None
     for ratio in RATIOS:
         error = _fake_quant(blocks, low * ratio, high * ratio, symmetric) - blocks
-        cost = np.einsum("bin,bij,bjn->bn", error, gram, error)
+        cost = (error * np.matmul(gram, error)).sum(axis=1)  # d^T G d per block and column, as batched BLAS
         if best_error is None:
             best_error, best_ratio = cost, np.full_like(cost, ratio)
         else:
