@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -87,11 +88,11 @@ def test_mlflows_repeated_info_lines_are_dropped_and_its_warnings_kept(configure
     assert caplog.records[0].levelno == logging.WARNING
 
 
-def test_transformers_warning_on_mlflows_clean_up_request_is_dropped(configured, caplog):
+def test_transformers_warning_on_mlflows_clean_up_request_is_dropped(configured, caplog, tiny_model_dir: Path):
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    tokenizer = AutoTokenizer.from_pretrained(PROJECT_ROOT / "build/tiny-phi3")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     warned = logging.getLogger("transformers.tokenization_utils_tokenizers")
 
     def warnings() -> list[str]:

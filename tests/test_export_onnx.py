@@ -412,17 +412,19 @@ def test_unsupported_architecture_is_an_input_error(tmp_path: Path, tiny_model_d
 def test_too_little_memory_fails_before_the_weights_are_fetched_or_the_builder_runs(
     store: str, tiny_model_dir: Path, fake_builder: FakeBuilder, monkeypatch: pytest.MonkeyPatch
 ):
+    from llmflow.export import memory
     from llmflow.export.memory import MemoryFound
 
     download_run = download(DownloadOptions(model=str(tiny_model_dir), revision="main"))
     fetched: list[bool] = []
     real_fetch = export_module.model_dir_from_run
-    monkeypatch.setattr(
-        export_module,
-        "model_dir_from_run",
-        lambda *a, **k: fetched.append(k.get("weights", True)) or real_fetch(*a, **k),
-    )
-    monkeypatch.setattr(export_module, "memory_found", lambda: MemoryFound(1 << 20, "cgroup limit"))
+    for module in (export_module, memory):  # the step's fetch, and the preflight's of config.json alone
+        monkeypatch.setattr(
+            module,
+            "model_dir_from_run",
+            lambda *a, **k: fetched.append(k.get("weights", True)) or real_fetch(*a, **k),
+        )
+    monkeypatch.setattr(memory, "memory_found", lambda: MemoryFound(1 << 20, "cgroup limit"))
     with pytest.raises(InputError, match=r"needs about .* GiB .* has 0\.0 GiB \(cgroup limit\); pass onnx_source="):
         export_onnx(ExportOptions(download_run_id=download_run.run_id))
     assert fetched == [False]

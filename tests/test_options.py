@@ -107,6 +107,7 @@ def test_snake_case_and_kebab_case_flags_parse_the_same():
             "int4_algo": "default",
             "int4_mixed_precision": "last_matmul,mixed_layers,qkv",
             "int4_symmetric": False,
+            "int4_clip": "none",
             "onnx_source": "export",
         }
     )
