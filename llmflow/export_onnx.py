@@ -211,9 +211,7 @@ def export_onnx(options: ExportOptions) -> ExportResult:
             download_run = get_step_run(download_run_id, "download")
         if source.kind == prebuilt.EXPORT:
             with _stage(bar, stages[1]):
-                preflight_memory(
-                    download_run_id, precision, calibrated=precision == "int4" and int4_recipe.clip != "none"
-                )
+                preflight_memory(download_run_id, precision, calibrated=precision == "int4" and int4_recipe.calibrated)
                 model_dir = model_dir_from_run(download_run_id, dst=Path(tmp) / "hf")
             with _stage(bar, stages[2]):
                 started = time.perf_counter()

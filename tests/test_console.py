@@ -15,7 +15,7 @@ import pytest
 from llmflow import PROJECT_ROOT
 from llmflow.chain.runner import quiet_projects
 from llmflow.cli import QUIETED, Quieted, configure_logging
-from llmflow.evaluation.scoring import _printed_to_debug_log
+from llmflow.evaluation.scoring import _sequential_evaluation
 from llmflow.patches.mlflow import artifact_bars_honour_tqdm
 from llmflow.patches.onnxruntime_genai import builder_model_classes, builder_modules, save_bar_described_quietly
 
@@ -175,7 +175,7 @@ def test_the_builders_save_bar_is_drawn_on_tqdms_schedule_within_the_patch():
 
 
 def test_what_mlflow_genai_evaluate_prints_goes_to_the_debug_log(capsys, caplog):
-    with caplog.at_level(logging.DEBUG, logger="llmflow.evaluation.scoring"), _printed_to_debug_log():
+    with caplog.at_level(logging.DEBUG, logger="llmflow.evaluation.scoring"), _sequential_evaluation():
         print("✨ Evaluation completed.")
     assert "Evaluation completed" not in capsys.readouterr().out
     assert "✨ Evaluation completed." in caplog.text

@@ -14,7 +14,6 @@ was measured on, so it shows on the model's page as well as on the run.
 from __future__ import annotations
 
 import gc
-import io
 import logging
 import os
 import time
@@ -27,6 +26,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 
+from llmflow.console import DebugLines
 from llmflow.errors import InputError
 from llmflow.evaluation.datasets import EvalData
 from llmflow.evaluation.inputs import EvalInputs
@@ -114,27 +114,15 @@ def _sequential_evaluation() -> Iterator[None]:
     before = os.environ.get(EVAL_WORKERS_ENV)
     os.environ[EVAL_WORKERS_ENV] = "1"
     try:
-        with _printed_to_debug_log():
+        # mlflow.genai.evaluate prints ten lines when it ends (the run's name and id, and to open the Traces tab),
+        # which this step's own log and main's summary already give; its progress bar is on stderr and stays.
+        with redirect_stdout(DebugLines(logger, "printed by mlflow.genai.evaluate: ")):
             yield
     finally:
         if before is None:
             os.environ.pop(EVAL_WORKERS_ENV, None)
         else:
             os.environ[EVAL_WORKERS_ENV] = before
-
-
-@contextmanager
-def _printed_to_debug_log() -> Iterator[None]:
-    """What is printed to stdout within this block goes to the debug log. ``mlflow.genai.evaluate`` prints ten lines
-    when it ends (the run's name and id, and to open the Traces tab), which this step's own log line and ``main``'s
-    summary already give; its progress bar is on stderr and stays."""
-    printed = io.StringIO()
-    try:
-        with redirect_stdout(printed):
-            yield
-    finally:
-        if printed.getvalue().strip():
-            logger.debug("printed by mlflow.genai.evaluate:\n%s", printed.getvalue())
 
 
 def examples_from_result(result_df: Any, inputs: EvalInputs, timings: dict[str, tuple[float, int]]) -> list[Example]:

@@ -25,7 +25,6 @@ checks that the stock builder still fails on both config forms, so that the day 
 from __future__ import annotations
 
 import gc
-import io
 import json
 import logging
 import tempfile
@@ -33,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
+from llmflow.console import DebugLines
 from llmflow.errors import InputError, first_line
 from llmflow.export.nbits import streaming_quantization
 from llmflow.export.recipe import Int4Recipe
@@ -74,16 +74,6 @@ def _quiet_quantizer() -> Iterator[None]:
         quantizer.setLevel(previous)
 
 
-class _DebugLines(io.TextIOBase):
-    """A text stream whose lines go to this module's logger at DEBUG."""
-
-    def write(self, text: str) -> int:
-        for line in text.splitlines():
-            if line.strip():
-                logger.debug("builder: %s", line)
-        return len(text)
-
-
 def _builder_reason(exc: Exception) -> str:
     """One line that says why the builder gave up; a KeyError's own message is only the quoted key."""
     if isinstance(exc, KeyError) and exc.args:
@@ -115,7 +105,7 @@ def build(
     extra = builder_extra_options(precision, recipe, ties_embeddings(model_dir))
     out_dir = Path(out_dir)
     clipper = None
-    if precision == "int4" and recipe.clip == "activation":
+    if precision == "int4" and recipe.calibrated:
         from llmflow.export.clip import activation_clipper
 
         # Before the builder loads the model: the calibration's float model is freed when it returns.
@@ -126,7 +116,7 @@ def build(
         _quiet_quantizer(),
         # The builder prints a line per layer read ("Reading layer 31") and per file written; its progress bar (on
         # stderr) stays, drawn on tqdm's schedule. The lines go to this module's logger at DEBUG.
-        redirect_stdout(_DebugLines()),
+        redirect_stdout(DebugLines(logger, "builder: ")),
         save_bar_described_quietly(),
         streaming_quantization(
             after_each=lambda: page_out(model_dir),

@@ -165,7 +165,6 @@ class ActivationClipper:
 
     def __init__(self, grams: dict[Key, np.ndarray], symmetric: bool, block_size: int) -> None:
         self.grams, self.symmetric, self.block_size = grams, symmetric, block_size
-        self.ratios: dict[str, float] = {}
 
     def __call__(self, node_name: str, weight: np.ndarray) -> np.ndarray:
         key = input_key(node_name)
@@ -174,7 +173,7 @@ class ActivationClipper:
             logger.debug("clip: no calibration input for %s; quantized unclipped", node_name)
             return weight
         clipped, mean_ratio = clip_weight(weight, gram, self.symmetric, self.block_size)
-        self.ratios[node_name] = mean_ratio
+        logger.debug("clip: %s, mean ratio %.3f", node_name, mean_ratio)
         return clipped
 
 

@@ -92,6 +92,11 @@ class Int4Recipe:
         return [name for name in node_names if name.endswith(QKV_SUFFIXES)]
 
     @property
+    def calibrated(self) -> bool:
+        """Whether the export first reads a calibration text with the float model (``int4_clip``)."""
+        return self.clip != "none"
+
+    @property
     def label(self) -> str:
         """A short name for the recipe, e.g. ``default-sym-b32-a4+last_matmul+qkv`` (model names, tables)."""
         mixed = "".join(f"+{selector}" for selector in self.int8)
