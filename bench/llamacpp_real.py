@@ -296,7 +296,9 @@ def export_ort(model_dir: Path, out_dir: Path, variant: str) -> Path:
 
     if variant == "plain":
         return run_builder(
-            model_dir, out_dir, ExportSettings(precision="int4", int4_mixed_precision="none", int4_symmetric=True)
+            model_dir,
+            out_dir,
+            ExportSettings(precision="int4", int4_algo="default", int4_mixed_precision="none", int4_symmetric=True),
         )
     if variant == "default":
         return run_builder(model_dir, out_dir, ExportSettings(precision="int4"))

@@ -34,33 +34,33 @@ DEFAULT_MODEL = PROJECT_ROOT / "build" / "smollm2-135m-instruct"
 HELDOUT_TOKENS = 512
 # name -> export_onnx parameters (the rest are the defaults).
 ALL_INT8 = "last_matmul,mixed_layers,qkv"
+RTN = {"int4_algo": "default"}  # onnxruntime's round-to-nearest, the builder's own default method
 RECIPES: dict[str, dict[str, Any]] = {
-    "builder-default": {"int4_mixed_precision": "none"},
-    "accuracy1": {"int4_mixed_precision": "none", "int4_accuracy_level": 1},
-    "k_quant": {"int4_algo": "k_quant", "int4_mixed_precision": "none"},
-    "k_quant_mixed": {"int4_algo": "k_quant", "int4_mixed_precision": "last_matmul,mixed_layers"},
-    "asym": {"int4_symmetric": False, "int4_mixed_precision": "none"},
-    "b16": {"int4_block_size": 16, "int4_mixed_precision": "none"},
-    "asym-b16": {"int4_symmetric": False, "int4_block_size": 16, "int4_mixed_precision": "none"},
-    "head8": {"int4_mixed_precision": "last_matmul"},
-    "head8+qkv8": {"int4_mixed_precision": "last_matmul,qkv"},
-    "head8+qkv8-asym-b16": {
-        "int4_mixed_precision": "last_matmul,qkv",
-        "int4_symmetric": False,
-        "int4_block_size": 16,
-    },
-    "head8+qkv8+mixed": {"int4_mixed_precision": ALL_INT8},
-    "head8+qkv8+mixed-asym": {"int4_mixed_precision": ALL_INT8, "int4_symmetric": False},
-    "head8+qkv8+mixed-asym-b16": {"int4_mixed_precision": ALL_INT8, "int4_symmetric": False, "int4_block_size": 16},
-    "k_quant-head8+qkv8+mixed-asym": {
+    "default": {},  # the export's default: GPTQ onto the recipe below
+    "gptq-sym": {"int4_symmetric": True},
+    "gptq-plain-asym": {"int4_mixed_precision": "none"},
+    "builder-default": {**RTN, "int4_mixed_precision": "none", "int4_symmetric": True},
+    "accuracy1": {**RTN, "int4_mixed_precision": "none", "int4_symmetric": True, "int4_accuracy_level": 1},
+    "k_quant": {"int4_algo": "k_quant", "int4_mixed_precision": "none", "int4_symmetric": True},
+    "k_quant_mixed": {
         "int4_algo": "k_quant",
-        "int4_mixed_precision": ALL_INT8,
-        "int4_symmetric": False,
+        "int4_mixed_precision": "last_matmul,mixed_layers",
+        "int4_symmetric": True,
     },
-    "default+clip": {"int4_clip": "activation"},
-    "default-b16+clip": {"int4_block_size": 16, "int4_clip": "activation"},
-    "head8+clip": {"int4_mixed_precision": "last_matmul", "int4_symmetric": False, "int4_clip": "activation"},
-    "plain+clip": {"int4_mixed_precision": "none", "int4_clip": "activation"},
+    "asym": {**RTN, "int4_mixed_precision": "none"},
+    "b16": {**RTN, "int4_block_size": 16, "int4_mixed_precision": "none", "int4_symmetric": True},
+    "asym-b16": {**RTN, "int4_block_size": 16, "int4_mixed_precision": "none"},
+    "head8": {**RTN, "int4_mixed_precision": "last_matmul", "int4_symmetric": True},
+    "head8+qkv8": {**RTN, "int4_mixed_precision": "last_matmul,qkv", "int4_symmetric": True},
+    "head8+qkv8-asym-b16": {**RTN, "int4_mixed_precision": "last_matmul,qkv", "int4_block_size": 16},
+    "head8+qkv8+mixed": {**RTN, "int4_mixed_precision": ALL_INT8, "int4_symmetric": True},
+    "head8+qkv8+mixed-asym": {**RTN, "int4_mixed_precision": ALL_INT8},
+    "head8+qkv8+mixed-asym-b16": {**RTN, "int4_mixed_precision": ALL_INT8, "int4_block_size": 16},
+    "k_quant-head8+qkv8+mixed-asym": {"int4_algo": "k_quant", "int4_mixed_precision": ALL_INT8},
+    "default+clip": {**RTN, "int4_clip": "activation"},
+    "default-b16+clip": {**RTN, "int4_block_size": 16, "int4_clip": "activation"},
+    "head8+clip": {**RTN, "int4_mixed_precision": "last_matmul", "int4_clip": "activation"},
+    "plain+clip": {**RTN, "int4_mixed_precision": "none", "int4_clip": "activation"},
     "int8": {"precision": "int8"},
     "fp32": {"precision": "fp32"},
 }

@@ -105,7 +105,8 @@ class ExportSettings(StepOptions):
     )
     int4_algo: str = option(
         recipe.DEFAULT_INT4_RECIPE.algo,
-        help="int4 quantization method: default (MLAS round-to-nearest), rtn or k_quant.",
+        help="int4 quantization method: gptq (the default: GPTQ on a calibration text, one layer at a time, onto the "
+        "default method's grid), default (MLAS round-to-nearest), rtn or k_quant.",
         check=one_of(*recipe.ALGORITHMS),
     )
     int4_mixed_precision: str = option(

@@ -104,11 +104,11 @@ def digests(folder: Path) -> dict[str, str]:
 def test_an_export_with_clipping_is_reproducible_loads_and_differs_from_plain(tiny_model_dir: Path, tmp_path: Path):
     import onnxruntime_genai as og
 
-    settings = ExportSettings(int4_clip="activation")
+    settings = ExportSettings(int4_algo="default", int4_clip="activation")
     assert settings.int4_recipe().label.endswith("+clip-activation")
     first = run_builder(tiny_model_dir, tmp_path / "a", settings)
     second = run_builder(tiny_model_dir, tmp_path / "b", settings)
-    plain = run_builder(tiny_model_dir, tmp_path / "plain", ExportSettings())
+    plain = run_builder(tiny_model_dir, tmp_path / "plain", ExportSettings(int4_algo="default"))
     assert digests(first) == digests(second)
     assert digests(first)["model.onnx.data"] != digests(plain)["model.onnx.data"]
     model = og.Model(str(first))
@@ -118,3 +118,13 @@ def test_an_export_with_clipping_is_reproducible_loads_and_differs_from_plain(ti
     generator.append_tokens(np.asarray([[1, 2, 3]], dtype=np.int32))
     generator.generate_next_token()
     assert generator.get_next_tokens().shape == (1,)
+
+
+def test_the_block_diagonal_of_a_gram_matrix_is_each_blocks_own():
+    x = np.random.default_rng(3).standard_normal((50, 3 * BLOCK))
+    gram = x.T @ x
+    blocks = clip.block_diagonal(gram, BLOCK)
+    assert blocks.shape == (3, BLOCK, BLOCK)
+    for b in range(3):
+        part = x[:, b * BLOCK : (b + 1) * BLOCK]
+        assert np.allclose(blocks[b], part.T @ part)

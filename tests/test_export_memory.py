@@ -9,7 +9,7 @@ import pytest
 
 from bench.scale.model import SHARED_PHI3, SHARED_PHI3_ENV
 from llmflow.errors import InputError
-from llmflow.export.memory import GIB, MemoryFound, check_export_memory, export_need, memory_found
+from llmflow.export.memory import GIB, MemoryFound, calibration_need, check_export_memory, export_need, memory_found
 
 PHI3_CONFIG_PATH = SHARED_PHI3 / "config.json"
 PHI3_WEIGHT_BYTES = 7_642_159_104  # the Hub repo's two bf16 shards
@@ -67,12 +67,20 @@ def test_phi3_mini_estimate_covers_the_measured_peak_streaming_and_is_over_22_gi
     assert stock.needed > 22 * GIB
 
 
-def test_activation_aware_clipping_counts_its_float32_calibration_model(phi3_config: dict):
-    """int4_clip=activation runs the float model in float32 first: at Phi-3-mini's size that, not the export, is
-    the peak (the streaming calibration that would keep it under 6 GiB is not built yet)."""
+def test_the_layer_at_a_time_calibration_stays_under_the_export_at_phi3_mini_size(phi3_config: dict):
+    """GPTQ (the default) and clipping read their calibration one decoder layer at a time: at Phi-3-mini's size the
+    export, not the calibration, is the peak; the whole float32 model (15.3 GB) is never in memory."""
     plain = export_need(phi3_config, PHI3_WEIGHT_BYTES, "int4")
     calibrated = export_need(phi3_config, PHI3_WEIGHT_BYTES, "int4", calibrated=True)
-    assert calibrated.needed > 4 * plain.parameters > plain.needed
+    assert calibrated.needed == plain.needed
+    assert 2 * GIB < calibration_need(phi3_config, plain.parameters) < plain.needed < 6 * GIB
+
+
+def test_a_calibration_counts_its_float64_sums_where_they_dominate():
+    """A model with a wide MLP and few parameters: the input sums, not the weights, set the calibration's need."""
+    config = {"hidden_size": 1024, "intermediate_size": 16384, "vocab_size": 1000, "num_hidden_layers": 2}
+    parameters = 2 * 3 * 1024 * 16384
+    assert calibration_need(config, parameters) > 8 * 16384 * 16384 + 4 * parameters
 
 
 def test_fp16_and_fp32_exports_count_the_mapped_weights_whole(phi3_config: dict):

@@ -37,8 +37,8 @@ def test_streaming_export_is_byte_identical_to_the_builder(
     monkeypatch.setattr(
         nbits, "_quantize_node", lambda graph, node, *a: quantized.append(node.name) or real(graph, node, *a)
     )
-    # The builder's own recipe (symmetric, no int8 placements), not the project's default.
-    stock_recipe = {"int4_mixed_precision": "none", "int4_symmetric": True}
+    # The builder's own recipe (round-to-nearest, symmetric, no int8 placements), not the project's default.
+    stock_recipe = {"int4_algo": "default", "int4_mixed_precision": "none", "int4_symmetric": True}
     ours = run_builder(
         tiny_model_dir,
         tmp_path / "ours",
@@ -75,7 +75,9 @@ def test_mixed_precision_streams_byte_identical_to_the_builder(tiny_model_dir: P
     monkeypatch.setattr(
         nbits, "_quantize_node", lambda graph, node, q, bits, *a: widths.append(bits) or real(graph, node, q, bits, *a)
     )
-    settings = ExportSettings(precision="int4", int4_mixed_precision="last_matmul,mixed_layers", int4_symmetric=True)
+    settings = ExportSettings(
+        precision="int4", int4_algo="default", int4_mixed_precision="last_matmul,mixed_layers", int4_symmetric=True
+    )
     ours = run_builder(tiny_model_dir, tmp_path / "ours", settings)
     theirs = stock_export(
         tiny_model_dir,

@@ -97,6 +97,8 @@ def store(module_store: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> str
 @pytest.fixture
 def fake_builder(monkeypatch: pytest.MonkeyPatch) -> FakeBuilder:
     fake = FakeBuilder()
+    # No model to calibrate on: the GPTQ calibration is tested with real models (tests/test_export_gptq.py).
+    monkeypatch.setattr("llmflow.export.builder.calibrated_transform", lambda *args: None)
     monkeypatch.setattr(builder, "parse_extra_options", fake.parse_extra_options)
     monkeypatch.setattr(builder, "create_model", fake.create_model)
     return fake
@@ -179,7 +181,7 @@ def test_the_qkv_selector_picks_every_attention_input_projection():
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("int4_algo", "gptq", "int4_algo 'gptq' is not supported; expected one of: default, rtn, k_quant"),
+        ("int4_algo", "awq", "int4_algo 'awq' is not supported; expected one of: gptq, default, rtn, k_quant"),
         (
             "int4_mixed_precision",
             "last_matmul,lm_head",
@@ -294,7 +296,7 @@ def test_step_parser_has_exactly_the_mlproject_parameters():
         "execution_provider": "cpu",
         "int4_block_size": 64,
         "int4_accuracy_level": 4,
-        "int4_algo": "default",
+        "int4_algo": "gptq",
         "int4_mixed_precision": "last_matmul,mixed_layers,qkv",
         "int4_symmetric": False,
         "int4_clip": "none",

@@ -104,7 +104,7 @@ def test_snake_case_and_kebab_case_flags_parse_the_same():
             "execution_provider": "cpu",
             "int4_block_size": 64,
             "int4_accuracy_level": 0,
-            "int4_algo": "default",
+            "int4_algo": "gptq",
             "int4_mixed_precision": "last_matmul,mixed_layers,qkv",
             "int4_symmetric": False,
             "int4_clip": "none",

@@ -157,6 +157,7 @@ def test_a_recipe_that_loses_quality_is_refused(default_run, store, client: Mlfl
         "main",
         f"model={smollm2_dir()}",
         f"registered_model_name={REGISTERED}",
+        "int4_algo=default",
         "int4_mixed_precision=none",
         "int4_symmetric=true",
     )

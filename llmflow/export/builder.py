@@ -34,7 +34,7 @@ from pathlib import Path
 
 from llmflow.console import DebugLines
 from llmflow.errors import InputError, first_line
-from llmflow.export.nbits import streaming_quantization
+from llmflow.export.nbits import WeightTransform, streaming_quantization
 from llmflow.export.recipe import Int4Recipe
 from llmflow.export.residency import page_out
 from llmflow.export.stamp import package_build_stamp
@@ -60,6 +60,37 @@ def ties_embeddings(model_dir: Path) -> bool:
     """Whether the HF model at ``model_dir`` ties its embedding and LM head (its ``config.json``)."""
     config = Path(model_dir) / "config.json"
     return bool(config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("tie_word_embeddings"))
+
+
+def calibrated_transform(model_dir: Path, recipe: Int4Recipe, store: Path) -> WeightTransform | None:
+    """The int4 weight transform of a calibrated recipe (GPTQ, or activation-aware clipping), or None."""
+    if recipe.algo == "gptq":
+        from llmflow.export.gptq import gptq_weights
+
+        transform: WeightTransform = gptq_weights(model_dir, recipe, store)
+    elif recipe.clip != "none":
+        from llmflow.export.clip import activation_clipper
+
+        transform = activation_clipper(model_dir, recipe.symmetric, recipe.block_size)
+    else:
+        return None
+    gc.collect()
+    return transform
+
+
+def report_transform(transform: WeightTransform | None) -> None:
+    """Log which int4 weights GPTQ gave; a warning names any decoder weight it was meant to give and did not."""
+    used, unmatched = getattr(transform, "used", None), getattr(transform, "unmatched", [])
+    if used is None:
+        return
+    logger.info("gptq: %d int4 MatMuls from GPTQ, %d rounded to nearest", len(used), len(unmatched))
+    missed = [name for name in unmatched if "/layers." in name]
+    if missed:
+        logger.warning(
+            "gptq: no calibrated weight matched %d decoder MatMuls (rounded to nearest): %s",
+            len(missed),
+            ", ".join(missed[:5]),
+        )
 
 
 @contextmanager
@@ -104,14 +135,11 @@ def build(
 
     extra = builder_extra_options(precision, recipe, ties_embeddings(model_dir))
     out_dir = Path(out_dir)
-    clipper = None
-    if precision == "int4" and recipe.calibrated:
-        from llmflow.export.clip import activation_clipper
-
-        # Before the builder loads the model: the calibration's float model is freed when it returns.
-        clipper = activation_clipper(model_dir, recipe.symmetric, recipe.block_size)
-        gc.collect()
+    calibration_dir = tempfile.TemporaryDirectory(prefix="llmflow-calibration-")
+    # Before the builder loads the model; what the calibration holds in memory is freed when it returns.
+    transform = calibrated_transform(model_dir, recipe, Path(calibration_dir.name)) if precision == "int4" else None
     with (
+        calibration_dir,
         tempfile.TemporaryDirectory(prefix="llmflow-builder-cache-") as cache_dir,
         _quiet_quantizer(),
         # The builder prints a line per layer read ("Reading layer 31") and per file written; its progress bar (on
@@ -121,7 +149,7 @@ def build(
         streaming_quantization(
             after_each=lambda: page_out(model_dir),
             recipe=recipe if precision == "int4" else None,
-            weight_transform=clipper,
+            weight_transform=transform,
         ),
         package_build_stamp(),
         longrope_type_key(),
@@ -138,6 +166,7 @@ def build(
                 f"the onnxruntime-genai model builder cannot export '{model_dir}' as "
                 f"{precision}/{execution_provider}: {reason}"
             ) from exc
+    report_transform(transform)
     # The builder's model and its weights are garbage in reference cycles; free them before the smoke test loads the
     # export, and give back the weight pages read while saving.
     gc.collect()

@@ -7,7 +7,8 @@ outlier for a finer grid everywhere else; the best ratio depends on how much eac
 clipping search (Lin et al., 2024, "AWQ: Activation-aware Weight Quantization", its ``auto_clip`` step) picks it per
 block by the output error on calibration activations. Here the error of a block is ``d^T G d``, with ``d`` the
 block's quantization error and ``G`` the Gram matrix of the calibration inputs of that block's channels (the
-block-diagonal part of ``X^T X``): a search over 21 ratios from 1 to 0.5, per block and column, in float64.
+block-diagonal part of ``X^T X``, from ``llmflow.export.calibrate``, one decoder layer at a time): a search over 21
+ratios from 1 to 0.5, per block and column, in float64.
 
 The weights are clipped in the float graph, just before onnxruntime's own block quantizer reads them
 (``llmflow.export.nbits``), so the files are the quantizer's format and the rest of the export is unchanged.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ INPUT_KINDS = {
 }
 LM_HEAD = "lm_head"
 RATIOS = tuple(1.0 - 0.025 * step for step in range(21))  # 1.0, 0.975, ..., 0.5
-CALIBRATION_WINDOW = 512
 COLUMN_CHUNK_ELEMENTS = 2**21  # weights per chunk of columns in the search (16 MB of float64 per work array)
 _LAYER = re.compile(r"layers\.(\d+)[./]")
 
@@ -68,46 +67,33 @@ def input_key(name: str) -> Key | None:
 def input_grams(model_dir: Path, text: str, block_size: int) -> dict[Key, np.ndarray]:
     """The block-diagonal Gram matrices of every linear layer's input over ``text``: ``{key: [blocks, bs, bs]}``.
 
-    The float model runs the text in windows of up to 512 tokens, in float32; the Gram matrices sum in float64.
+    The float model reads the text one decoder layer at a time (``llmflow.export.calibrate``), in float32.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from llmflow.export.calibrate import calibrate_layerwise
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
-    window = min(CALIBRATION_WINDOW, int(getattr(model.config, "max_position_embeddings", CALIBRATION_WINDOW)))
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-    grams: dict[Key, torch.Tensor] = {}
+    grams: dict[Key, np.ndarray] = {}
 
-    def accumulate(key: Key) -> Callable[..., None]:
-        def hook(module: Any, inputs: tuple[Any, ...], output: Any) -> None:
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float64)
-            if x.shape[1] % block_size:
-                return
-            blocks = x.reshape(x.shape[0], -1, block_size)
-            gram = torch.einsum("nbi,nbj->bij", blocks, blocks)
-            grams[key] = grams[key] + gram if key in grams else gram
+    def on_layer(index: int, layer: Any, sums: dict[str, Any], kinds: dict[str, list[str]]) -> bool:
+        for kind, (gram, _rows) in sums.items():
+            if kind in set(INPUT_KINDS.values()) and gram.shape[0] % block_size == 0:
+                grams[(index, kind)] = block_diagonal(gram.numpy(), block_size)
+        return False
 
-        return hook
+    def head(gram: Any, rows: int) -> None:
+        if gram.shape[0] % block_size == 0:
+            grams[(None, LM_HEAD)] = block_diagonal(gram.numpy(), block_size)
 
-    hooks, seen = [], set()
-    for name, module in model.named_modules():
-        key = input_key(name)
-        if isinstance(module, torch.nn.Linear) and key is not None and key not in seen:
-            seen.add(key)  # q, k and v read the same input: one hook for it
-            hooks.append(module.register_forward_hook(accumulate(key)))
-    try:
-        with torch.no_grad():
-            for start in range(0, len(ids), window):
-                chunk = ids[start : start + window]
-                if len(chunk) > 1:
-                    model(input_ids=chunk[None], use_cache=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    logger.info("clip: calibration over %d tokens, %d layer inputs", len(ids), len(grams))
-    return {key: gram.numpy() for key, gram in grams.items()}
+    calibrate_layerwise(model_dir, text, on_layer, head)
+    logger.info("clip: %d layer inputs calibrated", len(grams))
+    return grams
+
+
+def block_diagonal(gram: np.ndarray, block_size: int) -> np.ndarray:
+    """The ``[blocks, bs, bs]`` diagonal blocks of ``gram`` (``[d, d]``)."""
+    blocks = gram.shape[0] // block_size
+    return np.ascontiguousarray(
+        gram.reshape(blocks, block_size, blocks, block_size).diagonal(axis1=0, axis2=2).transpose(2, 0, 1)
+    )
 
 
 def _fake_quant(blocks: np.ndarray, low: np.ndarray, high: np.ndarray, symmetric: bool) -> np.ndarray:

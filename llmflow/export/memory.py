@@ -100,13 +100,25 @@ def memory_found(
     return found
 
 
+def calibration_need(config: dict[str, Any], parameters: int) -> int:
+    """Memory of the layer-at-a-time calibration (``llmflow.export.calibrate``, for GPTQ and clipping): the float32
+    embedding, one float32 decoder layer and GPTQ's float32 copy of its largest weights, and the float64 input sums
+    of one layer (three of the hidden size, one of the MLP's)."""
+    hidden = int(config.get("hidden_size", 0))
+    intermediate = int(config.get("intermediate_size", 0)) or 4 * hidden
+    embedding = int(config.get("vocab_size", 0)) * hidden
+    heads = 1 if config.get("tie_word_embeddings") else 2
+    layer = max(0, parameters - heads * embedding) // max(1, int(config.get("num_hidden_layers", 1)))
+    return OVERHEAD_BYTES + 4 * (embedding + 2 * layer) + 8 * (3 * hidden * hidden + intermediate * intermediate)
+
+
 def export_need(
     config: dict[str, Any], weight_bytes: int, precision: str, streaming: bool = True, calibrated: bool = False
 ) -> MemoryNeed:
     """Memory the export of a model needs, from its config and the bytes of its weight files.
 
-    ``calibrated``: activation-aware clipping first runs the float model in float32 on its calibration text, and
-    frees it before the builder starts; the peak is the larger of the two.
+    ``calibrated``: GPTQ or activation-aware clipping first reads a calibration text one decoder layer at a time,
+    and frees that before the builder starts; the peak is the larger of the two.
     """
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
     parameters = weight_bytes // DTYPE_BYTES.get(dtype, 4)
@@ -118,7 +130,7 @@ def export_need(
     if not streaming:
         needed += 4 * parameters
     if calibrated:
-        needed = max(needed, OVERHEAD_BYTES + 4 * parameters)
+        needed = max(needed, calibration_need(config, parameters))
     return MemoryNeed(int(needed), parameters, dtype)
 
 

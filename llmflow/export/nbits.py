@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -35,7 +35,18 @@ if TYPE_CHECKING:  # onnx_ir and ml_dtypes take seconds to import; only an expor
 logger = logging.getLogger(__name__)
 
 QUANTIZED_OP = "MatMulNBits"
-WeightTransform = Callable[[str, np.ndarray], np.ndarray]
+
+
+class QuantizedBlocks(NamedTuple):
+    """A 4-bit weight in ``MatMulNBits``' layout, as ``qbits_block_quant`` of onnxruntime returns it."""
+
+    packed: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray
+
+
+# (node name, float32 weight [K, N]) -> the weight to quantize, or the weight already quantized (GPTQ).
+WeightTransform = Callable[[str, np.ndarray], "np.ndarray | QuantizedBlocks"]
 MS_DOMAIN = "com.microsoft"
 
 
@@ -90,7 +101,7 @@ def _quantize_node(
     """Replace one ``MatMul`` with a constant 2-D weight by ``MatMulNBits``, as ``quantize_matmul`` builds it.
 
     ``weight_transform(node name, float32 weight)`` changes an int4 weight before it is quantized (the recipe's
-    activation-aware clipping, ``llmflow.export.clip``)."""
+    activation-aware clipping, ``llmflow.export.clip``), or quantizes it itself (GPTQ, ``llmflow.export.gptq``)."""
     import ml_dtypes
     import onnx_ir as ir
 
@@ -100,9 +111,15 @@ def _quantize_node(
     bfloat16 = array.dtype.name == "bfloat16"
     if bfloat16:
         array = array.astype(np.float32)
+    transformed = None
     if weight_transform is not None and bits == 4:
-        array = np.ascontiguousarray(weight_transform(node.name, array.astype(np.float32, copy=False)))
-    packed, scales, zero_points = quantizer.qbits_block_quant(array)
+        transformed = weight_transform(node.name, array.astype(np.float32, copy=False))
+    if isinstance(transformed, QuantizedBlocks):
+        packed, scales, zero_points = transformed
+    else:
+        if transformed is not None:
+            array = np.ascontiguousarray(transformed)
+        packed, scales, zero_points = quantizer.qbits_block_quant(array)
     if bfloat16:
         scales = scales.astype(ml_dtypes.bfloat16)
     rows, cols = array.shape
@@ -202,7 +219,12 @@ def streaming_to_nbits(
     """
     if not applies_to(builder_model):
         if weight_transform is not None:
-            raise ValueError("activation-aware clipping needs the default quantization path (int4_algo=default)")
+            raise ValueError(
+                "GPTQ (int4_algo=gptq) and activation-aware clipping (int4_clip=activation) need the streaming "
+                "quantization path, and these settings take the builder's own: a tied embedding shared with a "
+                "symmetric int4 LM head is quantized as a Gather too; pass int4_symmetric=false, or "
+                "int4_mixed_precision with last_matmul, or int4_algo=default"
+            )
         if stock_to_nbits is None:
             raise ValueError("these quantization settings need the builder's own to_nbits, and none was given")
         logger.info("quantization options outside the streaming path; using the builder's own to_nbits")

@@ -2,8 +2,9 @@
 
 The builder's weight-only quantization choices, as ``export_onnx`` (and ``main``) parameters:
 
-- ``int4_algo``: the base method: ``default`` (MLAS round-to-nearest, the builder's default), ``rtn`` or
-  ``k_quant`` (onnxruntime's ``RTN``/``k_quant`` weight-only quantizers);
+- ``int4_algo``: the base method: ``gptq`` (GPTQ on a calibration text, onto the default method's grid:
+  ``llmflow.export.gptq``), ``default`` (MLAS round-to-nearest, the builder's default), ``rtn`` or ``k_quant``
+  (onnxruntime's ``RTN``/``k_quant`` weight-only quantizers);
 - ``int4_mixed_precision``: which MatMuls are int8 instead of int4, a comma-separated list of
   ``last_matmul`` (the LM head), ``mixed_layers`` (the builder's llama.cpp-style choice: qkv and down_proj of the
   first and last eighth of layers and every third layer between) and ``qkv`` (the attention input projection of
@@ -31,7 +32,9 @@ from dataclasses import dataclass
 
 from llmflow.errors import InputError
 
-ALGORITHMS = ("default", "rtn", "k_quant")
+ALGORITHMS = ("gptq", "default", "rtn", "k_quant")
+# Methods this project runs itself, before the builder's default quantizer writes its format.
+OWN_ALGORITHMS = ("gptq",)
 CLIPS = ("none", "activation")
 # Selectors the builder knows (matmul_mixed_precision) and the one this project adds.
 BUILDER_SELECTORS = ("last_matmul", "mixed_layers")
@@ -74,7 +77,7 @@ class Int4Recipe:
         # int4_algo_config as aliases, but the builder ignores them in silence (tests/test_export_nbits.py checks
         # the block size and accuracy level of every quantized MatMul).
         options = [f"block_size={self.block_size}", f"accuracy_level={self.accuracy_level}"]
-        if self.algo != "default":
+        if self.algo not in ("default", *OWN_ALGORITHMS):
             options.append(f"algo_config={self.algo}")
         if not self.symmetric:
             options.append("is_symmetric=false")
@@ -93,8 +96,8 @@ class Int4Recipe:
 
     @property
     def calibrated(self) -> bool:
-        """Whether the export first reads a calibration text with the float model (``int4_clip``)."""
-        return self.clip != "none"
+        """Whether the export first reads a calibration text with the float model (``gptq``, ``int4_clip``)."""
+        return self.algo == "gptq" or self.clip != "none"
 
     @property
     def label(self) -> str:
@@ -106,9 +109,9 @@ class Int4Recipe:
 
 
 # The export's default recipe; ``ExportSettings``' defaults are its fields (``llmflow.export_onnx``). Chosen on the
-# real model and its rotated copy (README "Choosing the int4 recipe", ``bench.recipes``): uint4 with a zero point per
-# block of 32, int8 for the LM head, every layer's qkv projection and llama.cpp's sensitive layers.
-DEFAULT_INT4_RECIPE = Int4Recipe(int8=("last_matmul", "mixed_layers", "qkv"), symmetric=False)
+# real model and its rotated copy (README "Choosing the int4 recipe", ``bench.recipes``): GPTQ onto uint4 with a zero
+# point per block of 32, int8 for the LM head, every layer's qkv projection and llama.cpp's sensitive layers.
+DEFAULT_INT4_RECIPE = Int4Recipe(algo="gptq", int8=("last_matmul", "mixed_layers", "qkv"), symmetric=False)
 # The export parameters that only the recipe has (block size and accuracy level are older, and read on their own).
 INT4_RECIPE_PARAMS = ("int4_algo", "int4_mixed_precision", "int4_symmetric", "int4_clip")
 
