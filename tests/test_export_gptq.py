@@ -187,3 +187,16 @@ def test_the_default_export_is_gptq_reproducible_and_every_decoder_int4_matmul_i
     generator.append_tokens(np.asarray([[1, 2, 3]], dtype=np.int32))
     generator.generate_next_token()
     assert generator.get_next_tokens().shape == (1,)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_familys_int4_matmuls_come_from_gptq(
+    family: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+):
+    """The builder fuses and splits each family's projections its own way; every int4 MatMul must still find its
+    calibrated rows (the tiny configs have 2 layers: 7 int4 MatMuls, as the tiny Phi-3's)."""
+    model_dir = build_family(family, tmp_path / family)
+    with caplog.at_level(logging.INFO, logger="llmflow.export.builder"):
+        run_builder(model_dir, tmp_path / "onnx", ExportSettings())
+    assert "gptq: 7 int4 MatMuls from GPTQ, 0 rounded to nearest" in caplog.text
+    assert "longer than the specified maximum sequence length" not in capsys.readouterr().err + caplog.text

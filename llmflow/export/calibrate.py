@@ -98,7 +98,9 @@ def _free(module: Any) -> None:
 def _windows(model_dir: Path, text: str, max_positions: int) -> list[Any]:
     from transformers import AutoTokenizer
 
-    ids = AutoTokenizer.from_pretrained(model_dir)(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # verbose=False: the text is longer than the model's context on purpose; it is cut into windows below.
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt", verbose=False)["input_ids"][0]
     window = min(WINDOW, max_positions)
     return [ids[start : start + window][None] for start in range(0, len(ids), window) if len(ids[start:]) > 1]
 
@@ -129,11 +131,13 @@ def calibrate_layerwise(
     text: str,
     on_layer: OnLayer,
     head: Callable[[Any, int], None] | None = None,
+    wanted: Callable[[int], set[str]] | None = None,
 ) -> int:
     """Run the float model over ``text`` one decoder layer at a time (see the module doc); return the token count.
 
     ``on_layer`` gets each layer's input sums; when it returns True it changed the layer's weights, and the layer
     runs again so that the next layer reads the changed outputs. ``head(X^T X, rows)`` gets the LM head's input.
+    ``wanted(layer index)`` names the input kinds to sum (all by default): a sum costs as much as the layer.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -183,8 +187,9 @@ def calibrate_layerwise(
     for index, layer in enumerate(_progress(layers)):
         _load(layer, prefix[id(layer)], weights, model)
         kinds = linears_by_input(layer)
+        summed = {kind: names for kind, names in kinds.items() if wanted is None or kind in wanted(index)}
         sums: dict[str, Any] = {}
-        with torch.no_grad(), _summed_inputs(layer, kinds, sums):
+        with torch.no_grad(), _summed_inputs(layer, summed, sums):
             outputs = run(layer, index)
         if on_layer(index, layer, sums, kinds):
             with torch.no_grad():

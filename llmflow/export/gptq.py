@@ -116,12 +116,12 @@ def gptq(
     if cols % block_size:
         raise ValueError(f"GPTQ needs the input size ({cols}) to be a multiple of the block size ({block_size})")
     w = weight.detach().to(torch.float32).clone()
-    h = gram.to(torch.float64).clone()
+    h = gram.to(torch.float32).clone()  # float32, as the reference: the damping keeps it well conditioned
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h += damping * torch.mean(torch.diagonal(h)) * torch.eye(cols, dtype=h.dtype)
-    inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).to(torch.float32)
+    inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     blocks = cols // block_size
     codes = torch.empty((rows, cols), dtype=torch.uint8)
     scales = torch.empty((rows, blocks), dtype=torch.float32)
@@ -279,7 +279,7 @@ def gptq_weights(model_dir: Path, recipe: Int4Recipe, store: Path) -> GptqWeight
     def on_layer(index: int, layer: Any, sums: dict[str, Any], kinds: dict[str, list[str]]) -> bool:
         modules = dict(layer.named_modules())
         changed = False
-        for kind in sorted(int4_inputs(recipe, index, layers) & set(kinds)):
+        for kind in sorted(set(sums)):
             gram, _rows = sums[kind]
             for name in kinds[kind]:
                 linear = modules[name]
@@ -293,6 +293,6 @@ def gptq_weights(model_dir: Path, recipe: Int4Recipe, store: Path) -> GptqWeight
                 changed = True
         return changed
 
-    calibrate_layerwise(model_dir, CALIBRATION_TEXT, on_layer)
+    calibrate_layerwise(model_dir, CALIBRATION_TEXT, on_layer, wanted=lambda index: int4_inputs(recipe, index, layers))
     logger.info("gptq: %d linear layers quantized", sum(len(group) for group in entries.values()))
     return GptqWeights(entries, recipe.block_size)
