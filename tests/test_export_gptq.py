@@ -130,8 +130,10 @@ def test_the_recipe_says_which_inputs_stay_int4():
 def entry(tmp_path: Path, name: str, weight: np.ndarray) -> gptq.Entry:
     """A stored result for ``weight`` ([out, in]), with RTN codes standing in for GPTQ's."""
     blocks = gptq.pack(*rtn_codes(weight, False), BLOCK)
-    path = tmp_path / f"{name}.npz"
-    np.savez(path, packed=blocks.packed, scales=blocks.scales, zeros=blocks.zero_points)
+    path = tmp_path / name
+    path.mkdir()
+    for array_name, array in zip(gptq.ARRAYS, blocks, strict=True):
+        np.save(path / f"{array_name}.npy", array)
     return gptq.Entry(name, path, *gptq.fingerprint(weight))
 
 

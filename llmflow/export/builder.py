@@ -36,7 +36,7 @@ from llmflow.console import DebugLines
 from llmflow.errors import InputError, first_line
 from llmflow.export.nbits import WeightTransform, streaming_quantization
 from llmflow.export.recipe import Int4Recipe
-from llmflow.export.residency import page_out
+from llmflow.export.residency import page_out, trim_heap
 from llmflow.export.stamp import package_build_stamp
 from llmflow.patches.onnxruntime_genai import (
     gemma3_rope_per_layer_type,
@@ -75,6 +75,7 @@ def calibrated_transform(model_dir: Path, recipe: Int4Recipe, store: Path) -> We
     else:
         return None
     gc.collect()
+    trim_heap()  # what the calibration freed goes back to the kernel before the builder loads the model
     return transform
 
 

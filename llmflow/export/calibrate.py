@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -217,30 +218,26 @@ def _gram(inputs: list[Any]) -> tuple[Any, int]:
     return total, rows
 
 
-class _summed_inputs:  # noqa: N801 - a context manager used like a function
+@contextmanager
+def _summed_inputs(layer: Any, kinds: dict[str, list[str]], sums: dict[str, Any]) -> Iterator[None]:
     """Within the block, each input kind's first linear layer adds its input's ``X^T X`` to ``sums[kind]``."""
+    import torch
 
-    def __init__(self, layer: Any, kinds: dict[str, list[str]], sums: dict[str, Any]) -> None:
-        self.layer, self.kinds, self.sums, self.handles = layer, kinds, sums, []
+    def adder(kind: str) -> Callable[..., None]:
+        def hook(module: Any, inputs: tuple[Any, ...], output: Any) -> None:
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])
+            gram = (x.T @ x).to(torch.float64)  # a window's sum in float32, as GPTQ's reference; windows in float64
+            total, rows = sums.get(kind, (0, 0))
+            sums[kind] = (gram + total, rows + x.shape[0])
 
-    def __enter__(self) -> None:
-        import torch
+        return hook
 
-        modules = dict(self.layer.named_modules())
-        for kind, names in self.kinds.items():
-
-            def hook(module: Any, inputs: tuple[Any, ...], output: Any, kind: str = kind) -> None:
-                x = inputs[0].detach().reshape(-1, inputs[0].shape[-1])
-                previous = self.sums.get(kind)
-                gram = (x.T @ x).to(torch.float64)  # a window's sum in float32, as GPTQ's reference; windows in float64
-                self.sums[kind] = (
-                    (gram, x.shape[0]) if previous is None else (previous[0] + gram, previous[1] + x.shape[0])
-                )
-
-            self.handles.append(modules[names[0]].register_forward_hook(hook))
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
+    modules = dict(layer.named_modules())
+    handles = [modules[names[0]].register_forward_hook(adder(kind)) for kind, names in kinds.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
             handle.remove()
 
 

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 RATIOS = tuple(1.0 - 0.025 * step for step in range(21))  # 1.0, 0.975, ..., 0.5
 DAMPING = 0.01  # of the mean of H's diagonal, added to it (the reference's percdamp)
 LEVELS = 15
+ARRAYS = ("packed", "scales", "zero_points")  # a result's files, in QuantizedBlocks' order
 LAZY_BATCH = 128  # columns per update of the weights after them (the reference's blocksize)
 
 
@@ -190,9 +191,14 @@ def probe(size: int) -> np.ndarray:
 
 
 def fingerprint(weight: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per output row of ``weight`` (``[out, in]``): its sum and its dot product with ``probe``, in float64."""
-    rows = np.asarray(weight, dtype=np.float64)
-    return rows.sum(axis=1), rows @ probe(rows.shape[1])
+    """Per output row of ``weight`` (``[out, in]``, float32): its sum (float64) and its dot product with ``probe``."""
+    return column_fingerprint(np.asarray(weight).T)
+
+
+def column_fingerprint(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``fingerprint`` of a MatMul's ``[in, out]`` weight, column by column, without a copy of it."""
+    dots = probe(weight.shape[0]).astype(weight.dtype) @ weight
+    return weight.sum(axis=0, dtype=np.float64), dots.astype(np.float64)
 
 
 class GptqWeights:
@@ -216,11 +222,24 @@ class GptqWeights:
             logger.debug("gptq: no calibrated weight matches %s; rounded to nearest", node_name)
             return weight
         self.used.append(node_name)
-        start, stop = found
-        parts = [np.load(entry.path) for entry in group]
-        return QuantizedBlocks(
-            *(np.concatenate([part[k] for part in parts])[start:stop] for k in ("packed", "scales", "zeros"))
-        )
+        return self._load_rows(group, *found)
+
+    @staticmethod
+    def _load_rows(group: list[Entry], start: int, stop: int) -> QuantizedBlocks:
+        """Rows ``[start, stop)`` of the group's concatenated results, read from their memory-mapped files: only
+        those rows are copied (a view would keep the whole group alive in the graph: Phi-3's gate_proj and up_proj
+        would each hold all of gate_up_proj, 1 GB more at 3.8 B)."""
+        arrays: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
+        offset = 0
+        for entry in group:
+            rows = len(entry.sums)
+            low, high = max(start, offset) - offset, min(stop, offset + rows) - offset
+            if low < high:
+                for name in ARRAYS:
+                    stored = np.load(entry.path / f"{name}.npy", mmap_mode="r")
+                    arrays[name].append(np.array(stored[low:high]))
+            offset += rows
+        return QuantizedBlocks(*(np.concatenate(arrays[name]) for name in ARRAYS))
 
     @staticmethod
     def _rows(group: list[Entry], weight: np.ndarray) -> tuple[int, int] | None:
@@ -228,7 +247,7 @@ class GptqWeights:
         sums = np.concatenate([entry.sums for entry in group])
         dots = np.concatenate([entry.dots for entry in group])
         cols = weight.shape[1]
-        ours = fingerprint(weight.T)
+        ours = column_fingerprint(weight)
         starts = np.cumsum([0] + [len(entry.sums) for entry in group[:-1]])
         for offset in sorted({int(s) + j * cols for s in starts for j in range(len(sums) // cols + 1)}):
             if offset + cols > len(sums):
@@ -284,10 +303,14 @@ def gptq_weights(model_dir: Path, recipe: Int4Recipe, store: Path) -> GptqWeight
             for name in kinds[kind]:
                 linear = modules[name]
                 result = gptq(linear.weight, gram, recipe.symmetric, recipe.block_size, scale_dtype)
-                path = store / f"layer{index}.{name}.npz"
+                path = store / f"layer{index}.{name}"
+                path.mkdir()
                 blocks = pack(result.codes, result.scales, result.zero_points, recipe.block_size)
-                np.savez(path, packed=blocks.packed, scales=blocks.scales, zeros=blocks.zero_points)
-                entries.setdefault((index, kind), []).append(Entry(name, path, *fingerprint(linear.weight.detach())))
+                for array_name, array in zip(ARRAYS, blocks, strict=True):
+                    np.save(path / f"{array_name}.npy", array)
+                entries.setdefault((index, kind), []).append(
+                    Entry(name, path, *fingerprint(linear.weight.detach().numpy()))
+                )
                 with torch.no_grad():  # the next layers read what the quantized model will give them
                     linear.weight.copy_(result.dequantized)
                 changed = True

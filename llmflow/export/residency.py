@@ -88,3 +88,22 @@ def page_out(folder: Path) -> int:
         if error != errno.ENOMEM:  # ENOMEM: the range was unmapped between reading the maps and the call
             logger.debug("madvise(MADV_PAGEOUT) on %#x+%d failed: %s", start, length, errno.errorcode.get(error, error))
     return advised
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free memory back to the kernel (glibc's ``malloc_trim(0)``); whether it could.
+
+    The calibration (``llmflow.export.calibrate``) frees gigabytes of float32 layers and working arrays in pieces of
+    a few MB, which glibc keeps in its heap for reuse after its mmap threshold has grown (it does after the first
+    large free): freed, but still resident, under the builder's own peak. ``malloc_trim`` hands them back. No-op
+    where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    return bool(trim(0))
