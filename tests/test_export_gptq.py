@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from llmflow.demo.families import FAMILIES, build_family
-from llmflow.export import gptq
+from llmflow.export import gptq, gptq_match
 from llmflow.export.calibrate import calibrate_layerwise, linears_by_input
 from llmflow.export.nbits import QuantizedBlocks, _block_quantizer
 from llmflow.export.recipe import DEFAULT_INT4_RECIPE, Int4Recipe
@@ -127,21 +127,21 @@ def test_the_recipe_says_which_inputs_stay_int4():
     assert gptq.int4_inputs(Int4Recipe(algo="gptq"), 0, 32) == {"attn_in", "o_in", "mlp_in", "down_in"}
 
 
-def entry(tmp_path: Path, name: str, weight: np.ndarray) -> gptq.Entry:
+def entry(tmp_path: Path, name: str, weight: np.ndarray) -> gptq_match.Entry:
     """A stored result for ``weight`` ([out, in]), with RTN codes standing in for GPTQ's."""
     blocks = gptq.pack(*rtn_codes(weight, False), BLOCK)
     path = tmp_path / name
     path.mkdir()
-    for array_name, array in zip(gptq.ARRAYS, blocks, strict=True):
+    for array_name, array in zip(gptq_match.ARRAYS, blocks, strict=True):
         np.save(path / f"{array_name}.npy", array)
-    return gptq.Entry(name, path, *gptq.fingerprint(weight))
+    return gptq_match.Entry(name, path, *gptq_match.fingerprint(weight))
 
 
 def test_a_fused_builder_weight_gets_its_layers_in_order_and_a_stranger_is_rounded(tmp_path: Path):
     rng = np.random.default_rng(2)
     q, k, v = (rng.standard_normal((rows, 2 * BLOCK)).astype(np.float32) for rows in (8, 4, 4))
     entries = {(3, "attn_in"): [entry(tmp_path, n, w) for n, w in (("q", q), ("k", k), ("v", v))]}
-    weights = gptq.GptqWeights(entries, BLOCK)
+    weights = gptq_match.GptqWeights(entries, BLOCK)
     fused = np.concatenate([q, k, v]).T.copy()  # the builder's qkv_proj, [K, N]
     got = weights("/model/layers.3/attn/qkv_proj/MatMul", fused)
     assert isinstance(got, QuantizedBlocks)

@@ -69,11 +69,12 @@ def test_phi3_mini_estimate_covers_the_measured_peak_streaming_and_is_over_22_gi
 
 def test_the_layer_at_a_time_calibration_stays_under_the_export_at_phi3_mini_size(phi3_config: dict):
     """GPTQ (the default) and clipping read their calibration one decoder layer at a time: at Phi-3-mini's size the
-    export, not the calibration, is the peak; the whole float32 model (15.3 GB) is never in memory."""
+    export, not the calibration, is the peak (measured: 6.07 GiB calibrated, 5.96 GiB not; bench.scale.export_check);
+    the whole float32 model (15.3 GB) is never in memory."""
     plain = export_need(phi3_config, PHI3_WEIGHT_BYTES, "int4")
     calibrated = export_need(phi3_config, PHI3_WEIGHT_BYTES, "int4", calibrated=True)
-    assert calibrated.needed == plain.needed
-    assert 2 * GIB < calibration_need(phi3_config, plain.parameters) < plain.needed < 6 * GIB
+    assert 6.07 * GIB < calibrated.needed < 1.25 * 6.07 * GIB
+    assert 2 * GIB < calibration_need(phi3_config, plain.parameters) < plain.needed < calibrated.needed
 
 
 def test_a_calibration_counts_its_float64_sums_where_they_dominate():

@@ -93,10 +93,10 @@ def page_out(folder: Path) -> int:
 def trim_heap() -> bool:
     """Give the C heap's free memory back to the kernel (glibc's ``malloc_trim(0)``); whether it could.
 
-    The calibration (``llmflow.export.calibrate``) frees gigabytes of float32 layers and working arrays in pieces of
-    a few MB, which glibc keeps in its heap for reuse after its mmap threshold has grown (it does after the first
-    large free): freed, but still resident, under the builder's own peak. ``malloc_trim`` hands them back. No-op
-    where the C library is not glibc.
+    The calibration (``llmflow.export.calibrate``) frees gigabytes of float32 layers and working arrays, in pieces
+    of a few MB that glibc may keep in its heap for reuse once its mmap threshold has grown; the builder starts
+    after it. Measured here with it: RSS 0.47 GB once a 1 B model is calibrated (its peak was 3.3 GB); not measured
+    without it, so it is a guard, not a figure. No-op off glibc.
     """
     if not sys.platform.startswith("linux"):
         return False
