@@ -222,6 +222,8 @@ def calibrate_into(model_dir: Path, recipe: Int4Recipe, store: Path) -> dict[tup
             gram, _rows = sums[kind]
             for name in kinds[kind]:
                 linear = modules[name]
+                if linear.in_features % recipe.block_size:  # onnxruntime pads such a weight: rounded to nearest
+                    continue
                 result = gptq(linear.weight, gram, recipe.symmetric, recipe.block_size, scale_dtype)
                 path = store / f"layer{index}.{name}"
                 path.mkdir()
