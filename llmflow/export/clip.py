@@ -29,20 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from llmflow.export.calibrate import SHARED_INPUTS
+
 logger = logging.getLogger(__name__)
 
-# The inputs a builder MatMul reads, by the projection's name (builder node names and HF module names share them).
-INPUT_KINDS = {
-    "q_proj": "attn_in",
-    "k_proj": "attn_in",
-    "v_proj": "attn_in",
-    "qkv_proj": "attn_in",
-    "o_proj": "o_in",
-    "gate_proj": "mlp_in",
-    "up_proj": "mlp_in",
-    "gate_up_proj": "mlp_in",
-    "down_proj": "down_in",
-}
+# The inputs a builder MatMul reads, by the projection's name (builder node names and HF module names share them):
+# the calibration's own table.
+INPUT_KINDS = SHARED_INPUTS
 LM_HEAD = "lm_head"
 RATIOS = tuple(1.0 - 0.025 * step for step in range(21))  # 1.0, 0.975, ..., 0.5
 COLUMN_CHUNK_ELEMENTS = 2**21  # weights per chunk of columns in the search (16 MB of float64 per work array)
