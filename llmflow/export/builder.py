@@ -127,7 +127,9 @@ def build(
     (``llmflow.export_onnx.run_builder``). A model or option it rejects becomes an ``InputError``.
     Quantization runs one MatMul at a time (``llmflow.export.nbits``): the same files as the builder's own pass,
     without its whole-graph fp32 copy; the pages of the weight files it has read are given back as it goes
-    (``llmflow.export.residency``), so that the memory mapped weights do not stay resident beside the output.
+    (``llmflow.export.residency``), so that the memory mapped weights do not stay resident beside the output, and
+    each quantized weight goes to a scratch file in ``out_dir`` until the builder saves (``llmflow.export.spill``),
+    so that the output is not held in memory either.
     The build stamp in ``model.onnx`` is the installed wheel's commit
     (``llmflow.export.stamp``), so the same input gives the same files at any commit of this project.
     """
@@ -139,9 +141,12 @@ def build(
     calibration_dir = tempfile.TemporaryDirectory(prefix="llmflow-calibration-")
     # Before the builder loads the model; what the calibration holds in memory is freed when it returns.
     transform = calibrated_transform(model_dir, recipe, Path(calibration_dir.name)) if precision == "int4" else None
+    out_dir.mkdir(parents=True, exist_ok=True)
     with (
         calibration_dir,
         tempfile.TemporaryDirectory(prefix="llmflow-builder-cache-") as cache_dir,
+        # Beside the output (same disk, so the save copies in the kernel); gone before this returns.
+        tempfile.TemporaryDirectory(prefix=".llmflow-quantized-", dir=out_dir) as spill_dir,
         _quiet_quantizer(),
         # The builder prints a line per layer read ("Reading layer 31") and per file written; its progress bar (on
         # stderr) stays, drawn on tqdm's schedule. The lines go to this module's logger at DEBUG.
@@ -151,6 +156,7 @@ def build(
             after_each=lambda: page_out(model_dir),
             recipe=recipe if precision == "int4" else None,
             weight_transform=transform,
+            spill_dir=Path(spill_dir),
         ),
         package_build_stamp(),
         longrope_type_key(),

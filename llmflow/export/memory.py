@@ -4,12 +4,13 @@ The estimate comes from the weight bytes in the download manifest and the model'
 before any weight is fetched. Figures per parameter, measured on Phi-3-mini's shape (see README, "At full size"):
 - transformers maps the weight files; the export reads each weight once and pages it out when it is quantized
   (``llmflow.export.residency``), so the weights are not resident all at once. What the builder materialises while
-  it builds the graph is about a quarter of the weight bytes (1.7 GiB for Phi-3-mini's 7.6 GB);
-- int4 output: 0.5 byte a weight plus an fp32 scale per block of 32 (0.125), and the fp32 embedding table;
-- fp16/fp32 output is not quantized one weight at a time, so the mapped weights count whole;
+  it builds the graph, before the first weight is quantized, is the peak: about a third of the weight bytes
+  (``BUILD_SHARE``) with the fp32 embedding table;
+- int4/int8 output goes to a scratch file as each weight is quantized (``llmflow.export.spill``), so it is not
+  counted; fp16/fp32 output is not quantized one weight at a time, so it and the mapped weights count whole;
 - the stock builder (``streaming=False``) also holds the whole graph in fp32 (4 bytes a parameter).
-Measured peak for Phi-3-mini int4: 5.96 GiB round-to-nearest, 6.07 GiB with GPTQ (the default); this estimate gives 5.87
-and 6.12 GiB (the first is under its measured peak: the preflight is a guide, not a bound).
+Measured peak for Phi-3-mini int4 (``bench.scale.export_check``): 4.04 GiB round-to-nearest, 4.22 GiB with GPTQ (the
+default); this estimate gives 4.15 and 4.40 GiB.
 What the machine has: ``MemAvailable`` from ``/proc/meminfo``, or less when a cgroup (v2 or v1) limits the process.
 """
 
@@ -34,11 +35,12 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 OUTPUT_BYTES_PER_WEIGHT = {"int4": 0.625, "int8": 1.125, "fp16": 2, "fp32": 4}
 # The interpreter, torch, onnxruntime and the per-MatMul working set (measured: about 1.5 GiB at 3.8 B).
 OVERHEAD_BYTES = int(1.5 * GIB)
-# What the builder materialises beside the mapped weights while it builds the graph, per weight byte (measured 0.24).
-BUILD_SHARE = 0.25
+# What the builder holds while it builds the graph (touched weight pages, materialised tensors), per weight byte:
+# fitted to Phi-3-mini's measured 4.04 GiB peak, which comes before the first weight is quantized.
+BUILD_SHARE = 0.32
 # Precisions that the streaming pass quantizes one weight at a time, paging each weight out after it.
 STREAMED = ("int4", "int8")
-# A calibrated export (GPTQ, the default) measured 6.07 GiB at Phi-3-mini's size against 5.96 GiB without the
+# A calibrated export (GPTQ, the default) measured 4.22 GiB at Phi-3-mini's size against 4.04 GiB without the
 # calibration: what the calibration leaves behind (allocator and BLAS buffers) and the GPTQ rows read per MatMul.
 CALIBRATED_EXTRA = GIB // 4
 UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a number near 2**63
@@ -128,10 +130,9 @@ def export_need(
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
     parameters = weight_bytes // DTYPE_BYTES.get(dtype, 4)
     embedding = int(config.get("vocab_size", 0)) * int(config.get("hidden_size", 0))
-    needed = OVERHEAD_BYTES + BUILD_SHARE * weight_bytes
-    needed += int(parameters * OUTPUT_BYTES_PER_WEIGHT[precision]) + 4 * embedding
+    needed = OVERHEAD_BYTES + BUILD_SHARE * weight_bytes + 4 * embedding
     if not (streaming and precision in STREAMED):
-        needed += weight_bytes
+        needed += weight_bytes + int(parameters * OUTPUT_BYTES_PER_WEIGHT[precision])
     if not streaming:
         needed += 4 * parameters
     if calibrated:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from llmflow.export.recipe import Int4Recipe
+from llmflow.export.spill import SpillFile, in_memory
 from llmflow.patches.onnxruntime_genai import to_nbits_replaced
 
 if TYPE_CHECKING:  # onnx_ir and ml_dtypes take seconds to import; only an export needs them
@@ -47,6 +49,8 @@ class QuantizedBlocks(NamedTuple):
 
 # (node name, float32 weight [K, N]) -> the weight to quantize, or the weight already quantized (GPTQ).
 WeightTransform = Callable[[str, np.ndarray], "np.ndarray | QuantizedBlocks"]
+# (initializer name, array) -> the tensor the graph holds: in memory (``ir.Tensor``), or on disk (``spill.SpillFile``).
+TensorStore = Callable[[str, np.ndarray], "ir.TensorProtocol"]
 MS_DOMAIN = "com.microsoft"
 
 
@@ -97,11 +101,13 @@ def _quantize_node(
     block_size: int,
     accuracy_level: int,
     weight_transform: WeightTransform | None = None,
+    store: TensorStore = in_memory,
 ):
     """Replace one ``MatMul`` with a constant 2-D weight by ``MatMulNBits``, as ``quantize_matmul`` builds it.
 
     ``weight_transform(node name, float32 weight)`` changes an int4 weight before it is quantized (the recipe's
-    activation-aware clipping, ``llmflow.export.clip``), or quantizes it itself (GPTQ, ``llmflow.export.gptq``)."""
+    activation-aware clipping, ``llmflow.export.clip``), or quantizes it itself (GPTQ, ``llmflow.export.gptq``);
+    ``store`` holds the quantized tensors (``llmflow.export.spill``)."""
     import ml_dtypes
     import onnx_ir as ir
 
@@ -131,7 +137,7 @@ def _quantize_node(
         names.append(f"{weight.name}_zero_points")
         tensors.append(zero_points)
     for name, tensor in zip(names, tensors, strict=True):
-        value = ir.Value(name=name, const_value=ir.Tensor(tensor, name=name))
+        value = ir.Value(name=name, const_value=store(name, tensor))
         value.type = ir.TensorType(value.const_value.dtype)
         value.shape = ir.Shape(tensor.shape)
         graph.register_initializer(value)
@@ -175,10 +181,12 @@ def quantize_graph(
     after_each: Callable[[], object] | None = None,
     node_bits: dict[str, int] | None = None,
     weight_transform: WeightTransform | None = None,
+    store: TensorStore = in_memory,
 ) -> ir.Model:
     """Quantize every eligible ``MatMul`` of ``model`` in place, one weight at a time; return ``model``.
 
-    ``node_bits`` gives some nodes another bit width than ``bits`` (the builder's per-node configuration).
+    ``node_bits`` gives some nodes another bit width than ``bits`` (the builder's per-node configuration);
+    ``store`` holds each quantized tensor (in memory by default; ``llmflow.export.spill.SpillFile`` writes it out).
 
     ``after_each`` is called once a weight is quantized and its float tensor dropped (the export pages out the
     weight files there: ``llmflow.export.residency``).
@@ -197,7 +205,7 @@ def quantize_graph(
         quantizer = _block_quantizer(width, block_size, is_symmetric, accuracy_level)
         targets = [node for node in graph if _eligible(node, excluded) and selected(node)]
         for node in tqdm(targets, desc=f"int{width} MatMul", unit="weight"):
-            _quantize_node(graph, node, quantizer, width, block_size, accuracy_level, weight_transform)
+            _quantize_node(graph, node, quantizer, width, block_size, accuracy_level, weight_transform, store)
             if after_each is not None:
                 after_each()
         # As the quantizer's clean_initializers after each pass: drop every initializer nothing reads.
@@ -212,6 +220,7 @@ def streaming_to_nbits(
     after_each: Callable[[], object] | None = None,
     stock_to_nbits: Callable[[Any], ir.Model] | None = None,
     weight_transform: WeightTransform | None = None,
+    store: TensorStore = in_memory,
 ) -> ir.Model:
     """A drop-in for the builder's ``Model.to_nbits`` that quantizes one weight at a time (see the module doc).
 
@@ -241,6 +250,7 @@ def streaming_to_nbits(
         after_each=after_each,
         node_bits={name: config["bits"] for name, config in customized.items()},
         weight_transform=weight_transform,
+        store=store,
     )
 
 
@@ -261,17 +271,22 @@ def streaming_quantization(
     after_each: Callable[[], object] | None = None,
     recipe: Int4Recipe | None = None,
     weight_transform: WeightTransform | None = None,
+    spill_dir: Path | None = None,
 ) -> Iterator[None]:
     """Within this block the builder quantizes with ``streaming_to_nbits``; outside it, as shipped.
 
     ``after_each`` is called after each weight is quantized (see ``quantize_graph``); ``recipe``'s own int8
     selections are added to the builder's per-node bit widths first (``add_int8_nodes``), for either pass;
-    ``weight_transform`` changes each int4 weight before it is quantized (see ``_quantize_node``).
+    ``weight_transform`` changes each int4 weight before it is quantized (see ``_quantize_node``). With
+    ``spill_dir``, the quantized tensors are written to a file there as they are made (``llmflow.export.spill``):
+    the folder must outlive the builder's save, which copies them into ``model.onnx.data``.
     """
+    with ExitStack() as stack:
+        store = stack.enter_context(SpillFile(spill_dir)) if spill_dir is not None else in_memory
 
-    def to_nbits(builder_model: Any, stock: Callable[[Any], ir.Model]) -> ir.Model:
-        add_int8_nodes(builder_model, recipe)
-        return streaming_to_nbits(builder_model, after_each, stock, weight_transform)
+        def to_nbits(builder_model: Any, stock: Callable[[Any], ir.Model]) -> ir.Model:
+            add_int8_nodes(builder_model, recipe)
+            return streaming_to_nbits(builder_model, after_each, stock, weight_transform, store)
 
-    with to_nbits_replaced(to_nbits):
+        stack.enter_context(to_nbits_replaced(to_nbits))
         yield
