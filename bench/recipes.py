@@ -136,7 +136,8 @@ def decode_speed(folder: Path, tokens: int = 128, repeats: int = 3) -> float:
     return best
 
 
-def reference_figures(model_dir: Path, questions: list[str], max_new_tokens: int, text: str) -> dict[str, Any]:
+def reference_figures(model_dir: Path, questions: list[str], max_new_tokens: int, text: str | None) -> dict[str, Any]:
+    """The float model's perplexity on ``text`` (None: not measured) and greedy answers to ``questions``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -153,7 +154,9 @@ def reference_figures(model_dir: Path, questions: list[str], max_new_tokens: int
             out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
         return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
-    ppl = perplexity_transformers(model, tokenizer, text, max_tokens=HELDOUT_TOKENS).perplexity
+    ppl = (
+        None if text is None else perplexity_transformers(model, tokenizer, text, max_tokens=HELDOUT_TOKENS).perplexity
+    )
     return {"perplexity": ppl, "answers": greedy_answers(generate, questions)}
 
 
