@@ -58,7 +58,9 @@ def measure(mode: str, model: Path, out: Path, settings: str = "{}") -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="HF model folder to export.")
-    parser.add_argument("--out", type=Path, default=None, help="Where the exports go (default: a temporary folder).")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="Where the exports go, kept (default: a temporary folder, removed)."
+    )
     parser.add_argument("--stock", action="store_true", help="Also run the stock builder and compare sha256.")
     parser.add_argument("--twice", action="store_true", help="Export twice and compare sha256 (reproducible).")
     parser.add_argument("--settings", default="{}", help="ExportSettings fields as JSON (default: the defaults).")
@@ -69,6 +71,13 @@ def main() -> None:
         return
     root = args.out or Path(tempfile.mkdtemp(prefix="export-check-"))
     root.mkdir(parents=True, exist_ok=True)
+    results = check(args, root)  # a failed export keeps the folder: its log is there
+    if args.out is None:  # an export of Phi-3-mini is 3.3 GB: a temporary folder does not outlive the check
+        shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps(results, indent=1))
+
+
+def check(args: argparse.Namespace, root: Path) -> list[dict]:
     results = [measure("stream", args.model, root / "stream", args.settings)]
     if args.twice:
         again = measure("stream", args.model, root / "again", args.settings)
@@ -77,7 +86,7 @@ def main() -> None:
     if args.stock:
         results.append(measure("stock", args.model, root / "stock"))
         results.append({"identical": results[0]["files"] == results[1]["files"]})
-    print(json.dumps(results, indent=1))
+    return results
 
 
 if __name__ == "__main__":
