@@ -88,10 +88,6 @@ def greedy_answers_gguf(
     return answers
 
 
-def agreement(answers: list[str], reference: list[str]) -> float:
-    return sum(a == b for a, b in zip(answers, reference, strict=True)) / len(reference)
-
-
 def measure(
     model_dir: Path, work: Path, questions: list[str] | None = None, max_new_tokens: int = 24
 ) -> dict[str, Any]:
@@ -112,7 +108,7 @@ def measure(
     if questions:
         from transformers import AutoTokenizer
 
-        from bench.recipes import reference_figures
+        from bench.recipes import agreement, reference_figures
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         prompts = [

@@ -84,6 +84,11 @@ def greedy_answers(generate: Any, questions: list[str]) -> list[str]:
     return [generate(q).strip() for q in questions]
 
 
+def agreement(answers: list[str], reference: list[str]) -> float:
+    """The share of answers word for word the reference's (greedy agreement)."""
+    return sum(a == b for a, b in zip(answers, reference, strict=True)) / len(reference)
+
+
 def onnx_generator(folder: Path, max_new_tokens: int) -> Any:
     import numpy as np
     import onnxruntime_genai as og
@@ -188,7 +193,7 @@ def measure(
             folder, seconds, label = export(model_dir, Path(tmp) / "real", RECIPES[name])
             ppl = perplexity_onnx(folder, text, max_tokens=HELDOUT_TOKENS).perplexity
             answers = greedy_answers(onnx_generator(folder, max_new_tokens), questions)
-            agreement = sum(a == b for a, b in zip(answers, reference["answers"], strict=True)) / len(questions)
+            agreed = agreement(answers, reference["answers"])
             size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
             speed = decode_speed(folder)
             rotated, _, _ = export(rotated_dir, Path(tmp) / "rotated", RECIPES[name])
@@ -200,7 +205,7 @@ def measure(
             ppl / reference["perplexity"],
             rotated_ppl,
             rotated_ppl / rotated_reference,
-            agreement,
+            agreed,
             size,
             speed,
             seconds,

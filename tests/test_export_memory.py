@@ -13,7 +13,7 @@ from llmflow.export.memory import GIB, MemoryFound, calibration_need, check_expo
 
 PHI3_CONFIG_PATH = SHARED_PHI3 / "config.json"
 PHI3_WEIGHT_BYTES = 7_642_159_104  # the Hub repo's two bf16 shards
-# The export's peak RSS on a random model of that shape (bench.scale.export_check, this machine): VmHWM 5.16 GiB.
+# The export's peak RSS on a random model of that shape (bench.scale.export_check, this machine, 2 cores).
 PHI3_MEASURED_PEAK = 4.04 * GIB  # default recipe, round-to-nearest (bench.scale.export_check)
 PHI3_CALIBRATED_PEAK = 4.22 * GIB  # the default, GPTQ
 

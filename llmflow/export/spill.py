@@ -3,11 +3,11 @@
 The builder keeps every initializer of its graph in memory until ``ir.save`` writes ``model.onnx.data``: after the
 one-MatMul-at-a-time quantization (``llmflow.export.nbits``), that is the whole int4 output (3.3 GB for
 Phi-3-mini with the default recipe) beside the rest of the export. Here each quantized tensor is appended to a file
-in a scratch folder and the graph holds an ``onnx_ir.ExternalTensor`` pointing at its bytes: the bytes written are
-the ones ``ir.save`` would have written (``Tensor.tobytes``), and ``ir.save`` copies them into ``model.onnx.data``
-with ``copy_file_range`` (in the kernel, no user memory), so the files are the same, byte for byte
-(``tests/test_export_spill.py``). What it costs: the scratch file on disk (the size of the quantized weights) until
-the model is saved, and one more write of those bytes.
+in a scratch folder and the graph holds an ``onnx_ir.ExternalTensor`` pointing at its bytes: they are written as
+``ir.save`` writes an in-memory tensor (``Tensor.tofile``), and ``ir.save`` copies them into ``model.onnx.data`` with
+``copy_file_range`` (in the kernel, no user memory), so the files are the same, byte for byte
+(``tests/test_export_nbits.py``, ``tests/test_export_spill.py``). What it costs: the scratch file on disk (the size
+of the quantized weights) until the model is saved, and one more write of those bytes.
 
 onnx_ir has no "write this initializer to disk now" of its own: ``ir.external_data.unload_from_model`` writes a
 whole model at once, which is what the builder's save does at the end.
@@ -41,16 +41,15 @@ class SpillFile:
         import onnx_ir as ir
 
         tensor = ir.Tensor(array, name=name)
-        data = tensor.tobytes()
         offset = self.bytes
-        self._file.write(data)
+        tensor.tofile(self._file)  # what ir.save itself writes for an in-memory tensor, without a bytes copy
         # Written through, so that ir.save's copy_file_range (another file descriptor) sees every byte.
         self._file.flush()
-        self.bytes += len(data)
+        self.bytes = self._file.tell()
         return ir.ExternalTensor(
             self.name,
             offset,
-            len(data),
+            self.bytes - offset,
             tensor.dtype,
             shape=ir.Shape(tensor.shape),
             name=name,
