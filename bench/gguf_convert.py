@@ -66,7 +66,39 @@ def convert_llama(llama_cpp: Path, model_dir: Path, out: Path) -> None:
     convert_hf_to_gguf.main()
 
 
-CONVERTERS = {"phi3": convert, "llama": convert_llama}
+def convert_phi3_llama_hf(llama_cpp: Path, model_dir: Path, out: Path) -> None:
+    """A Phi-3 model whose vocabulary is Llama's SentencePiece BPE in ``tokenizer.json`` alone (Phi-3-mini's real
+    tokenizer, as ``../shared/phi3-mini-4k-instruct/`` holds it: byte fallback, no ``tokenizer.model``).
+
+    The converter's Phi-3 class reads ``tokenizer.model`` with sentencepiece. The same vocabulary is in
+    ``tokenizer.json``, which the gguf package reads with ``LlamaHfVocab`` (made for Llama models saved without
+    ``tokenizer.model``; what the converter's ``_set_vocab_llama_hf`` uses): a ``llama`` tokenizer with the same ids,
+    the chat template and special ids from ``tokenizer_config.json``. Its 32,011 tokens are padded with
+    ``[PAD<i>]`` (type UNUSED) to the embedding table's 32,064 rows, as the converter's Phi-3 class pads its
+    SentencePiece vocabulary. The weights go through unchanged.
+    """
+    sys.path[:0] = [str(llama_cpp), str(llama_cpp / "gguf-py")]
+    import convert_hf_to_gguf
+    import gguf
+    from conversion.phi import Phi3MiniModel
+
+    def set_vocab(self: Any) -> None:
+        entries = list(gguf.LlamaHfVocab(self.dir_model).all_tokens())
+        entries += [(f"[PAD{i}]".encode(), -10000.0, gguf.TokenType.UNUSED)
+                    for i in range(len(entries), self.hparams["vocab_size"])]  # fmt: skip
+        self.gguf_writer.add_tokenizer_model("llama")
+        self.gguf_writer.add_tokenizer_pre("default")
+        self.gguf_writer.add_token_list([text for text, _, _ in entries])
+        self.gguf_writer.add_token_scores([score for _, score, _ in entries])
+        self.gguf_writer.add_token_types([kind for _, _, kind in entries])
+        gguf.SpecialVocab(self.dir_model, n_vocab=len(entries)).add_to_gguf(self.gguf_writer)
+
+    Phi3MiniModel.set_vocab = set_vocab
+    sys.argv = ["convert_hf_to_gguf.py", str(model_dir), "--outfile", str(out), "--outtype", "f32"]
+    convert_hf_to_gguf.main()
+
+
+CONVERTERS = {"phi3": convert, "llama": convert_llama, "phi3-llama-hf": convert_phi3_llama_hf}
 
 if __name__ == "__main__":
     CONVERTERS[sys.argv[4] if len(sys.argv) > 4 else "phi3"](*map(Path, sys.argv[1:4]))

@@ -111,8 +111,8 @@ def folder_bytes(path: Path) -> int:
 
 
 def convert_f32(llama_cpp: Path, model_dir: Path, f32: Path, work: Path, converter: str = "phi3") -> float:
-    """llama.cpp's converter to an f32 GGUF at ``f32`` (``bench/gguf_convert.py``, ``converter`` ``phi3`` or
-    ``llama``, in a process of its own); returns its seconds."""
+    """llama.cpp's converter to an f32 GGUF at ``f32`` (``bench/gguf_convert.py``, ``converter`` one of its
+    ``CONVERTERS``, see ``converter_for``; in a process of its own); returns its seconds."""
     started = time.perf_counter()
     log = work / f"convert-{f32.stem}.log"
     with log.open("wb") as sink:
@@ -128,6 +128,35 @@ def convert_f32(llama_cpp: Path, model_dir: Path, f32: Path, work: Path, convert
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
         raise RuntimeError(f"convert_hf_to_gguf failed with exit code {done.returncode}:\n{tail}")
     return time.perf_counter() - started
+
+
+def converter_for(model_dir: Path) -> str:
+    """Which of ``bench/gguf_convert.py``'s converters fits the HF folder: ``llama`` (SmolLM2), ``phi3`` (the random
+    Phi-3 with the tiny model's GPT-2 byte-level BPE) or ``phi3-llama-hf`` (Phi-3 with its own SentencePiece-style
+    ``tokenizer.json``, as ``../shared/phi3-mini-4k-instruct/`` holds it)."""
+    import json
+
+    model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    if model_type == "llama":
+        return "llama"
+    if model_type == "phi3":
+        model = json.loads((model_dir / "tokenizer.json").read_text()).get("model") or {}
+        return "phi3-llama-hf" if model.get("byte_fallback") else "phi3"
+    raise ValueError(f"no GGUF converter here for model_type {model_type!r} in {model_dir}; accepted: llama, phi3")
+
+
+def gguf_bytes_per_token(gguf: Path, llama_cpp: Path) -> int:
+    """Bytes of weights llama.cpp reads to decode one token: every tensor but the token embedding table, of which it
+    reads one row (unless the model has no ``output.weight`` and the table is its LM head too). Read with the gguf
+    package of the vendored tree (``gguf-py``)."""
+    sys.path.insert(0, str(llama_cpp / "gguf-py"))
+    try:
+        from gguf import GGUFReader
+    finally:
+        sys.path.remove(str(llama_cpp / "gguf-py"))
+    sizes = {tensor.name: int(tensor.n_bytes) for tensor in GGUFReader(str(gguf)).tensors}
+    embedding = sizes["token_embd.weight"] if "output.weight" in sizes else 0
+    return sum(sizes.values()) - embedding
 
 
 def quantize_gguf(f32: Path, target: Path, ftype: str, work: Path) -> float:

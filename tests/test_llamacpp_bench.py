@@ -73,3 +73,73 @@ def test_another_pre_tokenizer_is_refused():
     unigram = {"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}}
     with pytest.raises(ValueError, match="is not BPE"):
         check_gpt2_pre_tokenizer({**unigram, "model": {"type": "Unigram"}})
+
+
+def _folder(path, model_type: str, tokenizer_model: dict):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    (path / "tokenizer.json").write_text(json.dumps({"model": tokenizer_model}))
+    return path
+
+
+def test_each_model_gets_the_converter_that_reads_its_vocabulary(tmp_path):
+    from bench.gguf_convert import CONVERTERS
+    from bench.llamacpp import converter_for
+
+    assert converter_for(_folder(tmp_path / "smollm2", "llama", {"type": "BPE"})) == "llama"
+    assert converter_for(_folder(tmp_path / "random", "phi3", {"type": "BPE"})) == "phi3"
+    phi3_mini = _folder(tmp_path / "mini", "phi3", {"type": "BPE", "byte_fallback": True})
+    assert converter_for(phi3_mini) == "phi3-llama-hf"
+    assert {"llama", "phi3", "phi3-llama-hf"} <= set(CONVERTERS)
+    with pytest.raises(ValueError, match="model_type 'gemma'.*accepted: llama, phi3"):
+        converter_for(_folder(tmp_path / "gemma", "gemma", {"type": "BPE"}))
+
+
+def test_a_gguf_decode_step_reads_every_tensor_but_the_embedding_table(tmp_path):
+    from bench.llamacpp import gguf_bytes_per_token
+
+    # A stand-in for the vendored tree's gguf package: the tensors and their sizes are all this reads.
+    package = tmp_path / "gguf-py" / "gguf"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "import json, types\n"
+        "class GGUFReader:\n"
+        "    def __init__(self, path):\n"
+        "        self.tensors = [types.SimpleNamespace(name=n, n_bytes=b) for n, b in json.load(open(path))]\n"
+    )
+    untied, tied = tmp_path / "untied.json", tmp_path / "tied.json"
+    untied.write_text(json.dumps([["token_embd.weight", 1000], ["blk.0.ffn_up.weight", 300], ["output.weight", 50]]))
+    tied.write_text(json.dumps([["token_embd.weight", 1000], ["blk.0.ffn_up.weight", 300]]))
+    assert gguf_bytes_per_token(untied, tmp_path) == 350
+    assert gguf_bytes_per_token(tied, tmp_path) == 1300  # the table is the LM head too: read whole every step
+
+
+def test_an_onnx_decode_step_reads_every_initializer_but_the_gathered_table(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bench.scale.speed import weight_bytes_per_token
+
+    def save(folder, tied: bool):
+        embedding = numpy_helper.from_array(np.ones((64, 8), np.float32), "embed")
+        head = numpy_helper.from_array(np.ones((8, 16), np.float32), "head")
+        nodes = [helper.make_node("Gather", ["embed", "ids"], ["h"])]
+        nodes.append(helper.make_node("MatMul", ["h", "head"], ["x"]))
+        if tied:
+            nodes.append(helper.make_node("MatMul", ["x2", "embed"], ["y"]))
+        graph = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])], [embedding, head],
+        )  # fmt: skip
+        folder.mkdir()
+        onnx.save(helper.make_model(graph), str(folder / "model.onnx"), save_as_external_data=True,
+                  all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)  # fmt: skip
+        return folder
+
+    untied = save(tmp_path / "untied", tied=False)
+    data = (untied / "model.onnx.data").stat().st_size
+    assert data >= 64 * 8 * 4 + 8 * 16 * 4
+    assert weight_bytes_per_token(untied) == data - 64 * 8 * 4
+    tied = save(tmp_path / "tied", tied=True)
+    assert weight_bytes_per_token(tied) == (tied / "model.onnx.data").stat().st_size

@@ -48,21 +48,24 @@ def test_a_goal_counts_the_slowest_llama_cpp_type_and_the_client_scaling():
         "llama.cpp Q4_0": {"decode": 0.8, "ttft_128": 1.2, "ttft_512": 1.1},
         "llama.cpp Q4_K_M": {"decode": 1.3, "ttft_128": 1.0, "ttft_512": 0.9},
     }
-    verdicts = goal_verdicts(ratios, 2.5)
+    verdicts = goal_verdicts(ratios, 2.5, 0.69)
     assert verdicts["decode"] == {"value": 0.8, "goal": 1.0, "met": False}
     assert verdicts["ttft_128"]["met"] and verdicts["ttft_128"]["value"] == 1.0
     assert not verdicts["ttft_512"]["met"]
     assert verdicts["clients_16_over_1"] == {"value": 2.5, "goal": 3.0, "met": False}
-    assert goal_verdicts(ratios, 3.0)["clients_16_over_1"]["met"]
+    assert verdicts["share_of_bandwidth_bound"] == {"value": 0.69, "goal": 0.7, "met": False}
+    assert goal_verdicts(ratios, 3.0, 0.7)["clients_16_over_1"]["met"]
+    assert goal_verdicts(ratios, 3.0, 0.7)["share_of_bandwidth_bound"]["met"]
     assert "decode 0.80 (>= 1: NOT met)" in format_goals(verdicts)
 
 
 def test_the_tables_show_each_engine_its_ratios_and_each_round():
     engine = {"weights": "w", "size_bytes": 90e6, "decode_tokens_per_s": 100.0, "ttft_ms_128": 50.0}
     engine |= {"ttft_ms_512": 250.0, "prefill_tokens_per_s_512": 2048.0, "peak_rss_mb": 300.0, "other_cpu_cores": 0.01}
-    engine |= {"cpu_per_wall": 1.96}
+    engine |= {"cpu_per_wall": 1.96, "share_of_bandwidth_bound": 0.614}
     result = {
         "settings": {"prompt_lengths": [128, 512]},
+        "memory_bandwidth": {"bytes_per_second": 21.4e9, "threads": 2},
         "single": {"onnxruntime-genai int4": engine, "llama.cpp Q4_0": {**engine, "decode_tokens_per_s": 125.0}},
         "ratios": {"llama.cpp Q4_0": {"decode": 0.8, "ttft_128": 1.25, "ttft_512": 0.5}},
         "clients": {
@@ -76,7 +79,8 @@ def test_the_tables_show_each_engine_its_ratios_and_each_round():
         },
     }
     single = format_single_table(result)
-    assert "| llama.cpp Q4_0 | w | 90 | 125.0 | 50.0 | 250.0 | 2048 | 1.96 | 300 | 0.01 |" in single
+    assert "| llama.cpp Q4_0 | w | 90 | 125.0 | 61% | 50.0 | 250.0 | 2048 | 1.96 | 300 | 0.01 |" in single
+    assert "21.4 GB/s with 2 threads" in single
     assert "| llama.cpp Q4_0 | 0.80x | 1.25x | 0.50x |" in single
     clients = format_clients_table(result)
     assert "| llama-server Q4_0 | 16 | 32 | 175.0 | 3.50 | 900 | 32.0 |" in clients
