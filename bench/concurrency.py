@@ -149,15 +149,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def project_server(onnx_dir: Path, max_tokens: int, max_concurrent: int, tmp: Path) -> Iterator[tuple[str, Any]]:
+def project_server(
+    onnx_dir: Path, max_tokens: int, max_concurrent: int, tmp: Path, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[str, Any]]:
     """Log ``onnx_dir`` as the project's ONNX pyfunc in a new SQLite store under ``tmp``, serve it with
-    ``python -m llmflow.serving.openai_server`` on loopback; yield its base URL and process once it is ready."""
+    ``python -m llmflow.serving.openai_server`` on loopback (``extra``: more of its flags); yield its base URL and
+    process once it is ready."""
     with tracking_store(tmp) as uri:
         model_uri = log_model(onnx_dir, max_tokens)
         port = free_port()
         command = [sys.executable, "-m", "llmflow.serving.openai_server", "--model-uri", model_uri]
         command += ["--port", str(port), "--max-concurrent", str(max_concurrent), "--max-queue", "256"]
-        command += ["--log-level", "warning"]
+        command += ["--log-level", "warning", *extra]
         env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}
         with (tmp / "server.log").open("w") as log:
             proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -388,8 +388,8 @@ def counting_scheduler(base: type) -> type:
             self.steps: list[int] = []  # set before the base class starts the thread that appends to it
             super().__init__(*args, **kwargs)
 
-        def _take(self) -> Any:
-            batch = super()._take()
+        def _take(self, batches: int) -> Any:
+            batch = super()._take(batches)
             if batch:
                 self.steps.append(len(batch))
             return batch

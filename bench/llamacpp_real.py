@@ -92,6 +92,9 @@ ORT_WEIGHTS = {
     "plain": "int4 sym, no int8",
 }
 LLAMA_TYPES = ("Q4_0", "Q4_K_M")
+# The project's endpoint as it serves (its default --max-batches), and with one batch at a time, side by side.
+ENDPOINT = "project endpoint (onnxruntime-genai int4)"
+ENDPOINTS = {ENDPOINT: (), "project endpoint, --max-batches 1": ("--max-batches", "1")}
 # Goals of issue 22: onnxruntime-genai at least llama.cpp's speed in decode and TTFT; 16 clients 3x one client; decode
 # at 70% of the memory-bandwidth bound (the goal is set for Phi-3-mini's size, 3.8 B; printed for any model).
 GOAL_SPEED, GOAL_SCALING, GOAL_BANDWIDTH = 1.0, 3.0, 0.7
@@ -566,10 +569,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         probes: dict[str, Any] = {"matmul_nbits": matmul_nbits_kinds(onnx_dirs[ORT_DEFAULT])}
         contents = [p.content for p in chat_prompts(tokenizer, words, max(args.clients, default=1), short)]
         if args.clients:
-            with project_server(onnx_dirs[ORT_DEFAULT], args.max_tokens, max(args.clients), tmp) as (base, proc):
-                clients["project endpoint (onnxruntime-genai int4)"] = quietly(
-                    "project endpoint", lambda: client_rounds(base, proc, contents, args, None), args
-                )
+            # The endpoint as it serves, then with one batch at a time (the scheduler before --max-batches).
+            for number, (name, flags) in enumerate(ENDPOINTS.items()):
+                store = tmp / f"endpoint-{number}"  # a store of its own: the bench experiment is made in each
+                store.mkdir()
+                served = project_server(onnx_dirs[ORT_DEFAULT], args.max_tokens, max(args.clients), store, flags)
+                with served as (base, proc):
+                    run_clients = functools.partial(client_rounds, base, proc, contents, args, None)
+                    clients[name] = quietly(name, run_clients, args)
             for ftype, gguf in ggufs.items():
                 context = short + args.max_tokens + 64
                 with llama_server(gguf, max(args.clients), context, tmp) as (base, proc):
@@ -585,8 +592,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.probes:
             probes |= run_probes(onnx_dirs, int(tokenizer.pad_token_id), cases, specs[ORT_DEFAULT], tmp, args)
     scaling = (
-        clients["project endpoint (onnxruntime-genai int4)"]["rounds"][-1]["tokens_per_second"]
-        / clients["project endpoint (onnxruntime-genai int4)"]["rounds"][0]["tokens_per_second"]
+        clients[ENDPOINT]["rounds"][-1]["tokens_per_second"] / clients[ENDPOINT]["rounds"][0]["tokens_per_second"]
         if clients
         else float("nan")
     )

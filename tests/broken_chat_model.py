@@ -17,7 +17,7 @@ except ModuleNotFoundError:
 
 
 class BrokenChatModel(OnnxChatModel):
-    def generate(self, batch: list[Any]) -> Iterator[tuple[int, str]]:
+    def generate_steps(self, batch: list[Any]) -> Iterator[list[tuple[int, str]]]:
         raise OSError(f"cannot read {self.onnx_dir / 'model.onnx.data'}: input/output error")
         yield  # a generator, as the real one
 

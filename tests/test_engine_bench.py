@@ -183,10 +183,10 @@ def test_counting_scheduler_records_batches_taken_while_the_base_starts() -> Non
     class Base:
         def __init__(self, batches: list[list[int]]) -> None:
             self.batches = batches
-            while self._take() is not None:  # the base's thread starts taking in __init__
+            while self._take(0) is not None:  # the base's thread starts taking in __init__
                 pass
 
-        def _take(self) -> list[int] | None:
+        def _take(self, batches: int) -> list[int] | None:
             return self.batches.pop(0) if self.batches else None
 
     counting = counting_scheduler(Base)([[1, 2, 3], [4], []])

@@ -36,8 +36,8 @@ class CharDecoder:
 
 
 class EchoChat:
-    """A chat backend (``prepare``, ``generate``, ``context_length``) whose answer is the conversation it was given,
-    after the model's own checks (``chat_protocol``): what reached the model, as JSON."""
+    """A chat backend (``prepare``, ``generate_steps``, ``context_length``) whose answer is the conversation it was
+    given, after the model's own checks (``chat_protocol``): what reached the model, as JSON."""
 
     context_length = 4096
     model_name = OWN_NAME
@@ -49,13 +49,13 @@ class EchoChat:
             rows.append(Row(request, [0] * 4, budget, CharDecoder(), protocol.StopScanner(request.settings.stop)))
         return rows
 
-    def generate(self, batch: list[Row]) -> Iterator[tuple[int, str]]:
+    def generate_steps(self, batch: list[Row]) -> Iterator[list[tuple[int, str]]]:
         for index, row in enumerate(batch):
             for char in json.dumps(list(row.request.messages)):
                 if row.finish_reason is None and (text := row.push(ord(char), frozenset())):
-                    yield index, text
+                    yield [(index, text)]
             if row.finish_reason is None and (text := row.push(-1, frozenset({-1}))):
-                yield index, text
+                yield [(index, text)]
 
 
 def build(

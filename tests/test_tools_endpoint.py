@@ -78,7 +78,7 @@ class ScriptedChat:
             self.last = request
         return rows
 
-    def generate(self, batch: list[Row]) -> Iterator[tuple[int, str]]:
+    def generate_steps(self, batch: list[Row]) -> Iterator[list[tuple[int, str]]]:
         for index, row in enumerate(batch):
             plan = row.request.tool_prompt.plan
             if plan.calls and plan.mode != "auto":
@@ -88,9 +88,9 @@ class ScriptedChat:
                 text = json.dumps({"response": "It rains."}) if plan.calls else "It rains."
             for char in text:
                 if row.finish_reason is None and (piece := row.push(ord(char), frozenset())):
-                    yield index, piece
+                    yield [(index, piece)]
             if row.finish_reason is None and (piece := row.push(-1, frozenset({-1}))):
-                yield index, piece
+                yield [(index, piece)]
 
 
 def serve(model: Any) -> tuple[TestClient, ModelHolder]:

@@ -205,18 +205,26 @@ class OnnxChatModel(mlflow.pyfunc.PythonModel):
         A row whose ``finish_reason`` is set from outside (a client that left) takes no more tokens, and the
         generator stops before its next step once every row has ended.
         """
+        for texts in self.generate_steps(batch):
+            yield from texts
+
+    def generate_steps(self, batch: list[Row]) -> Iterator[list[tuple[int, str]]]:
+        """``generate`` one step at a time: per step the ``(row index, text)`` pairs it made (often empty). A row has
+        ended once its ``finish_reason`` is set, so a caller that drives several batches (the endpoint's scheduler)
+        can answer each row as it ends and run another batch between two steps of this one. The prompt's prefill
+        runs at the first step."""
         budget = max(row.budget for row in batch)
         settings = batch[0].request.settings  # a guided row is alone in its batch (``Settings.alone``)
         generator = generation.start(
             self.model, [row.ids for row in batch], self.pad, budget, settings.guidance, **settings.sampling()
         )
         for tokens in generation.steps(generator, lambda: all(row.finish_reason for row in batch)):
-            for index, (row, token) in enumerate(zip(batch, tokens, strict=True)):
-                if row.finish_reason is None and (text := row.push(token, self.eos)):
-                    yield index, text
-        for index, row in enumerate(batch):
-            if text := row.close():
-                yield index, text
+            yield [
+                (index, text)
+                for index, (row, token) in enumerate(zip(batch, tokens, strict=True))
+                if row.finish_reason is None and (text := row.push(token, self.eos))
+            ]
+        yield [(index, text) for index, row in enumerate(batch) if (text := row.close())]
 
     def _chat_response(self, row: Row) -> dict[str, Any]:
         reply = parse(row.text, row.request.tool_prompt.plan, row.finish_reason)

@@ -29,7 +29,7 @@ from .auth import is_loopback, load_keys
 from .holder import ALIAS_URI, ModelHolder
 from .metrics import Metrics
 from .openai_protocol import BadRequest, model_request
-from .scheduler import BatchScheduler
+from .scheduler import DEFAULT_MAX_BATCHES, BatchScheduler
 from .tracing import Tracer
 
 __all__ = ["BadRequest", "build_parser", "main", "model_request"]
@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--auth-health-metrics", action="store_true", help="Require a key for /health and /metrics too.")
     add("--max-concurrent", type=int, default=DEFAULT_MAX_CONCURRENT, help="Requests generating at once.")
     add(
+        "--max-batches",
+        type=int,
+        default=DEFAULT_MAX_BATCHES,
+        help="Generators run side by side, a step of each in turn: requests that arrive while a batch runs start "
+        "beside it (1: they wait for it to end). Each holds its rows' KV cache until its last row ends.",
+    )
+    add(
         "--threads",
         type=int,
         default=None,
@@ -70,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     rules = {
         "--max-concurrent": (args.max_concurrent, 1 <= args.max_concurrent <= 32, "1 to 32"),
+        "--max-batches": (args.max_batches, 1 <= args.max_batches <= 8, "1 to 8"),
         "--max-queue": (args.max_queue, args.max_queue >= 0, "0 or more"),
         "--request-timeout": (args.request_timeout, args.request_timeout > 0, "more than 0"),
         "--max-body-bytes": (args.max_body_bytes, args.max_body_bytes >= 1024, "1024 or more"),
@@ -105,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     name = args.served_name or (match["name"] if match else args.model_uri)
 
     def scheduler(python_model: object, version: str) -> BatchScheduler:
-        return BatchScheduler(python_model, args.max_concurrent, args.max_queue, metrics, version)
+        return BatchScheduler(python_model, args.max_concurrent, args.max_queue, metrics, version, args.max_batches)
 
     holder = ModelHolder(args.model_uri, name, metrics, scheduler, args.poll_interval)
     limits = Limits(args.max_body_bytes, args.request_timeout, args.retry_after)

@@ -1,15 +1,21 @@
-"""Batching across requests: one thread owns generation and runs waiting requests together in one generator.
+"""Batching across requests: one thread owns generation and runs waiting requests together in batched generators.
 
 Each HTTP request is one ``Job`` holding one row of the pyfunc (``OnnxChatModel.prepare`` parsed, tokenised and
 checked it, so a bad or too long request never takes a place). The scheduler's thread takes the oldest waiting job
-and every other waiting job with the same sampling settings, up to ``max_running`` rows whose padded prompt plus
-budget fit in the context, and runs them in one onnxruntime-genai generator (``OnnxChatModel.generate``, the
-project's one loop). A job that arrives while a batch runs starts in the next batch: onnxruntime-genai 0.18 cannot
-add a row to a running generator on CPU (its ``Engine`` batches only with paged attention, which the builder
-exports for CUDA alone; see the README). Greedy rows give the answers they give alone, since the pyfunc's batched
-generation does (its tests check it).
+and every other waiting job with the same sampling settings, up to ``max_running`` rows generating at once, whose
+padded prompt plus budget fit in the context, and runs them in one onnxruntime-genai generator
+(``OnnxChatModel.generate_steps``, the project's one loop). onnxruntime-genai 0.18 cannot add a row to a running
+generator on CPU (its ``Engine`` batches only with paged attention, which the builder exports for CUDA alone; see
+the README), so jobs that arrive while a batch runs start a batch of their own beside it: the thread runs up to
+``max_batches`` generators, one step of each in turn, and a new one starts between two steps as soon as fewer
+than ``max_running`` rows are generating. With ``max_batches`` 1 a job waits for the running batch to end.
 
-A job whose client left, or whose time ran out, is cancelled: its row takes no more tokens, and the generator stops
+A row is answered as soon as it ends (its client can send its next request), not when its batch does; the
+finished rows of a batch keep their place in its generator (and their KV cache) until the last one ends, so the
+memory of up to ``max_batches`` batches can be held at once. Greedy rows give the answers they give alone, since
+the pyfunc's batched generation does (its tests check it) and each generator runs as it would alone.
+
+A job whose client left, or whose time ran out, is cancelled: its row takes no more tokens, and a generator stops
 before its next step once every row has ended, so a lone request stops within one token.
 """
 
@@ -20,6 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +35,8 @@ from .metrics import Metrics
 logger = logging.getLogger(__name__)
 
 CANCELLED = "cancelled"
+# Generators run side by side: a second one lets jobs that arrive during a long batch start before it ends.
+DEFAULT_MAX_BATCHES = 2
 
 
 class QueueFull(RuntimeError):
@@ -69,13 +78,32 @@ class Job:
         return ("alone", id(self)) if getattr(settings, "alone", False) else settings.sampling_key
 
 
-class BatchScheduler:
-    """Runs the jobs of one loaded model; ``max_running`` rows at once, ``max_waiting`` queued."""
+@dataclass(eq=False)
+class Batch:
+    """The jobs of one generator, its steps (``OnnxChatModel.generate_steps``) and the jobs not yet answered."""
 
-    def __init__(self, python_model: Any, max_running: int, max_waiting: int, metrics: Metrics, name: str) -> None:
+    jobs: list[Job]
+    steps: Iterator[list[tuple[int, str]]] | None  # made at its first step
+    open: set[int]
+
+
+class BatchScheduler:
+    """Runs the jobs of one loaded model; ``max_running`` rows generating at once in up to ``max_batches``
+    generators, ``max_waiting`` queued."""
+
+    def __init__(
+        self,
+        python_model: Any,
+        max_running: int,
+        max_waiting: int,
+        metrics: Metrics,
+        name: str,
+        max_batches: int = DEFAULT_MAX_BATCHES,
+    ) -> None:
         self.model, self.max_running, self.max_waiting, self.metrics = python_model, max_running, max_waiting, metrics
+        self.max_batches = max_batches
         self.waiting: deque[Job] = deque()
-        self.running = 0
+        self.running = 0  # rows generating: taken and not yet answered
         self.closed = False
         self.condition = threading.Condition()
         self.thread = threading.Thread(target=self._work, name=f"generation-{name}", daemon=True)
@@ -101,21 +129,25 @@ class BatchScheduler:
         with self.condition:
             return bool(self.waiting) or self.running > 0
 
-    def _take(self) -> list[Job] | None:
-        """The next batch, or ``None`` when closed and idle."""
+    def _take(self, batches: int) -> list[Job] | None:
+        """The next batch to start beside ``batches`` running ones: waits for a job while none runs; an empty list
+        when none can start now (no job waits, ``max_batches`` run, or ``max_running`` rows generate); ``None``
+        when closed and idle."""
         with self.condition:
             while True:
                 while self.waiting and self.waiting[0].cancelled:
                     self.waiting.popleft()
                     self.metrics.waiting.dec()
-                if self.waiting:
+                if self.waiting or batches:
                     break
                 if self.closed:
                     return None
                 self.condition.wait()
+            if not self.waiting or batches >= self.max_batches or self.running >= self.max_running:
+                return []
             key, batch, context = self.waiting[0].key, [], self.model.context_length
             for job in list(self.waiting):
-                if len(batch) == self.max_running:
+                if len(batch) == self.max_running - self.running:
                     break
                 if job.cancelled or job.key != key:
                     continue
@@ -132,23 +164,30 @@ class BatchScheduler:
             return batch
 
     def _work(self) -> None:
-        while (batch := self._take()) is not None:
-            try:
-                self._run(batch)
-            except Exception as error:  # one failed batch must not stop the thread that serves every request
-                logger.exception("generation failed for a batch of %d", len(batch))
-                for job in batch:
-                    job.send("error", f"generation failed: {type(error).__name__}")
-            finally:
-                with self.condition:
-                    self.running -= len(batch)
-                self.metrics.running.dec(len(batch))
+        batches: list[Batch] = []
+        while (jobs := self._take(len(batches))) is not None:
+            if jobs:
+                batches.append(Batch(jobs, None, set(range(len(jobs)))))
+            for batch in list(batches):
+                if not self._step(batch):
+                    batches.remove(batch)
         logger.info("generation thread %s ended", threading.current_thread().name)
 
-    def _run(self, batch: list[Job]) -> None:
-        rows = [job.row for job in batch]
-        for index, text in self.model.generate(rows):
-            job, now = batch[index], time.perf_counter()
+    def _step(self, batch: Batch) -> bool:
+        """One step of ``batch`` (the first one prefills it): its text to its jobs, an answer to each job whose row
+        ended; whether the batch goes on."""
+        try:
+            if batch.steps is None:
+                batch.steps = self.model.generate_steps([job.row for job in batch.jobs])
+            texts = next(batch.steps, None)
+        except Exception as error:  # one failed batch must not stop the thread that serves every request
+            logger.exception("generation failed for a batch of %d", len(batch.jobs))
+            for index in batch.open:
+                batch.jobs[index].send("error", f"generation failed: {type(error).__name__}")
+            self._answered(len(batch.open))
+            return False
+        for index, text in texts or []:
+            job, now = batch.jobs[index], time.perf_counter()
             if job.first_token is None:
                 self.metrics.ttft.observe(now - job.arrived)
             else:
@@ -156,9 +195,22 @@ class BatchScheduler:
             job.first_token = job.first_token or now
             job.last_token = now
             job.send("text", text)
-        for job in batch:
-            row = job.row
-            self.metrics.prompt_tokens.inc(len(row.ids))
-            self.metrics.generation_tokens.inc(row.completion_tokens)
+        ended = [index for index in batch.open if texts is None or batch.jobs[index].row.finish_reason is not None]
+        for index in ended:
+            job = batch.jobs[index]
+            self.metrics.prompt_tokens.inc(len(job.row.ids))
+            self.metrics.generation_tokens.inc(job.row.completion_tokens)
             self.metrics.e2e.observe(time.perf_counter() - job.arrived)
             job.send("done")
+        batch.open.difference_update(ended)
+        self._answered(len(ended))
+        if batch.open:
+            return True
+        if batch.steps is not None:
+            batch.steps.close()  # frees the generator now, not when it is collected
+        return False
+
+    def _answered(self, rows: int) -> None:
+        with self.condition:
+            self.running -= rows
+        self.metrics.running.dec(rows)
