@@ -130,8 +130,9 @@ REQUIREMENTS = ("requirements.txt", "requirements-dev.txt")
 BENCH_REQUIREMENTS = "requirements-bench.txt"
 # Import names of bench-only packages, for where they are not installed (CI): packages_distributions cannot map them.
 UNINSTALLED_IMPORT_NAMES = {"llama_cpp": "llama-cpp-python"}
-# Modules of the llama.cpp tree that the llama-cpp-python sdist vendors, put on sys.path by the one file that uses it.
-VENDORED = {"bench/gguf_convert.py": {"convert_hf_to_gguf", "conversion"}}
+# Modules of the llama.cpp tree that the llama-cpp-python sdist vendors, put on sys.path by the files that use them
+# (its converter, and the gguf package of its gguf-py folder).
+VENDORED = {"bench/gguf_convert.py": {"convert_hf_to_gguf", "conversion", "gguf"}, "bench/llamacpp.py": {"gguf"}}
 
 
 def _declared(files: tuple[str, ...] = REQUIREMENTS) -> set[str]:

@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batches",
         type=int,
         default=DEFAULT_MAX_BATCHES,
-        help="Generators run side by side, a step of each in turn: requests that arrive while a batch runs start "
-        "beside it (1: they wait for it to end). Each holds its rows' KV cache until its last row ends.",
+        help="Generators run side by side, a step of each in turn (default 1: a request that arrives while a batch "
+        "runs waits for it to end; 2 or more: it starts beside it). Each holds its rows' KV cache until its last "
+        "row ends.",
     )
     add(
         "--threads",

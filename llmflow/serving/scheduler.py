@@ -6,9 +6,9 @@ and every other waiting job with the same sampling settings, up to ``max_running
 padded prompt plus budget fit in the context, and runs them in one onnxruntime-genai generator
 (``OnnxChatModel.generate_steps``, the project's one loop). onnxruntime-genai 0.18 cannot add a row to a running
 generator on CPU (its ``Engine`` batches only with paged attention, which the builder exports for CUDA alone; see
-the README), so jobs that arrive while a batch runs start a batch of their own beside it: the thread runs up to
-``max_batches`` generators, one step of each in turn, and a new one starts between two steps as soon as fewer
-than ``max_running`` rows are generating. With ``max_batches`` 1 a job waits for the running batch to end.
+the README), so a job that arrives while a batch runs waits for it to end (``max_batches`` 1, the default), or
+starts a batch of its own beside it: the thread runs up to ``max_batches`` generators, one step of each in turn,
+and a new one starts between two steps as soon as fewer than ``max_running`` rows are generating.
 
 A row is answered as soon as it ends (its client can send its next request), not when its batch does; the
 finished rows of a batch keep their place in its generator (and their KV cache) until the last one ends, so the
@@ -35,8 +35,10 @@ from .metrics import Metrics
 logger = logging.getLogger(__name__)
 
 CANCELLED = "cancelled"
-# Generators run side by side: a second one lets jobs that arrive during a long batch start before it ends.
-DEFAULT_MAX_BATCHES = 2
+# Generators run side by side. One by default: side by side, 2 gave a sooner first token at 4 clients but a later one
+# and fewer tokens/s at 16 (docs/speed.md, "On the real model, side by side"), where each extra generator reads
+# every weight once more per step and a closed loop of clients splits into small batches.
+DEFAULT_MAX_BATCHES = 1
 
 
 class QueueFull(RuntimeError):
@@ -167,6 +169,7 @@ class BatchScheduler:
         batches: list[Batch] = []
         while (jobs := self._take(len(batches))) is not None:
             if jobs:
+                logger.debug("a batch of %d rows starts beside %d", len(jobs), len(batches))
                 batches.append(Batch(jobs, None, set(range(len(jobs)))))
             for batch in list(batches):
                 if not self._step(batch):
