@@ -149,12 +149,25 @@ def gguf_bytes_per_token(gguf: Path, llama_cpp: Path) -> int:
     """Bytes of weights llama.cpp reads to decode one token: every tensor but the token embedding table, of which it
     reads one row (unless the model has no ``output.weight`` and the table is its LM head too). Read with the gguf
     package of the vendored tree (``gguf-py``)."""
+
+    # The vendored package is imported under the name of the installed one (which transformers uses for GGUF files),
+    # so whatever ``gguf`` modules were loaded are put back afterwards, and the vendored ones are not left behind.
+    def loaded() -> dict[str, Any]:
+        return {name: module for name, module in sys.modules.items() if name == "gguf" or name.startswith("gguf.")}
+
+    saved = loaded()
+    for name in saved:
+        del sys.modules[name]
     sys.path.insert(0, str(llama_cpp / "gguf-py"))
     try:
         from gguf import GGUFReader
+
+        sizes = {tensor.name: int(tensor.n_bytes) for tensor in GGUFReader(str(gguf)).tensors}
     finally:
         sys.path.remove(str(llama_cpp / "gguf-py"))
-    sizes = {tensor.name: int(tensor.n_bytes) for tensor in GGUFReader(str(gguf)).tensors}
+        for name in loaded():
+            del sys.modules[name]
+        sys.modules.update(saved)
     embedding = sizes["token_embd.weight"] if "output.weight" in sizes else 0
     return sum(sizes.values()) - embedding
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -110,8 +111,11 @@ def test_a_gguf_decode_step_reads_every_tensor_but_the_embedding_table(tmp_path)
     untied, tied = tmp_path / "untied.json", tmp_path / "tied.json"
     untied.write_text(json.dumps([["token_embd.weight", 1000], ["blk.0.ffn_up.weight", 300], ["output.weight", 50]]))
     tied.write_text(json.dumps([["token_embd.weight", 1000], ["blk.0.ffn_up.weight", 300]]))
+    before = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "gguf"}
     assert gguf_bytes_per_token(untied, tmp_path) == 350
     assert gguf_bytes_per_token(tied, tmp_path) == 1300  # the table is the LM head too: read whole every step
+    # The stand-in is not left behind for the installed gguf package, which transformers reads GGUF files with.
+    assert {name: module for name, module in sys.modules.items() if name.split(".")[0] == "gguf"} == before
 
 
 def test_an_onnx_decode_step_reads_every_initializer_but_the_gathered_table(tmp_path):

@@ -3,6 +3,9 @@ without a model, llama.cpp or a server."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 from bench.llamacpp_real import (
@@ -145,6 +148,7 @@ def test_cases_are_measured_each_with_its_own_new_tokens():
 
     def generate(ids: list[int], limit: int) -> dict:
         calls.append((len(ids), limit))
+        time.sleep(0.005)  # a wall time the CPU others in this process spend cannot outweigh
         return {"tokens": [0] * limit}
 
     spec = {
@@ -155,7 +159,7 @@ def test_cases_are_measured_each_with_its_own_new_tokens():
         ],
     }
     result = measure(generate, spec)
-    assert 0 <= result["cpu_per_wall"] <= 2
+    assert 0 <= result["cpu_per_wall"] <= (os.cpu_count() or 1) + 0.5
     assert [len(result["cases"]["short"]), len(result["cases"]["long"])] == [4, 2]
     assert calls == [(2, 5)] * 5 + [(8, 1)] * 3  # one warm-up per case
     assert [r["prompt"] for r in result["cases"]["short"]] == [0, 1, 0, 1]

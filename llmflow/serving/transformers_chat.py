@@ -123,11 +123,18 @@ class TransformersChat:
 
         A row whose ``finish_reason`` is set from outside (a client that left) takes no more tokens.
         """
+        for texts in self.generate_steps(batch):
+            yield from texts
+
+    def generate_steps(self, batch: list[Row]) -> Iterator[list[tuple[int, str]]]:
+        """``generate`` one token at a time, as the endpoint's scheduler drives it: per token the ``(row index,
+        text)`` it made (empty when it made none yet). A row has ended once its ``finish_reason`` is set."""
         for index, row in enumerate(batch):
             for text in self._row(row):
-                yield index, text
+                yield [(index, text)] if text else []
 
     def _row(self, row: Row) -> Iterator[str]:
+        """The text each new token of ``row`` makes safe to show (often empty), until the row ends."""
         import torch
 
         settings = row.request.settings
@@ -139,8 +146,7 @@ class TransformersChat:
                 out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
                 past = out.past_key_values
                 token = pick(out.logits[:, -1, :].float(), draws)
-                if text := row.push(token, self.eos):
-                    yield text
+                yield row.push(token, self.eos)
                 ids = torch.tensor([[token]])
 
 
