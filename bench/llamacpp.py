@@ -145,29 +145,13 @@ def converter_for(model_dir: Path) -> str:
     raise ValueError(f"no GGUF converter here for model_type {model_type!r} in {model_dir}; accepted: llama, phi3")
 
 
-def gguf_bytes_per_token(gguf: Path, llama_cpp: Path) -> int:
+def gguf_bytes_per_token(gguf: Path) -> int:
     """Bytes of weights llama.cpp reads to decode one token: every tensor but the token embedding table, of which it
     reads one row (unless the model has no ``output.weight`` and the table is its LM head too). Read with the gguf
-    package of the vendored tree (``gguf-py``)."""
+    package that ``make smollm2`` installs (``requirements-realmodel.txt``; transformers reads GGUF files with it)."""
+    from gguf import GGUFReader
 
-    # The vendored package is imported under the name of the installed one (which transformers uses for GGUF files),
-    # so whatever ``gguf`` modules were loaded are put back afterwards, and the vendored ones are not left behind.
-    def loaded() -> dict[str, Any]:
-        return {name: module for name, module in sys.modules.items() if name == "gguf" or name.startswith("gguf.")}
-
-    saved = loaded()
-    for name in saved:
-        del sys.modules[name]
-    sys.path.insert(0, str(llama_cpp / "gguf-py"))
-    try:
-        from gguf import GGUFReader
-
-        sizes = {tensor.name: int(tensor.n_bytes) for tensor in GGUFReader(str(gguf)).tensors}
-    finally:
-        sys.path.remove(str(llama_cpp / "gguf-py"))
-        for name in loaded():
-            del sys.modules[name]
-        sys.modules.update(saved)
+    sizes = {tensor.name: int(tensor.n_bytes) for tensor in GGUFReader(str(gguf)).tensors}
     embedding = sizes["token_embd.weight"] if "output.weight" in sizes else 0
     return sum(sizes.values()) - embedding
 

@@ -537,7 +537,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sizes = {name: folder_bytes(path) for name, path in onnx_dirs_by_row.items()}
         sizes |= {llama_name(t): path.stat().st_size for t, path in ggufs.items()}
         per_token = {name: weight_bytes_per_token(path) for name, path in onnx_dirs_by_row.items()}
-        per_token |= {llama_name(t): gguf_bytes_per_token(path, llama_cpp) for t, path in ggufs.items()}
+        per_token |= {llama_name(t): gguf_bytes_per_token(path) for t, path in ggufs.items()}
         recipe = ORT_WEIGHTS["default"] + (f", int4_algo={args.int4_algo}" if args.int4_algo else "")
         weights = {name: ORT_WEIGHTS[variant] for name, variant in ORT_VARIANTS.items()}
         weights |= {ORT_DEFAULT: recipe, ORT_THREADS: recipe}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -96,26 +98,22 @@ def test_each_model_gets_the_converter_that_reads_its_vocabulary(tmp_path):
         converter_for(_folder(tmp_path / "gemma", "gemma", {"type": "BPE"}))
 
 
-def test_a_gguf_decode_step_reads_every_tensor_but_the_embedding_table(tmp_path):
+def test_a_gguf_decode_step_reads_every_tensor_but_the_embedding_table(monkeypatch: pytest.MonkeyPatch):
     from bench.llamacpp import gguf_bytes_per_token
 
-    # A stand-in for the vendored tree's gguf package: the tensors and their sizes are all this reads.
-    package = tmp_path / "gguf-py" / "gguf"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text(
-        "import json, types\n"
-        "class GGUFReader:\n"
-        "    def __init__(self, path):\n"
-        "        self.tensors = [types.SimpleNamespace(name=n, n_bytes=b) for n, b in json.load(open(path))]\n"
-    )
-    untied, tied = tmp_path / "untied.json", tmp_path / "tied.json"
-    untied.write_text(json.dumps([["token_embd.weight", 1000], ["blk.0.ffn_up.weight", 300], ["output.weight", 50]]))
-    tied.write_text(json.dumps([["token_embd.weight", 1000], ["blk.0.ffn_up.weight", 300]]))
-    before = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "gguf"}
-    assert gguf_bytes_per_token(untied, tmp_path) == 350
-    assert gguf_bytes_per_token(tied, tmp_path) == 1300  # the table is the LM head too: read whole every step
-    # The stand-in is not left behind for the installed gguf package, which transformers reads GGUF files with.
-    assert {name: module for name, module in sys.modules.items() if name.split(".")[0] == "gguf"} == before
+    # A stand-in reader: the tensors and their sizes are all this reads.
+    files = {
+        "untied.gguf": [("token_embd.weight", 1000), ("blk.0.ffn_up.weight", 300), ("output.weight", 50)],
+        "tied.gguf": [("token_embd.weight", 1000), ("blk.0.ffn_up.weight", 300)],
+    }
+
+    class Reader:
+        def __init__(self, path: str) -> None:
+            self.tensors = [SimpleNamespace(name=n, n_bytes=b) for n, b in files[path]]
+
+    monkeypatch.setitem(sys.modules, "gguf", SimpleNamespace(GGUFReader=Reader))
+    assert gguf_bytes_per_token(Path("untied.gguf")) == 350
+    assert gguf_bytes_per_token(Path("tied.gguf")) == 1300  # the table is the LM head too: read whole every step
 
 
 def test_an_onnx_decode_step_reads_every_initializer_but_the_gathered_table(tmp_path):
